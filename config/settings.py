@@ -1,0 +1,168 @@
+"""One typed settings object, read from the environment and a `.env` file.
+
+pydantic-settings does the parsing; `load_settings` turns a validation failure into one
+readable line per problem (what is wrong and how to fix it) instead of a traceback.
+The variable names are an outward contract (DESIGN.md): keep them exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ANYONE = "*"
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway; safe defaults for all but the secrets."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="forbid", case_sensitive=False
+    )
+
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_base_url: str = "https://api.telegram.org"
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("LLM_API_KEY", "OPENAI_API_KEY")
+    )
+    llm_model: str = "gpt-4o-mini"
+    llm_context_tokens: int = Field(default=128000, ge=1024)
+    llm_max_output_tokens: int = Field(default=2048, ge=16)
+    operator_chat_id: int | None = None
+    allowed_user_ids: str = ""
+    data_dir: Path = Path("./data")
+    webhook_url: str | None = None
+    port: int = Field(default=8080, ge=1, le=65535)
+    webhook_secret: SecretStr | None = None
+    hot_state_max_tokens: int = Field(default=1000, ge=50)
+    llm_max_retries: int = Field(default=1, ge=0, le=5)
+    llm_timeout_seconds: float = Field(default=60.0, gt=0)
+    breaker_failure_threshold: int = Field(default=3, ge=1)
+    breaker_reset_seconds: float = Field(default=60.0, ge=0)
+    escalation_cooldown_seconds: float = Field(default=300.0, ge=0)
+    user_daily_token_budget: int = Field(default=200000, ge=0)
+    user_messages_per_minute: int = Field(default=60, ge=0)
+    monthly_budget_usd: float = Field(default=0.0, ge=0)
+    dlq_auto_replay: bool = True
+    telemetry_retention_days: int = Field(default=30, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    otel_exporter_otlp_endpoint: str | None = None
+    # Waits between retries and delivery attempts are multiplied by this; tests set 0.
+    retry_wait_scale: float = Field(default=1.0, ge=0)
+    # Test hook: a file holding a number of seconds added to the wall clock (see core/clock.py).
+    gateway_clock_offset_file: Path | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("allowed_user_ids")
+    @classmethod
+    def _check_allowed(cls, value: str) -> str:
+        value = value.strip()
+        if value in ("", ANYONE):
+            return value
+        for part in value.split(","):
+            if part.strip() and not part.strip().lstrip("-").isdigit():
+                raise ValueError(f"{part.strip()!r} is not a Telegram user id; use numbers separated by commas, or *")
+        return value
+
+    @field_validator("telegram_api_base_url", "llm_base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        parsed = urlparse(value)
+        if parsed.scheme != "https" and parsed.hostname not in ("127.0.0.1", "localhost"):
+            raise ValueError("Telegram only delivers webhooks to https URLs")
+        return value
+
+    # Derived values -----------------------------------------------------------------
+    @property
+    def anyone_allowed(self) -> bool:
+        return self.allowed_user_ids == ANYONE
+
+    @property
+    def allowed_ids(self) -> frozenset[int]:
+        if self.anyone_allowed or not self.allowed_user_ids:
+            return frozenset()
+        return frozenset(int(p) for p in self.allowed_user_ids.split(",") if p.strip())
+
+    @property
+    def mode(self) -> Literal["webhook", "polling"]:
+        return "webhook" if self.webhook_url else "polling"
+
+    @property
+    def webhook_secret_value(self) -> str:
+        """Telegram allows 1-256 chars of A-Z a-z 0-9 _ -; derived from the token when unset."""
+        if self.webhook_secret is not None:
+            return self.webhook_secret.get_secret_value()
+        token = self.telegram_bot_token.get_secret_value() if self.telegram_bot_token else ""
+        return hashlib.sha256(b"webhook:" + token.encode()).hexdigest()[:48]
+
+    @property
+    def llm_host(self) -> str:
+        return urlparse(self.llm_base_url).netloc
+
+    def secrets(self) -> list[str]:
+        """Values that must never reach logs, spans, replies or stored rows."""
+        values = [self.telegram_bot_token, self.llm_api_key, self.webhook_secret]
+        found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        if self.telegram_bot_token is not None:
+            found.append(self.webhook_secret_value)
+        return found
+
+
+_HINTS = {
+    "telegram_bot_token": "create a bot with @BotFather and export TELEGRAM_BOT_TOKEN",
+    "llm_api_key": "export LLM_API_KEY (or OPENAI_API_KEY) with your provider's key",
+}
+
+
+def format_errors(error: ValidationError) -> list[str]:
+    """One line per problem, naming the environment variable, never echoing a secret."""
+    lines = []
+    for item in error.errors():
+        name = str(item["loc"][0]) if item["loc"] else "settings"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting (typo?) in .env"
+        elif "secret" not in name and "token" not in name and "key" not in name:
+            message = f"{message} (got {item.get('input')!r})"
+        lines.append(f"{name.upper()}: {message}")
+    return lines
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings, or print one clear line per problem and exit with status 2."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        for line in format_errors(error):
+            print(f"configuration error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def require_token(settings: Settings) -> str:
+    """The bot token, or one readable line and exit 2 (only `run` and `doctor` need it)."""
+    if settings.telegram_bot_token is None or not settings.telegram_bot_token.get_secret_value():
+        print(f"configuration error: TELEGRAM_BOT_TOKEN is not set: {_HINTS['telegram_bot_token']}", file=sys.stderr)
+        raise SystemExit(2)
+    return settings.telegram_bot_token.get_secret_value()
