@@ -40,14 +40,14 @@ class Contract(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
-def build(model: type[M], invariant: str, producer: str, **data: Any) -> M:
+def build(model: type[M], invariant: str, made_by: str, /, **data: Any) -> M:
     """Construct a contract, turning pydantic's error into a named ContractViolation."""
     try:
         return model(**data)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or model.__name__
-        raise ContractViolation(invariant, field=field, producer=producer, detail=first["msg"]) from None
+        raise ContractViolation(invariant, field=field, producer=made_by, detail=first["msg"]) from None
 
 
 M = TypeVar("M", bound=Contract)

@@ -1,0 +1,353 @@
+"""Content-addressed artifacts: documents, long messages and archives kept out of the prompt.
+
+A file lives at `<root>/<sha[:2]>/<sha>` (root is normally DATA_DIR/artifacts), written to a
+temp file in the same folder and renamed, so a crash never leaves half a file under a real
+name. Metadata is one `artifacts` row per content and one `artifact_links` row per chat that
+stored it: the same bytes are kept once. A chat can only resolve its own links, and another
+chat's artifact looks exactly like an unknown one, so refs do not leak between chats.
+PDF text comes from pypdf (pure Python, no system dependency).
+"""
+
+from __future__ import annotations
+
+import builtins
+import codecs
+import hashlib
+import io
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import sqlite_utils
+from pypdf import PdfReader
+
+from core.context.tokens import TokenCounter
+
+REF_PREFIX = "artifact://"
+REF_HEX_DIGITS = 16
+MIN_REF_HEX_DIGITS = 12
+MAX_DOCUMENT_BYTES = 20 * 1024 * 1024  # Telegram's getFile limit for bots
+MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
+MAX_SUMMARY_CHARS = 500
+MAX_LABEL_CHARS = 200
+MAX_SLICE_TOKENS = 2000
+KINDS = frozenset({"document", "long_message", "long_answer", "hot_state_archive", "history_archive"})
+SUPPORTED_TYPES = "plain text, Markdown, source code, JSON, CSV and PDF"
+TEXT_MEDIA_TYPES = frozenset({
+    "application/json", "application/xml", "application/yaml", "application/x-yaml", "application/toml",
+    "application/javascript", "application/x-python", "application/x-sh", "application/sql",
+    "application/csv", "application/x-ndjson", "application/x-tex", "application/x-subrip"})
+TEXT_EXTENSIONS = frozenset(
+    "txt md markdown rst org log csv tsv json jsonl ndjson yaml yml toml ini cfg conf env xml html htm css"
+    " py pyi js mjs ts tsx jsx go rs java kt c h cc cpp hpp cs rb php pl swift scala sh bash zsh ps1 sql"
+    " r lua dart tex srt vtt diff patch".split())
+
+_HEX = re.compile(r"[0-9a-f]{12,64}")
+_SHA = re.compile(r"[0-9a-f]{64}")
+_MEDIA = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
+_CONTROL = re.compile(r"[\x01-\x08\x0e-\x1a\x1c-\x1f\x7f]")
+_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
+         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
+_JUNK_SAMPLE_CHARS = 1_000_000
+
+
+class ArtifactRefError(ValueError):
+    """A ref that is malformed, unknown in this chat, or ambiguous."""
+
+    kind = "artifact_ref_invalid"
+
+
+class UnsupportedDocument(ValueError):
+    """A document we cannot turn into text; the message is fit to show the user."""
+
+    kind = "unsupported_document"
+
+
+class ArtifactCorrupt(RuntimeError):
+    """The stored file is missing or does not match its hash."""
+
+    kind = "artifact_corrupt"
+
+
+@dataclass(frozen=True)
+class ArtifactInfo:
+    """An artifact as one chat sees it. `created`: the content was new to the store;
+    `linked`: the link was new to this chat (both False when read back)."""
+
+    sha256: str
+    media_type: str
+    size_bytes: int
+    tokens: int | None
+    label: str
+    summary: str
+    kind: str
+    created_at: str
+    created: bool = False
+    linked: bool = False
+    ref: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", REF_PREFIX + self.sha256[:REF_HEX_DIGITS])
+
+
+@dataclass(frozen=True)
+class TextSlice:
+    text: str
+    offset: int
+    next_offset: int | None
+    total_tokens: int
+
+
+def parse_ref(ref: str) -> str:
+    """The lowercase hex of `artifact://<hex>` or bare `<hex>` (12..64 digits)."""
+    text = ref.strip() if isinstance(ref, str) else ""
+    if text.lower().startswith(REF_PREFIX):
+        text = text[len(REF_PREFIX):]
+    text = text.lower()
+    if not _HEX.fullmatch(text):
+        shown = ref[:80] if isinstance(ref, str) else type(ref).__name__
+        raise ArtifactRefError(f"invalid artifact reference {shown!r}: expected {REF_PREFIX} followed by"
+                               f" {MIN_REF_HEX_DIGITS} to 64 hex digits")
+    return text
+
+
+_SELECT = ("SELECT a.sha256, a.media_type, a.size_bytes, a.tokens, l.label, l.summary, l.kind, l.created_at"
+           " FROM artifact_links l JOIN artifacts a ON a.sha256 = l.sha256")
+
+
+class ArtifactStore:
+    """Files under `root`, rows in `artifacts` / `artifact_links`; parameterised SQL only."""
+
+    def __init__(self, db: sqlite_utils.Database, root: Path, *, counter: TokenCounter) -> None:
+        self.db, self.root, self.counter = db, Path(root), counter
+
+    def path_for(self, sha256: str) -> Path:
+        if not _SHA.fullmatch(sha256):
+            raise ValueError(f"not a sha256: {sha256[:80]!r}")
+        return self.root / sha256[:2] / sha256
+
+    def put(self, *, content: bytes, media_type: str, chat_id: int, user_id: int | None, label: str,
+            summary: str, kind: str, trace_id: str | None, now: str) -> ArtifactInfo:
+        """Store `content` once and link it to `chat_id` (the first link's label/summary win)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown artifact kind {kind!r}: use one of {sorted(KINDS)}")
+        if len(content) > MAX_ARTIFACT_BYTES:
+            raise ValueError(f"artifact of {len(content)} bytes exceeds {MAX_ARTIFACT_BYTES}")
+        media_type = media_type.strip().lower()
+        if not _MEDIA.fullmatch(media_type):
+            raise ValueError(f"invalid media type {media_type[:80]!r}")
+        sha256 = hashlib.sha256(content).hexdigest()
+        self._write_file(sha256, content)
+        known = self.db.execute("SELECT 1 FROM artifacts WHERE sha256 = ?", [sha256]).fetchone()
+        created = False
+        if known is None:
+            tokens = self._count_tokens(content, media_type)
+            created = self.db.execute(
+                "INSERT OR IGNORE INTO artifacts(sha256, media_type, size_bytes, tokens, created_at)"
+                " VALUES (?, ?, ?, ?, ?)", [sha256, media_type, len(content), tokens, now]).rowcount == 1
+        label = " ".join(label.split())[:MAX_LABEL_CHARS] or kind
+        summary = summarize(summary, max_chars=MAX_SUMMARY_CHARS)
+        linked = self.db.execute(
+            "INSERT OR IGNORE INTO artifact_links(sha256, chat_id, user_id, label, summary, kind, trace_id,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [sha256, chat_id, user_id, label, summary, kind, trace_id, now]).rowcount == 1
+        row = self.db.execute(_SELECT + " WHERE l.chat_id = ? AND l.sha256 = ?", [chat_id, sha256]).fetchone()
+        return replace(ArtifactInfo(*row), created=created, linked=linked)
+
+    def _write_file(self, sha256: str, content: bytes) -> None:
+        path = self.path_for(sha256)
+        if path.is_file() and path.stat().st_size == len(content):
+            return  # same name = same content: nothing to write
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            with suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+
+    def _count_tokens(self, content: bytes, media_type: str) -> int | None:
+        try:
+            return self.counter.count(self._text_of(content, media_type))
+        except UnsupportedDocument:
+            return None
+
+    @staticmethod
+    def _text_of(content: bytes, media_type: str) -> str:
+        """Stored text, without the upload checks of `extract_text` (size, emptiness)."""
+        if media_type == "application/pdf":
+            return _pdf_text(content)
+        if _is_text("", media_type):
+            return decode_text(content)
+        raise UnsupportedDocument(f"a {media_type} artifact has no text to read")
+
+    def resolve(self, chat_id: int, ref: str) -> ArtifactInfo:
+        """This chat's artifact for a ref; ArtifactRefError if invalid, unknown or ambiguous."""
+        prefix = parse_ref(ref)
+        # Hex digits sort below "g": this range is exactly "starts with prefix" and uses the key.
+        rows = self.db.execute(
+            _SELECT + " WHERE l.chat_id = ? AND l.sha256 >= ? AND l.sha256 < ? ORDER BY l.sha256 LIMIT 2",
+            [chat_id, prefix, prefix + "g"]).fetchall()
+        if not rows:
+            raise ArtifactRefError(f"no artifact {REF_PREFIX}{prefix} in this chat")
+        if len(rows) > 1:
+            raise ArtifactRefError(f"{REF_PREFIX}{prefix} matches several artifacts in this chat:"
+                                   " give more hex digits")
+        return ArtifactInfo(*rows[0])
+
+    def read_bytes(self, info: ArtifactInfo) -> bytes:
+        try:
+            data = self.path_for(info.sha256).read_bytes()
+        except FileNotFoundError:
+            raise ArtifactCorrupt(f"the file of {info.ref} is missing") from None
+        if hashlib.sha256(data).hexdigest() != info.sha256:
+            raise ArtifactCorrupt(f"the file of {info.ref} does not match its hash")
+        return data
+
+    def read_text(self, info: ArtifactInfo) -> str:
+        return self._text_of(self.read_bytes(info), info.media_type)
+
+    def read_text_slice(self, info: ArtifactInfo, *, offset_tokens: int, max_tokens: int,
+                        limit_tokens: int = MAX_SLICE_TOKENS) -> TextSlice:
+        """At most `min(max_tokens, limit_tokens)` tokens of the text from `offset_tokens`;
+        `next_offset` is where the next slice starts, None at the end."""
+        if offset_tokens < 0 or max_tokens < 1:
+            raise ValueError("offset_tokens must be >= 0 and max_tokens >= 1")
+        max_tokens = min(max_tokens, limit_tokens)
+        encoding = self.counter.encoding
+        tokens = encoding.encode(self.read_text(info), disallowed_special=())
+        total = len(tokens)
+        start = min(offset_tokens, total)
+        end = min(start + max_tokens, total)
+        # Do not end inside a multi-byte character: the next slice would start with half of it.
+        for cut in range(end, max(start, end - 3), -1):
+            try:
+                encoding.decode_bytes(tokens[start:cut]).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            end = cut
+            break
+        text = encoding.decode(tokens[start:end])
+        # Re-tokenizing decoded text can rarely cost more than the slice: shrink until it fits.
+        while end - start > 1 and self.counter.count(text) > max_tokens:
+            end -= 1
+            text = encoding.decode(tokens[start:end])
+        return TextSlice(text=text, offset=start, next_offset=end if end < total else None, total_tokens=total)
+
+    def archiver(self, *, now: Callable[[], str], kind: str = "hot_state_archive") -> Callable[[int, str, str], str]:
+        """An `archive(chat_id, markdown, label) -> ref` callback for HotStateStore."""
+
+        def archive(chat_id: int, markdown: str, label: str) -> str:
+            info = self.put(content=markdown.encode("utf-8"), media_type="text/markdown", chat_id=chat_id,
+                            user_id=None, label=label, summary=label, kind=kind, trace_id=None, now=now())
+            return info.ref
+
+        return archive
+
+    def list(self, chat_id: int, limit: int = 50) -> builtins.list[ArtifactInfo]:
+        """This chat's artifacts, newest first."""
+        rows = self.db.execute(_SELECT + " WHERE l.chat_id = ? ORDER BY l.created_at DESC, l.sha256 LIMIT ?",
+                               [chat_id, max(0, limit)]).fetchall()
+        return [ArtifactInfo(*row) for row in rows]
+
+
+def _is_pdf(data: bytes, file_name: str, mime_type: str) -> bool:
+    return mime_type == "application/pdf" or file_name.lower().endswith(".pdf") or data[:5] == b"%PDF-"
+
+
+def _is_text(file_name: str, mime_type: str) -> bool:
+    extension = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
+    return (mime_type.startswith("text/") or mime_type in TEXT_MEDIA_TYPES or mime_type.endswith(("+json", "+xml"))
+            or extension in TEXT_EXTENSIONS)
+
+
+def _guess_utf16(data: bytes) -> str | None:
+    """UTF-16 without a BOM: ASCII-heavy text has a NUL in every other byte."""
+    sample = data[:4096]
+    if len(sample) < 4 or len(sample) % 2:
+        return None
+    half = len(sample) // 2
+    even, odd = sample[0::2].count(0) / half, sample[1::2].count(0) / half
+    if odd > 0.4 and even < 0.05:
+        return "utf-16-le"
+    if even > 0.4 and odd < 0.05:
+        return "utf-16-be"
+    return None
+
+
+def decode_text(data: bytes) -> str:
+    """Text from bytes (BOM-aware, UTF-8 by default); UnsupportedDocument for binary junk."""
+    bom, codec = next(((b, c) for b, c in _BOMS if data.startswith(b)), (b"", _guess_utf16(data) or "utf-8"))
+    text = data[len(bom):].decode(codec, errors="replace")
+    sample = text[:_JUNK_SAMPLE_CHARS]
+    if sample:
+        undecodable = sample.count("\ufffd") / len(sample)
+        nul = sample.count("\x00") / len(sample)
+        control = len(_CONTROL.findall(sample)) / len(sample)
+        if undecodable > 0.02 or nul > 0.001 or control > 0.05:
+            raise UnsupportedDocument(
+                f"this file does not look like text ({undecodable:.0%} undecodable bytes, {control + nul:.0%}"
+                f" control characters): I can read {SUPPORTED_TYPES}; save text as UTF-8")
+    return text
+
+
+def _pdf_text(data: bytes) -> str:
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise UnsupportedDocument("this PDF is password-protected: send it without the password")
+        return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+    except UnsupportedDocument:
+        raise
+    except Exception as error:  # pypdf raises many types for damaged files
+        raise UnsupportedDocument(f"could not read this PDF ({type(error).__name__}): is it damaged?") from None
+
+
+def extract_text(data: bytes, *, file_name: str, mime_type: str) -> str:
+    """The text of a document: UTF-8/UTF-16 text formats and PDF; UnsupportedDocument otherwise."""
+    mime_type = (mime_type or "").split(";")[0].strip().lower()
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise UnsupportedDocument(f"this file is {len(data) / 2**20:.1f} MB: the limit is"
+                                  f" {MAX_DOCUMENT_BYTES // 2**20} MB")
+    if _is_pdf(data, file_name, mime_type):
+        text = _pdf_text(data)
+        if not text:
+            raise UnsupportedDocument("this PDF has no text layer (a scan?): I cannot read images")
+        return text
+    if _is_text(file_name, mime_type) or mime_type in ("", "application/octet-stream"):
+        text = decode_text(data)
+        if not text.strip():
+            raise UnsupportedDocument("this file is empty")
+        return text
+    raise UnsupportedDocument(f"I cannot read {mime_type or 'this kind of file'}: send {SUPPORTED_TYPES}")
+
+
+def summarize(text: str, *, max_chars: int = MAX_SUMMARY_CHARS) -> str:
+    """A deterministic extractive summary: the first sentences that fit, whitespace collapsed."""
+    if max_chars < 1:
+        raise ValueError("max_chars must be >= 1")
+    flat = " ".join(text.split())
+    if len(flat) <= max_chars:
+        return flat
+    kept = ""
+    for sentence in re.split(r"(?<=[.!?…])\s+", flat):
+        candidate = f"{kept} {sentence}" if kept else sentence
+        if len(candidate) > max_chars:
+            break
+        kept = candidate
+    if len(kept) >= max_chars // 2:
+        return kept
+    cut = flat[: max_chars - 1]
+    space = cut.rfind(" ")
+    if space >= max_chars // 2:
+        cut = cut[:space]
+    return cut.rstrip() + "…"

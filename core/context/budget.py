@@ -1,0 +1,80 @@
+"""Prompt budget arithmetic: pure, keyword-only, in tokens.
+
+The prompt gets the model's context window minus what is reserved for the answer. The
+minimum prompt (system prompt with the hot state, the current message, the tool specs) must
+fit whole, or the turn fails with `ContextTooLarge`; what is left goes to history, kept newest
+first and contiguous (an older message is never kept once a newer one was dropped, so the
+conversation has no holes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# After the provider says context_length_exceeded (our count was off), retry once with this
+# share of the history budget.
+HISTORY_SHRINK_FACTOR = 0.5
+
+
+class ContextTooLarge(Exception):
+    """The minimum prompt does not fit the budget; carries the numbers and a user message."""
+
+    kind = "context_too_large"
+
+    def __init__(self, *, minimum_tokens: int, budget_tokens: int, system_tokens: int, current_tokens: int,
+                 tools_tokens: int) -> None:
+        self.minimum_tokens, self.budget_tokens = minimum_tokens, budget_tokens
+        self.system_tokens, self.current_tokens, self.tools_tokens = system_tokens, current_tokens, tools_tokens
+        self.user_message = (
+            f"Your message is too long for the model: the prompt needs about {minimum_tokens} tokens and at"
+            f" most {budget_tokens} fit. Send long text as a file (I read files in parts), or shorten it.")
+        super().__init__(
+            f"context too large: minimum prompt {minimum_tokens} tokens (system {system_tokens}, current"
+            f" {current_tokens}, tools {tools_tokens}) > budget {budget_tokens}")
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    """How the prompt budget is spent; names match `core.contracts.ContextPlan`."""
+
+    history_kept: int
+    history_dropped: int
+    history_tokens: int
+    history_budget_tokens: int
+    minimum_tokens: int
+    total_tokens: int
+    budget_tokens: int
+
+
+def plan_context(*, system_tokens: int, current_tokens: int, tools_tokens: int,
+                 history_tokens_newest_first: list[int], context_tokens: int, reserve_output_tokens: int,
+                 history_share: float = 1.0) -> BudgetPlan:
+    """Keep the newest history messages that fit `history_share` of what the minimum prompt
+    leaves; ValueError on negative or nonsensical inputs (fail closed)."""
+    named = {"system_tokens": system_tokens, "current_tokens": current_tokens, "tools_tokens": tools_tokens,
+             "context_tokens": context_tokens, "reserve_output_tokens": reserve_output_tokens}
+    for name, value in named.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in history_tokens_newest_first):
+        raise ValueError("history token counts must be non-negative integers")
+    if not (isinstance(history_share, int | float) and math.isfinite(history_share) and 0 <= history_share <= 1):
+        raise ValueError(f"history_share must be within 0..1, got {history_share!r}")
+    budget_tokens = context_tokens - reserve_output_tokens
+    if budget_tokens <= 0:
+        raise ValueError(f"reserve_output_tokens ({reserve_output_tokens}) leaves no room in a context of"
+                         f" {context_tokens} tokens")
+    minimum_tokens = system_tokens + current_tokens + tools_tokens
+    if minimum_tokens > budget_tokens:
+        raise ContextTooLarge(minimum_tokens=minimum_tokens, budget_tokens=budget_tokens,
+                              system_tokens=system_tokens, current_tokens=current_tokens, tools_tokens=tools_tokens)
+    history_budget_tokens = math.floor(history_share * (budget_tokens - minimum_tokens))
+    kept = used = 0
+    for tokens in history_tokens_newest_first:
+        if used + tokens > history_budget_tokens:
+            break
+        kept, used = kept + 1, used + tokens
+    return BudgetPlan(history_kept=kept, history_dropped=len(history_tokens_newest_first) - kept,
+                      history_tokens=used, history_budget_tokens=history_budget_tokens,
+                      minimum_tokens=minimum_tokens, total_tokens=minimum_tokens + used, budget_tokens=budget_tokens)

@@ -1,0 +1,127 @@
+"""The composition root: every dependency built once at start and handed to what needs it.
+
+No module-level singletons: the bot, the console, the CLI and the tests all call
+`build_services(settings)` and get their own store, tracer, token counter and LLM client.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlite_utils
+
+from config.settings import Settings
+from core.clock import Clock
+from core.context.artifacts import ArtifactStore
+from core.context.hot_state import HotStateStore
+from core.context.tokens import TokenCounter, counter_for_model
+from core.failures.breaker import BreakerRegistry
+from core.failures.dlq import DeadLetterQueue
+from core.failures.escalation import Escalator, Outbox
+from core.failures.retry import RetryPolicy
+from core.llm import OpenAICompatibleLLM
+from core.logs import redactor
+from core.ports import LLM
+from core.store import GATEWAY_DB, Chats, History, Journal, open_database
+from core.throttle import Throttle
+from core.tracing import Telemetry, setup_tracing
+from core.usage import PriceTable, UsageLedger, WarningLog
+
+VERSION = "0.1.0"
+SYSTEM_PROMPT_FILE = Path(__file__).resolve().parent.parent / "config" / "prompts" / "system.md"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a turn needs, built once."""
+
+    settings: Settings
+    clock: Clock
+    db: sqlite_utils.Database
+    journal: Journal
+    history: History
+    chats: Chats
+    counter: TokenCounter
+    telemetry: Telemetry
+    llm: LLM
+    hot_state: HotStateStore
+    artifacts: ArtifactStore
+    ledger: UsageLedger
+    warnings: WarningLog
+    prices: PriceTable
+    dlq: DeadLetterQueue
+    outbox: Outbox
+    escalator: Escalator
+    breakers: BreakerRegistry
+    retry_policy: RetryPolicy
+    throttle: Throttle
+    system_prompt: str
+    started_monotonic: float = field(default_factory=Clock.monotonic)
+    mode: str = "console"
+    last_error: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tracer(self):  # noqa: ANN201 - opentelemetry Tracer
+        return self.telemetry.tracer
+
+    def is_operator_chat(self, chat_id: int) -> bool:
+        return self.settings.operator_chat_id is not None and chat_id == self.settings.operator_chat_id
+
+    def is_operator_user(self, user_id: int) -> bool:
+        return self.settings.operator_chat_id is not None and user_id == self.settings.operator_chat_id
+
+    def is_allowed(self, user_id: int) -> bool:
+        return (self.settings.anyone_allowed or user_id in self.settings.allowed_ids
+                or self.is_operator_user(user_id))
+
+    async def close(self) -> None:
+        close = getattr(self.llm, "close", None)
+        if close is not None:
+            await close()
+        self.telemetry.shutdown()
+        self.db.close()
+
+
+def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool = True) -> Services:
+    """Open storage (running migrations), tracing and the LLM client for these settings."""
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    clock = Clock(settings.gateway_clock_offset_file)
+    db = open_database(data_dir / GATEWAY_DB)
+    counter = counter_for_model(settings.llm_model)
+    redact = redactor(settings.secrets())
+    telemetry = setup_tracing(data_dir=data_dir, retention_days=settings.telemetry_retention_days,
+                              service_version=VERSION, otlp_endpoint=settings.otel_exporter_otlp_endpoint,
+                              enabled=tracing, redact=redact)
+    if llm is None:
+        llm = OpenAICompatibleLLM(
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+            model=settings.llm_model, timeout_s=settings.llm_timeout_seconds, tracer=telemetry.tracer,
+            counter=counter)
+    artifacts = ArtifactStore(db, data_dir / "artifacts", counter=counter)
+
+    def archive(chat_id: int, markdown: str, label: str) -> str:
+        info = artifacts.put(content=markdown.encode(), media_type="text/markdown", chat_id=chat_id, user_id=None,
+                             label=label, summary=label, kind="hot_state_archive", trace_id=None, now=clock.iso())
+        return info.ref
+
+    outbox = Outbox(db)
+    return Services(
+        settings=settings, clock=clock, db=db, journal=Journal(db), history=History(db), chats=Chats(db),
+        counter=counter, telemetry=telemetry, llm=llm,
+        hot_state=HotStateStore(db, counter=counter, max_tokens=settings.hot_state_max_tokens, archive=archive),
+        artifacts=artifacts, ledger=UsageLedger(db), warnings=WarningLog(db), prices=PriceTable.load(),
+        dlq=DeadLetterQueue(db), outbox=outbox,
+        escalator=Escalator(db, outbox, operator_chat_id=settings.operator_chat_id,
+                            cooldown_s=settings.escalation_cooldown_seconds,
+                            logger=logging.getLogger("gateway.alerts")),
+        breakers=BreakerRegistry(failure_threshold=settings.breaker_failure_threshold,
+                                 reset_s=settings.breaker_reset_seconds),
+        retry_policy=RetryPolicy.from_settings(settings),
+        throttle=Throttle(per_minute=settings.user_messages_per_minute),
+        system_prompt=SYSTEM_PROMPT_FILE.read_text(encoding="utf-8").strip(),
+    )

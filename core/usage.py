@@ -1,0 +1,423 @@
+"""Usage accounting and spend caps: prices, UTC periods, the ledger, cap checks, budget texts.
+
+Money is only ever computed from a listed price (config/prices.json): a model missing there
+has an unknown cost (None), never a guessed one, and the monthly cap then fails closed.
+Periods are UTC days ("YYYY-MM-DD") and months ("YYYY-MM"), stored on every usage row so that
+each query is an index lookup on (user_id, day) or (month), whatever the length of the history.
+The arithmetic (`cost_usd`, the period helpers, `check_caps`) is pure and keyword-only; the
+ledger and the warning log are the narrow storage interfaces a PostgreSQL version would replace.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import sqlite_utils
+
+from core.contracts import UsageRecord
+
+CapName = Literal["user_daily_tokens", "monthly_usd"]
+WARN_FRACTION = 0.8
+TOKENS_PER_MTOK = 1_000_000
+# Sums of float dollars are not exact (0.1 + 0.2 > 0.3); a nano-dollar of slack keeps
+# "exactly at the cap" allowed without letting any real overspend through.
+_USD_SLACK = 1e-9
+_DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")  # -2024-07-18, -20241022, -0125
+
+
+# Prices ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Price:
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+class PriceTable:
+    """Model name -> Price. Lookup: exact, then without provider prefixes, then a dated
+    variant mapped to its base; aliases and "anthropic/x" reachable as bare "x" at each step."""
+
+    def __init__(self, prices: Mapping[str, Price], aliases: Mapping[str, str] | None = None) -> None:
+        self._prices = {name.lower(): price for name, price in prices.items()}
+        self._aliases = {alias.lower(): target.lower() for alias, target in (aliases or {}).items()}
+        bare: dict[str, str | None] = {}
+        for name in self._prices:
+            if "/" in name:
+                short = name.rsplit("/", 1)[1]
+                bare[short] = None if short in bare else name  # ambiguous bare names map to nothing
+        self._bare = {short: name for short, name in bare.items() if name and short not in self._prices}
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> PriceTable:
+        """Read a prices file (default: the shipped config/prices.json); malformed = ValueError."""
+        if path is None:
+            text = resources.files("config").joinpath("prices.json").read_text(encoding="utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        data = json.loads(text)
+        prices: dict[str, Price] = {}
+        for name, entry in data.get("models", {}).items():
+            if name.startswith("_"):
+                continue
+            try:
+                price = Price(float(entry["input_per_mtok"]), float(entry["output_per_mtok"]))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"prices: model {name!r} needs numeric input_per_mtok and output_per_mtok") from error
+            if price.input_per_mtok < 0 or price.output_per_mtok < 0 or not all(
+                    map(math.isfinite, (price.input_per_mtok, price.output_per_mtok))):
+                raise ValueError(f"prices: model {name!r} has a negative or non-finite price")
+            prices[name] = price
+        aliases = {k: v for k, v in data.get("aliases", {}).items() if not k.startswith("_")}
+        known = {name.lower() for name in prices}
+        for alias, target in aliases.items():
+            if target.lower() not in known:
+                raise ValueError(f"prices: alias {alias!r} points to unknown model {target!r}")
+        return cls(prices, aliases)
+
+    def _lookup(self, name: str) -> Price | None:
+        name = self._aliases.get(name, name)
+        return self._prices.get(name) or self._prices.get(self._bare.get(name, ""))
+
+    def price_for(self, model: str) -> Price | None:
+        name = model.strip().lower()
+        candidates = [name]
+        while "/" in name:  # "openrouter/openai/gpt-4o" -> "openai/gpt-4o" -> "gpt-4o"
+            name = name.split("/", 1)[1]
+            candidates.append(name)
+        for candidate in [*candidates, *(_DATED_SUFFIX.sub("", c) for c in candidates)]:
+            if (price := self._lookup(candidate)) is not None:
+                return price
+        return None
+
+
+def cost_usd(*, price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
+    """Dollars for one attempt, or None when the price is unknown."""
+    if input_tokens < 0 or output_tokens < 0:
+        raise ValueError("token counts must be non-negative")
+    if price is None:
+        return None
+    return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / TOKENS_PER_MTOK
+
+
+# Periods (UTC) ------------------------------------------------------------------------
+def _utc(at: datetime) -> datetime:
+    if at.tzinfo is None or at.utcoffset() is None:
+        raise ValueError(f"naive datetime {at!r}: budgets need a timezone-aware time")
+    return at.astimezone(UTC)
+
+
+def utc_day(at: datetime) -> str:
+    return _utc(at).date().isoformat()
+
+
+def utc_month(at: datetime) -> str:
+    at = _utc(at)
+    return f"{at.year:04d}-{at.month:02d}"
+
+
+def next_day_start(at: datetime) -> datetime:
+    at = _utc(at)
+    return datetime(at.year, at.month, at.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def next_month_start(at: datetime) -> datetime:
+    at = _utc(at)
+    return datetime(at.year + (at.month == 12), at.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def days_back(at: datetime, n: int) -> list[str]:
+    """The last `n` UTC days, oldest first, ending with today."""
+    today = _utc(at).date()
+    return [(today - timedelta(days=back)).isoformat() for back in range(n - 1, -1, -1)]
+
+
+# Ledger -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PeriodTotals:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0  # known costs only
+    unknown_cost_attempts: int = 0  # rows whose cost is NULL (model price unknown)
+    attempts: int = 0
+    estimated_attempts: int = 0  # rows whose tokens were estimated, not reported
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    day: str
+    totals: PeriodTotals
+
+
+@dataclass(frozen=True)
+class UserTotals:
+    user_id: int
+    totals: PeriodTotals
+
+
+_TOTALS_SQL = ("COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0), COALESCE(SUM(total_tokens), 0),"
+               " TOTAL(cost_usd), COALESCE(SUM(cost_usd IS NULL), 0), COUNT(*), COALESCE(SUM(estimated), 0)")
+
+
+class UsageLedger:
+    """The `usage` table: one row per LLM attempt, successful or wasted. Every query filters on
+    (user_id, day) or (month) so it is served by an index; none scans a user's whole history.
+    Wasted attempts count everywhere (their tokens were paid for), and are also reported apart."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def record(self, rec: UsageRecord) -> None:
+        at = _utc(rec.at)
+        self.db.execute(
+            "INSERT INTO usage(at, day, month, trace_id, chat_id, user_id, model, input_tokens, output_tokens,"
+            " total_tokens, estimated, cost_usd, wasted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [at.isoformat(timespec="milliseconds"), utc_day(at), utc_month(at), rec.trace_id, rec.chat_id,
+             rec.user_id, rec.model, rec.usage.input_tokens, rec.usage.output_tokens, rec.usage.total_tokens,
+             int(rec.usage.estimated), rec.cost_usd, int(rec.wasted)])
+
+    def _totals(self, where: str, params: Sequence[object]) -> PeriodTotals:
+        row = self.db.execute(f"SELECT {_TOTALS_SQL} FROM usage WHERE {where}", list(params)).fetchone()
+        return PeriodTotals(*row)
+
+    def user_day_tokens(self, user_id: int, day: str) -> int:
+        row = self.db.execute("SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE user_id = ? AND day = ?",
+                              [user_id, day]).fetchone()
+        return int(row[0])
+
+    def user_day_cost(self, user_id: int, day: str) -> tuple[float, bool]:
+        """(sum of known costs, whether some attempt's cost was unknown)."""
+        row = self.db.execute("SELECT TOTAL(cost_usd), COALESCE(SUM(cost_usd IS NULL), 0) FROM usage"
+                              " WHERE user_id = ? AND day = ?", [user_id, day]).fetchone()
+        return float(row[0]), bool(row[1])
+
+    def user_month(self, user_id: int, month: str) -> PeriodTotals:
+        # A range on `day` keeps this on the (user_id, day) index.
+        return self._totals("user_id = ? AND day >= ? AND day <= ?", [user_id, f"{month}-01", f"{month}-31"])
+
+    def month_totals(self, month: str) -> PeriodTotals:
+        return self._totals("month = ?", [month])
+
+    def day_totals(self, day: str) -> PeriodTotals:
+        return self._totals("month = ? AND day = ?", [day[:7], day])
+
+    def wasted(self, month: str) -> PeriodTotals:
+        return self._totals("month = ? AND wasted = 1", [month])
+
+    def top_users(self, month: str, n: int = 5) -> list[UserTotals]:
+        rows = self.db.execute(
+            f"SELECT user_id, {_TOTALS_SQL} FROM usage WHERE month = ? GROUP BY user_id"
+            " ORDER BY TOTAL(cost_usd) DESC, SUM(total_tokens) DESC, user_id LIMIT ?", [month, n]).fetchall()
+        return [UserTotals(row[0], PeriodTotals(*row[1:])) for row in rows]
+
+    def unknown_models(self, month: str) -> list[str]:
+        """Models used this month whose price is unknown (to name in the operator's report)."""
+        rows = self.db.execute("SELECT DISTINCT model FROM usage WHERE month = ? AND cost_usd IS NULL ORDER BY model",
+                               [month]).fetchall()
+        return [row[0] for row in rows]
+
+    def _per_day(self, where: str, params: Sequence[object], days: list[str]) -> list[DayTotals]:
+        if not days:
+            return []
+        marks = ",".join("?" * len(days))
+        rows = self.db.execute(f"SELECT day, {_TOTALS_SQL} FROM usage WHERE {where} AND day IN ({marks})"
+                               " GROUP BY day", [*params, *days]).fetchall()
+        found = {row[0]: PeriodTotals(*row[1:]) for row in rows}
+        return [DayTotals(day, found.get(day, PeriodTotals())) for day in days]
+
+    def user_days(self, user_id: int, days: list[str]) -> list[DayTotals]:
+        """One entry per requested day, in the order given; zeros where there was no usage."""
+        return self._per_day("user_id = ?", [user_id], days)
+
+    def daily_spend(self, days: list[str]) -> list[DayTotals]:
+        """The whole bot's totals per requested day (zeros where there was no usage)."""
+        months = sorted({day[:7] for day in days})
+        return self._per_day(f"month IN ({','.join('?' * len(months))})", months, days)
+
+
+# Caps ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CapDecision:
+    allowed: bool
+    cap: CapName | None = None  # the cap that refused, when not allowed
+    message: str = ""  # for the user, when refused
+    warn: tuple[CapName, ...] = ()  # caps this turn takes to >= 80%; the caller warns once per period
+
+
+def check_caps(*, now: datetime, is_operator: bool, estimated_tokens: int, estimated_cost_usd: float | None,
+               user_tokens_today: int, user_daily_token_cap: int, month_cost_usd: float,
+               monthly_cap_usd: float) -> CapDecision:
+    """Decide, before the LLM call, whether this turn fits the caps (0 = unlimited). The monthly
+    cap is checked first (a daily reset would not help) and fails closed on an unknown price;
+    the operator is exempt from the per-user daily cap only."""
+    if min(estimated_tokens, user_tokens_today, user_daily_token_cap, month_cost_usd, monthly_cap_usd,
+           estimated_cost_usd or 0.0) < 0:
+        raise ValueError("check_caps: token counts, costs and caps must be non-negative")
+    warn: list[CapName] = []
+    if monthly_cap_usd > 0:
+        if estimated_cost_usd is None:
+            return CapDecision(False, "monthly_usd", (
+                f"The price of this model is unknown, so the monthly budget of {format_usd(monthly_cap_usd)}"
+                " cannot be enforced and this request was refused. The operator can add the model to"
+                " config/prices.json or set MONTHLY_BUDGET_USD=0."))
+        month_after_usd = month_cost_usd + estimated_cost_usd
+        if month_after_usd > monthly_cap_usd + _USD_SLACK:
+            left_usd = monthly_cap_usd - month_cost_usd
+            head = (f"This bot's monthly budget of {format_usd(monthly_cap_usd)} is used up." if left_usd <= _USD_SLACK
+                    else f"This bot's monthly budget of {format_usd(monthly_cap_usd)} would be exceeded by this"
+                         f" request ({format_usd(left_usd)} left this month).")
+            return CapDecision(False, "monthly_usd", f"{head} {_resets('monthly_usd', now=now)}")
+        if month_after_usd >= monthly_cap_usd * WARN_FRACTION - _USD_SLACK:
+            warn.append("monthly_usd")
+    if user_daily_token_cap > 0 and not is_operator:
+        day_after_tokens = user_tokens_today + estimated_tokens
+        if day_after_tokens > user_daily_token_cap:
+            left_tokens = max(user_daily_token_cap - user_tokens_today, 0)
+            head = (f"You have used your daily budget of {user_daily_token_cap:,} tokens." if left_tokens == 0
+                    else f"Your daily budget of {user_daily_token_cap:,} tokens would be exceeded by this"
+                         f" request ({left_tokens:,} left today).")
+            return CapDecision(False, "user_daily_tokens", f"{head} {_resets('user_daily_tokens', now=now)}")
+        if day_after_tokens * 10 >= user_daily_token_cap * 8:  # integer form of >= 80%
+            warn.append("user_daily_tokens")
+    return CapDecision(True, warn=tuple(warn))
+
+
+def format_duration(*, seconds: float) -> str:
+    """A short countdown, rounded up to the minute: "3 h 12 min", "5 d 3 h", "1 min"."""
+    minutes = max(math.ceil(seconds / 60), 1)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {mins} min" if mins else f"{hours} h"
+    return f"{mins} min"
+
+
+def _resets(cap: CapName, *, now: datetime) -> str:
+    if cap == "user_daily_tokens":
+        at = next_day_start(now)
+        return f"It resets at 00:00 UTC (in {format_duration(seconds=(at - now).total_seconds())})."
+    at = next_month_start(now)
+    return f"It resets on {at.date().isoformat()} at 00:00 UTC (in {format_duration(seconds=(at - now).total_seconds())})."
+
+
+def format_cap_warning(*, cap: CapName, now: datetime, used: float, limit: float) -> str:
+    """The once-per-period heads-up when a cap passes 80% (`used`/`limit` in tokens or USD)."""
+    percent = math.floor(100 * used / limit) if limit > 0 else 0
+    if cap == "user_daily_tokens":
+        left = f"{max(int(limit - used), 0):,} tokens left"
+        return f"You have used {percent}% of your daily budget of {int(limit):,} tokens ({left}). {_resets(cap, now=now)}"
+    left = f"{format_usd(max(limit - used, 0.0))} left"
+    return f"This bot has used {percent}% of its monthly budget of {format_usd(limit)} ({left}). {_resets(cap, now=now)}"
+
+
+# Warnings -----------------------------------------------------------------------------
+def daily_warning_key(user_id: int, day: str) -> str:
+    return f"daily:{user_id}:{day}"
+
+
+def monthly_warning_key(month: str) -> str:
+    return f"monthly:{month}"
+
+
+class WarningLog:
+    """The `warnings` table: remembers which once-per-period warnings were already given."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def once(self, key: str, *, now: str) -> bool:
+        """True the first time `key` is seen (the caller should warn), False afterwards."""
+        cursor = self.db.execute("INSERT OR IGNORE INTO warnings(key, at) VALUES (?, ?)", [key, now])
+        return cursor.rowcount == 1
+
+
+# Texts for /budget and /usage (plain text, short lines for a phone) ---------------------
+def format_usd(amount: float | None) -> str:
+    """Dollars: 4 decimals under $1 ("$0.0123"), cents above ("$12.34"), "unknown" for None."""
+    if amount is None:
+        return "unknown"
+    if amount == 0:
+        return "$0.00"
+    if abs(amount) < 0.0001:
+        return "<$0.0001"
+    return f"${amount:.4f}" if abs(amount) < 1 else f"${amount:,.2f}"
+
+
+def format_cost(totals: PeriodTotals) -> str:
+    """Known cost, "unknown" if nothing was priced, "$x + unknown" if only part was."""
+    if not totals.unknown_cost_attempts:
+        return format_usd(totals.cost_usd)
+    if totals.unknown_cost_attempts == totals.attempts:
+        return "unknown"
+    return f"{format_usd(totals.cost_usd)} + unknown"
+
+
+def format_user_budget(*, now: datetime, user_tokens_today: int, user_daily_token_cap: int,
+                       user_month: PeriodTotals, is_operator: bool = False) -> str:
+    """A user's /budget: today's tokens against their daily cap, and their month so far."""
+    if is_operator:
+        lines = [f"Today: {user_tokens_today:,} tokens (the daily budget does not apply to the operator)."]
+    elif user_daily_token_cap <= 0:
+        lines = [f"Today: {user_tokens_today:,} tokens (no daily limit)."]
+    else:
+        left = max(user_daily_token_cap - user_tokens_today, 0)
+        lines = [f"Today: {user_tokens_today:,} of {user_daily_token_cap:,} tokens used ({left:,} left).",
+                 _resets("user_daily_tokens", now=now)]
+    lines.append(f"This month: {user_month.total_tokens:,} tokens, {format_cost(user_month)}.")
+    return "\n".join(lines)
+
+
+def format_operator_budget(*, now: datetime, month: PeriodTotals, today: PeriodTotals, wasted: PeriodTotals,
+                           top: Sequence[UserTotals], monthly_cap_usd: float, user_daily_token_cap: int,
+                           unknown_models: Sequence[str] = (), user_labels: Mapping[int, str] | None = None) -> str:
+    """The operator's /budget: the month against the cap, today, waste, unpriced models, top users.
+    `user_labels` maps user ids to display names (ids are shown otherwise)."""
+    labels = user_labels or {}
+    if monthly_cap_usd > 0:
+        left_usd = max(monthly_cap_usd - month.cost_usd, 0.0)
+        lines = [f"This month: {format_cost(month)} of {format_usd(monthly_cap_usd)}"
+                 f" ({math.floor(100 * month.cost_usd / monthly_cap_usd)}%, {format_usd(left_usd)} left).",
+                 _resets("monthly_usd", now=now)]
+    else:
+        lines = [f"This month: {format_cost(month)} (no monthly limit)."]
+    lines.append(f"Tokens: {month.total_tokens:,} in {month.attempts:,} attempts"
+                 + (f" ({month.estimated_attempts:,} estimated)." if month.estimated_attempts else "."))
+    lines.append(f"Today: {today.total_tokens:,} tokens, {format_cost(today)}.")
+    if wasted.attempts:
+        lines.append(f"Wasted on failed attempts: {wasted.total_tokens:,} tokens, {format_cost(wasted)}.")
+    if month.unknown_cost_attempts:
+        names = ", ".join(unknown_models) or "some models"
+        lines.append(f"Unknown price ({month.unknown_cost_attempts:,} attempts): {names}. Add to config/prices.json.")
+    daily = f"{user_daily_token_cap:,} tokens" if user_daily_token_cap > 0 else "unlimited"
+    lines.append(f"Per-user daily budget: {daily}.")
+    if top:
+        lines.append("Top users this month:")
+        lines += [f"  {labels.get(u.user_id, str(u.user_id))}: {u.totals.total_tokens:,} tok, {format_cost(u.totals)}"
+                  for u in top]
+    return "\n".join(lines)
+
+
+def format_usage_table(days: list[DayTotals]) -> str:
+    """One line per day (date, tokens, cost) in fixed-width columns for a <pre> block, then a
+    total. A cost marked "+?" also had attempts whose price is unknown."""
+    def cost(totals: PeriodTotals) -> str:
+        text = format_cost(totals)
+        return text.replace(" + unknown", "+?") if text != "unknown" else "?"
+
+    lines = [f"{'day':<10} {'tokens':>11} {'cost':>10}"]
+    lines += [f"{d.day:<10} {d.totals.total_tokens:>11,} {cost(d.totals):>10}" for d in days]
+    total = PeriodTotals(
+        *(sum(getattr(d.totals, f) for d in days) for f in PeriodTotals.__dataclass_fields__))
+    lines.append(f"{'total':<10} {total.total_tokens:>11,} {cost(total):>10}")
+    if total.unknown_cost_attempts:
+        lines.append("? = price unknown for some attempts")
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""The dead-letter queue over a real SQLite database (in memory, and a file for restarts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from core.contracts import Attachment, DlqEntry, InboundMessage
+from core.failures.dlq import DeadLetterQueue
+from core.failures.taxonomy import Kind
+from core.store import open_database, read_counter
+
+NOW = "2025-01-02T03:04:05.000+00:00"
+LATER = "2025-01-02T03:09:05.000+00:00"
+
+
+def trace(n: int) -> str:
+    return f"{n:032x}"
+
+
+def entry(n: int, *, kind: Kind = Kind.llm_timeout, replayable: bool = True, text: str = "hello") -> DlqEntry:
+    inbound = InboundMessage(update_id=1000 + n, trace_id=trace(n), chat_id=10 + n, chat_type="private",
+                             user_id=20 + n, text=text, received_at=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC),
+                             attachment=Attachment(file_id="f1", file_name="a.pdf") if n % 2 else None)
+    return DlqEntry(trace_id=trace(n), chat_id=inbound.chat_id, user_id=inbound.user_id, inbound=inbound,
+                    error_kind=str(kind), error_message=f"{kind}: scripted", replayable=replayable)
+
+
+def attempts(kind: Kind = Kind.llm_timeout) -> list[dict[str, object]]:
+    return [{"attempt": 1, "kind": str(kind), "detail": "scripted", "at_s": 1.0}]
+
+
+@pytest.fixture
+def dlq() -> DeadLetterQueue:
+    return DeadLetterQueue(open_database(":memory:"), max_entries=5)
+
+
+def test_add_and_read_back(dlq: DeadLetterQueue) -> None:
+    original = entry(1)
+    entry_id = dlq.add(original, attempts=attempts(), now=NOW)
+    row = dlq.get(entry_id)
+    assert row is not None
+    assert row.inbound == original.inbound
+    assert (row.trace_id, row.chat_id, row.user_id, row.update_id) == (trace(1), 11, 21, 1001)
+    assert (row.status, row.replayable, row.error_kind) == ("pending", True, "llm_timeout")
+    assert row.attempts == [{"at": NOW, **attempts()[0]}] and row.first_failed_at == row.last_failed_at == NOW
+    assert row.ref == trace(1)[:8]
+    assert dlq.depth() == 1 and dlq.get(999) is None
+
+
+def test_same_trace_updates_instead_of_adding(dlq: DeadLetterQueue) -> None:
+    first = dlq.add(entry(1), attempts=attempts(), now=NOW)
+    second = dlq.add(entry(1, kind=Kind.llm_server), attempts=attempts(Kind.llm_server), now=LATER)
+    assert first == second and dlq.depth() == 1
+    row = dlq.get(first)
+    assert row is not None
+    assert (row.first_failed_at, row.last_failed_at, row.error_kind) == (NOW, LATER, "llm_server")
+    assert [a["kind"] for a in row.attempts] == ["llm_timeout", "llm_server"]
+
+
+def test_list_filters_and_orders(dlq: DeadLetterQueue) -> None:
+    ids = [dlq.add(entry(n), attempts=attempts(), now=NOW) for n in range(3)]
+    assert dlq.discard(ids[0], now=LATER)
+    assert [r.id for r in dlq.list()] == [ids[2], ids[1]]
+    assert [r.id for r in dlq.list("discarded")] == [ids[0]]
+    assert [r.id for r in dlq.list(None, limit=2)] == [ids[2], ids[1]]
+    assert dlq.counts() == {"pending": 2, "discarded": 1}
+
+
+def test_eviction_prefers_finished_then_oldest_pending(dlq: DeadLetterQueue) -> None:
+    ids = [dlq.add(entry(n), attempts=attempts(), now=NOW) for n in range(5)]
+    assert dlq.resolve(ids[3], now=LATER)
+    newest = dlq.add(entry(5), attempts=attempts(), now=LATER)
+    assert dlq.get(ids[3]) is None and dlq.get(ids[0]) is not None
+    assert dlq.evicted() == 1
+    dlq.add(entry(6), attempts=attempts(), now=LATER)
+    assert dlq.get(ids[0]) is None and dlq.get(newest) is not None
+    assert dlq.evicted() == 2 == read_counter(dlq.db, "dlq_evicted")
+    assert len(dlq.list(None, limit=100)) == 5
+
+
+def test_claim_is_idempotent(dlq: DeadLetterQueue) -> None:
+    entry_id = dlq.add(entry(1), attempts=attempts(), now=NOW)
+    claimed = dlq.claim_for_replay(entry_id, now=LATER)
+    assert claimed is not None and claimed.status == "replaying"
+    assert dlq.claim_for_replay(entry_id, now=LATER) is None
+    assert not dlq.discard(entry_id, now=LATER)
+    assert dlq.finish_replay(entry_id, ok=True, trace_id=trace(99), now=LATER)
+    row = dlq.get(entry_id)
+    assert row is not None and (row.status, row.replay_trace_id) == ("replayed", trace(99))
+    assert dlq.claim_for_replay(entry_id, now=LATER) is None
+    assert not dlq.finish_replay(entry_id, ok=True, trace_id=trace(98), now=LATER)
+
+
+def test_failed_replay_goes_back_to_pending(dlq: DeadLetterQueue) -> None:
+    entry_id = dlq.add(entry(1), attempts=attempts(), now=NOW)
+    assert dlq.claim_for_replay(entry_id, now=LATER)
+    assert dlq.finish_replay(entry_id, ok=False, trace_id=trace(7), now=LATER, error="llm_timeout again")
+    row = dlq.get(entry_id)
+    assert row is not None and row.status == "pending" and row.last_failed_at == LATER
+    assert row.attempts[-1] == {"replay": True, "trace_id": trace(7), "at": LATER, "error": "llm_timeout again"}
+    assert dlq.claim_for_replay(entry_id, now=LATER) is not None
+
+
+def test_stale_replays_are_released(dlq: DeadLetterQueue) -> None:
+    entry_id = dlq.add(entry(1), attempts=attempts(), now=NOW)
+    dlq.claim_for_replay(entry_id, now=NOW)
+    assert dlq.release_stale_replays(before=LATER) == 1
+    assert dlq.depth() == 1
+
+
+def test_replayable_outage_entries(dlq: DeadLetterQueue) -> None:
+    outage = dlq.add(entry(1, kind=Kind.llm_server), attempts=attempts(), now=NOW)
+    dlq.add(entry(2, kind=Kind.llm_auth), attempts=attempts(), now=NOW)
+    dlq.add(entry(3, kind=Kind.llm_timeout, replayable=False), attempts=attempts(), now=NOW)
+    later_outage = dlq.add(entry(4, kind=Kind.circuit_open), attempts=attempts(), now=NOW)
+    assert [r.id for r in dlq.replayable_outage_entries(10)] == [outage, later_outage]
+    assert [r.id for r in dlq.replayable_outage_entries(1)] == [outage]
+
+
+def test_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    db = open_database(path)
+    entry_id = DeadLetterQueue(db).add(entry(1), attempts=attempts(), now=NOW)
+    db.close()
+    reopened = DeadLetterQueue(open_database(path))
+    row = reopened.get(entry_id)
+    assert row is not None and row.inbound == entry(1).inbound and reopened.depth() == 1
+    assert reopened.claim_for_replay(entry_id, now=LATER) is not None

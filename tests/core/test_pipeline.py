@@ -1,0 +1,103 @@
+"""The pipeline end to end in process: real storage, tracing and stages; scripted LLM and channel."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from config.settings import Settings
+from core.contracts import InboundMessage
+from core.pipeline import Pipeline
+from core.services import build_services
+from core.tracing import current_trace_id, new_turn_span
+from tests.core.fakes import RecordingChannel, ScriptedLLM
+
+OPERATOR = 900
+
+
+def make(tmp_path: Path, **overrides: object):
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", operator_chat_id=OPERATOR,
+                        allowed_user_ids="100,101", retry_wait_scale=0.0, **overrides)
+    llm = ScriptedLLM()
+    services = build_services(settings, llm=llm)
+    return services, Pipeline(services), llm, RecordingChannel()
+
+
+async def turn(services, pipeline, channel, text: str, *, user_id: int = 100, chat_id: int = 100,
+               update_id: int = 1) -> tuple[str, str]:
+    with new_turn_span(services.tracer, "turn"):
+        trace_id = current_trace_id()
+        inbound = InboundMessage(update_id=update_id, trace_id=trace_id, chat_id=chat_id, chat_type="private",
+                                 user_id=user_id, text=text, received_at=datetime.now(UTC))
+        outcome = await pipeline.run_turn(inbound, channel)
+    return outcome, trace_id
+
+
+async def test_answer_and_history(tmp_path: Path) -> None:
+    services, pipeline, llm, channel = make(tmp_path)
+    llm.enqueue("Hello **there**")
+    outcome, _ = await turn(services, pipeline, channel, "hi")
+    assert outcome == "replied"
+    assert channel.texts("final") == ["Hello **there**"]
+    llm.enqueue("second")
+    await turn(services, pipeline, channel, "again", update_id=2)
+    request = llm.requests[-1]
+    assert [m.role for m in request.messages] == ["system", "user", "assistant", "user"]
+    assert "<hot_state>" in request.messages[0].content and "</hot_state>" in request.messages[0].content
+    await services.close()
+
+
+async def test_refused_user_costs_no_llm_call(tmp_path: Path) -> None:
+    services, pipeline, llm, channel = make(tmp_path)
+    outcome, _ = await turn(services, pipeline, channel, "hi", user_id=555, chat_id=555)
+    assert outcome == "refused"
+    assert llm.requests == []
+    assert "555" in channel.texts("notice")[0]
+    await services.close()
+
+
+async def test_malformed_llm_result_goes_to_dlq_with_ref(tmp_path: Path) -> None:
+    from core.contracts import ContractViolation
+
+    services, pipeline, llm, channel = make(tmp_path)
+    broken = ContractViolation("llm_response_has_choices", field="choices", producer="llm", detail="none")
+    llm.enqueue(broken, broken)  # malformed output is retried once (models are not deterministic)
+    outcome, trace_id = await turn(services, pipeline, channel, "hi")
+    assert outcome == "dlq"
+    error = channel.texts("error")[0]
+    assert f"ref: {trace_id[:8]}" in error
+    rows = services.dlq.list("pending")
+    assert len(rows) == 1 and rows[0].error_kind == "llm_malformed" and rows[0].inbound.text == "hi"
+    llm.enqueue("fine now")
+    outcome, _ = await turn(services, pipeline, channel, "next", update_id=2)
+    assert outcome == "replied"
+    await services.close()
+
+
+async def test_tool_rounds_update_hot_state(tmp_path: Path) -> None:
+    from core.contracts import ToolCall
+
+    services, pipeline, llm, channel = make(tmp_path)
+    llm.enqueue((ToolCall(id="c1", name="update_hot_state",
+                          arguments={"set_objective": "plan a trip", "add": [{"section": "facts", "text": "likes trains"}]}),),
+                "Noted your objective.")
+    outcome, _ = await turn(services, pipeline, channel, "I want to plan a trip; I like trains")
+    assert outcome == "replied"
+    state = services.hot_state.load(100)
+    assert state.objective == "plan a trip"
+    assert any(i.text == "likes trains" for i in state.items)
+    second = llm.requests[1]
+    assert [m.role for m in second.messages][-2:] == ["assistant", "tool"]
+    await services.close()
+
+
+@pytest.mark.parametrize("budget", [1000])
+async def test_budget_refusal_makes_no_llm_call(tmp_path: Path, budget: int) -> None:
+    services, pipeline, llm, channel = make(tmp_path, user_daily_token_budget=budget)
+    outcome, _ = await turn(services, pipeline, channel, "hi")
+    assert outcome == "notice"
+    assert llm.requests == []
+    assert "daily" in channel.texts("error")[0].lower()
+    await services.close()
