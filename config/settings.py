@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     """Every knob of the gateway; safe defaults for all but the secrets."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="forbid", case_sensitive=False
+        env_file=".env", env_file_encoding="utf-8", extra="forbid", case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     telegram_bot_token: SecretStr | None = None

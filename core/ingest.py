@@ -77,7 +77,7 @@ def store_text(turn: Turn, text: str, *, label: str, kind: str) -> ArtifactInfo:
     info = services.artifacts.put(content=text.encode("utf-8"), media_type="text/plain", chat_id=inbound.chat_id,
                                   user_id=inbound.user_id, label=label[:200], summary=summarize(text),
                                   kind=kind, trace_id=inbound.trace_id, now=services.clock.iso())
-    if info.created:
+    if info.linked:  # new to this chat: index it once
         index_artifact(turn, info, label=label, kind=kind)
     return info
 

@@ -17,7 +17,7 @@ from core.context.budget import ContextTooLarge, plan_context
 from core.context.hot_state import render
 from core.context.tokens import REPLY_PRIMING_TOKENS
 from core.context.tools import READ_ARTIFACT, UPDATE_HOT_STATE
-from core.contracts import ChatMessage, ContextPlan, ContractViolation, HotStateWrite, ToolSpec, build
+from core.contracts import ChatMessage, ContextPlan, ContractViolation, ToolSpec, build
 from core.failures.taxonomy import Kind
 from core.outcomes import NoticeError
 from core.usage import check_caps, cost_usd, utc_day, utc_month
@@ -109,9 +109,6 @@ def archive_history(turn: Turn, *, before_id: int) -> None:
                                   trace_id=turn.inbound.trace_id, now=services.clock.iso())
     services.history.archive_through(chat_id, old[-1].id)
     index_artifact(turn, info, label=label, kind="history_archive")
-    # The hot state grew by one index line: its stored token count is what the plan used; the
-    # next turn sees the new count. Nothing else to do here.
-    _ = HotStateWrite
 
 
 async def budget_stage(turn: Turn) -> None:

@@ -17,7 +17,6 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -145,7 +144,10 @@ class ArtifactStore:
         known = self.db.execute("SELECT 1 FROM artifacts WHERE sha256 = ?", [sha256]).fetchone()
         created = False
         if known is None:
-            tokens = self._count_tokens(content, media_type)
+            try:
+                tokens: int | None = self.counter.count(self._text_of(content, media_type))
+            except UnsupportedDocument:
+                tokens = None  # binary content: stored, but has no text to page through
             created = self.db.execute(
                 "INSERT OR IGNORE INTO artifacts(sha256, media_type, size_bytes, tokens, created_at)"
                 " VALUES (?, ?, ?, ?, ?)", [sha256, media_type, len(content), tokens, now]).rowcount == 1
@@ -174,12 +176,6 @@ class ArtifactStore:
             with suppress(FileNotFoundError):
                 os.unlink(temp)
             raise
-
-    def _count_tokens(self, content: bytes, media_type: str) -> int | None:
-        try:
-            return self.counter.count(self._text_of(content, media_type))
-        except UnsupportedDocument:
-            return None
 
     @staticmethod
     def _text_of(content: bytes, media_type: str) -> str:
@@ -242,16 +238,6 @@ class ArtifactStore:
             end -= 1
             text = encoding.decode(tokens[start:end])
         return TextSlice(text=text, offset=start, next_offset=end if end < total else None, total_tokens=total)
-
-    def archiver(self, *, now: Callable[[], str], kind: str = "hot_state_archive") -> Callable[[int, str, str], str]:
-        """An `archive(chat_id, markdown, label) -> ref` callback for HotStateStore."""
-
-        def archive(chat_id: int, markdown: str, label: str) -> str:
-            info = self.put(content=markdown.encode("utf-8"), media_type="text/markdown", chat_id=chat_id,
-                            user_id=None, label=label, summary=label, kind=kind, trace_id=None, now=now())
-            return info.ref
-
-        return archive
 
     def list(self, chat_id: int, limit: int = 50) -> builtins.list[ArtifactInfo]:
         """This chat's artifacts, newest first."""

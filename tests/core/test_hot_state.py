@@ -45,8 +45,12 @@ def write(*, add: tuple[tuple[str, str], ...] = (), remove: tuple[int, ...] = ()
 def make_store(root: Path, cap: int) -> tuple[HotStateStore, ArtifactStore]:
     db = open_database(":memory:")
     artifacts = ArtifactStore(db, root / "artifacts", counter=COUNTER)
-    store = HotStateStore(db, counter=COUNTER, max_tokens=cap, archive=artifacts.archiver(now=lambda: NOW))
-    return store, artifacts
+
+    def archive(chat_id: int, markdown: str, label: str) -> str:
+        return artifacts.put(content=markdown.encode(), media_type="text/markdown", chat_id=chat_id, user_id=None,
+                             label=label, summary=label, kind="hot_state_archive", trace_id=None, now=NOW).ref
+
+    return HotStateStore(db, counter=COUNTER, max_tokens=cap, archive=archive), artifacts
 
 
 def archived_items(artifacts: ArtifactStore, ref: str | None) -> tuple[dict[int, tuple[str, str, str]], list[str]]:

@@ -1,0 +1,98 @@
+"""Command line: `python -m bot [run|console|doctor|trace ID|traces|dlq …]` (run is the default)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from config.settings import load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bot", description="Telegram gateway to an LLM agent")
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("run", help="run the bot (polling, or webhook when WEBHOOK_URL is set)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--webhook", action="store_true", help="insist on webhook mode (Procfile web:)")
+    mode.add_argument("--polling", action="store_true", help="insist on long polling (Procfile worker:)")
+    sub.add_parser("console", help="chat in the terminal through the same pipeline")
+    sub.add_parser("doctor", help="check settings, storage, the LLM endpoint and the Bot API")
+    trace = sub.add_parser("trace", help="show one turn's spans as a tree")
+    trace.add_argument("id", help="the trace id (32 hex) or its first 8 characters (the ref)")
+    trace.add_argument("--json", action="store_true", help="one JSON object per span")
+    traces = sub.add_parser("traces", help="list recent turns")
+    traces.add_argument("--last", type=int, default=20)
+    dlq = sub.add_parser("dlq", help="inspect and act on the dead-letter queue")
+    dlq.add_argument("action", choices=["list", "show", "replay", "discard"])
+    dlq.add_argument("id", nargs="?", help="entry id (or 'all' for replay)")
+    dlq.add_argument("--json", action="store_true", help="with list: one JSON object per entry")
+    dlq.add_argument("--status", default="pending", help="with list: pending, replayed, discarded, resolved, all")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "run"
+    settings = load_settings()
+    if command == "run":
+        from bot.app import serve
+
+        if getattr(args, "webhook", False) and not settings.webhook_url:
+            print("configuration error: WEBHOOK_URL is not set: the web process needs the public https URL "
+                  "Telegram should post to (e.g. https://your-app.example.com/telegram)", file=sys.stderr)
+            return 2
+        if getattr(args, "polling", False) and settings.webhook_url:
+            print("configuration error: WEBHOOK_URL is set but this is the polling worker: unset it, or run the "
+                  "web process instead (never both: Telegram allows one consumer)", file=sys.stderr)
+            return 2
+        return asyncio.run(serve(settings))
+    if command == "console":
+        from bot.console import run_console
+
+        return asyncio.run(run_console(settings))
+    if command == "doctor":
+        from bot.doctor import run_doctor
+
+        return asyncio.run(run_doctor(settings))
+    if command == "trace":
+        return _trace(settings, args.id, as_json=args.json)
+    if command == "traces":
+        from core.telemetry import format_turns, recent_turns
+
+        print(format_turns(recent_turns(settings.data_dir / "telemetry.db", last=max(1, args.last))))
+        return 0
+    if command == "dlq":
+        from bot.dlq_cli import run_dlq
+
+        return asyncio.run(run_dlq(settings, args.action, args.id, as_json=args.json, status=args.status))
+    return 2
+
+
+def _trace(settings, ref: str, *, as_json: bool) -> int:  # noqa: ANN001
+    from core.telemetry import find_trace, format_tree, spans_json_lines
+
+    try:
+        spans = find_trace(settings.data_dir / "telemetry.db", ref.strip().lower())
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not spans:
+        print(f"no trace matches {ref!r} in {settings.data_dir / 'telemetry.db'}", file=sys.stderr)
+        return 1
+    if as_json:
+        for line in spans_json_lines(spans):
+            print(line)
+    else:
+        print(format_tree(spans))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+

@@ -1,0 +1,167 @@
+"""The Telegram channel: core's reply events become sent and edited Telegram messages.
+
+Streaming: the first draft is sent as soon as text arrives, then the same message is edited
+at most once per EDIT_INTERVAL_S per chat (Telegram's limit for one chat is about one message
+per second; PTB's AIORateLimiter paces the bot overall but not per private chat), and never
+with unchanged text ("message is not modified" is avoided, and ignored if it still happens).
+The final answer is split into <= 4096-character parts and sent as HTML, falling back to the
+same text as plain when Telegram rejects the markup. Telegram failures are mapped to
+`DeliveryFailed` so core can keep the reply in the outbox (or stop writing to a chat that
+blocked the bot).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+from telegram import Bot, ReplyParameters
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+
+from bot.render import preview_text, render_parts
+from core.contracts import ReplyEvent
+from core.ports import DeliveryFailed
+
+log = logging.getLogger(__name__)
+EDIT_INTERVAL_S = 1.0
+MAX_STREAMS = 10_000
+
+
+@dataclass
+class _Draft:
+    message_id: int | None = None
+    text: str = ""
+    edited_at: float = 0.0
+
+
+def retry_after_s(error: RetryAfter) -> float:
+    value = error._retry_after if hasattr(error, "_retry_after") else error.retry_after
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def to_delivery_failed(error: TelegramError) -> DeliveryFailed:
+    """Map a Telegram error to the taxonomy's delivery outcome."""
+    if isinstance(error, Forbidden):
+        return DeliveryFailed(f"forbidden: {error.message}", permanent=True)
+    if isinstance(error, RetryAfter):
+        return DeliveryFailed("flood control", permanent=False, retry_after_s=retry_after_s(error))
+    if isinstance(error, BadRequest):
+        return DeliveryFailed(f"bad request: {error.message}", permanent=True)
+    return DeliveryFailed(f"{type(error).__name__}: {error.message}", permanent=False)
+
+
+class TelegramChannel:
+    """Implements core's Channel and TextSender ports with python-telegram-bot."""
+
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+        self._drafts: dict[tuple[int, str], _Draft] = {}
+
+    async def deliver(self, event: ReplyEvent) -> None:
+        try:
+            if event.kind == "typing":
+                await self.bot.send_chat_action(event.chat_id, ChatAction.TYPING)
+            elif event.kind == "draft":
+                await self._draft(event)
+            elif event.kind == "final":
+                await self._final(event)
+            else:  # error and notice: plain text, nothing to parse
+                self._drafts.pop((event.chat_id, event.trace_id), None)
+                await self._send_parts(event.chat_id, event.text, reply_to=event.reply_to_message_id, draft=None)
+        except TelegramError as error:
+            if event.kind in ("typing", "draft"):
+                log.debug("ignoring %s failure: %s", event.kind, error)
+                return
+            raise to_delivery_failed(error) from None
+
+    async def _draft(self, event: ReplyEvent) -> None:
+        key = (event.chat_id, event.trace_id)
+        draft = self._drafts.get(key)
+        if draft is None:
+            if len(self._drafts) >= MAX_STREAMS:
+                self._drafts.pop(next(iter(self._drafts)))
+            draft = self._drafts[key] = _Draft()
+        text = preview_text(event.text)
+        now = time.monotonic()
+        if not text.strip() or text == draft.text or now - draft.edited_at < EDIT_INTERVAL_S:
+            return
+        draft.edited_at = now
+        if draft.message_id is None:
+            message = await self.bot.send_message(event.chat_id, text, reply_parameters=_reply(event))
+            draft.message_id = message.message_id
+        else:
+            await self._edit(event.chat_id, draft.message_id, text, html=False)
+        draft.text = text
+
+    async def _final(self, event: ReplyEvent) -> None:
+        draft = self._drafts.pop((event.chat_id, event.trace_id), None)
+        await self._send_parts(event.chat_id, event.text, reply_to=event.reply_to_message_id, draft=draft)
+
+    async def _send_parts(self, chat_id: int, text: str, *, reply_to: int | None, draft: _Draft | None) -> None:
+        parts = render_parts(text) or []
+        for index, part in enumerate(parts):
+            if index == 0 and draft is not None and draft.message_id is not None:
+                if await self._edit_final(chat_id, draft.message_id, part.html, part.plain):
+                    continue
+            await self._send_one(chat_id, part.html, part.plain, reply_to=reply_to if index == 0 else None)
+
+    async def _send_one(self, chat_id: int, html: str, plain: str, *, reply_to: int | None) -> None:
+        reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
+        try:
+            await self.bot.send_message(chat_id, html, parse_mode=ParseMode.HTML, reply_parameters=reply)
+        except BadRequest as error:
+            if "can't parse entities" not in error.message.lower():
+                raise
+            log.info("Telegram rejected the markup (%s); sending plain text", error.message)
+            await self.bot.send_message(chat_id, plain, reply_parameters=reply)
+
+    async def _edit_final(self, chat_id: int, message_id: int, html: str, plain: str) -> bool:
+        """Turn the streamed draft into the first part; False if the draft is gone."""
+        try:
+            await self._edit(chat_id, message_id, html, html=True)
+        except BadRequest as error:
+            message = error.message.lower()
+            if "can't parse entities" in message:
+                await self._edit(chat_id, message_id, plain, html=False)
+            elif "message to edit not found" in message or "message can't be edited" in message:
+                return False
+            else:
+                raise
+        return True
+
+    async def _edit(self, chat_id: int, message_id: int, text: str, *, html: bool) -> None:
+        try:
+            await self.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id,
+                                             parse_mode=ParseMode.HTML if html else None)
+        except BadRequest as error:
+            if "message is not modified" not in error.message.lower():
+                raise
+
+    async def download(self, file_id: str, *, max_bytes: int) -> bytes:
+        try:
+            file = await self.bot.get_file(file_id)
+            if file.file_size is not None and file.file_size > max_bytes:
+                raise DeliveryFailed(f"file is larger than {max_bytes} bytes", permanent=True)
+            data = bytes(await file.download_as_bytearray())
+        except TelegramError as error:
+            raise to_delivery_failed(error) from None
+        if len(data) > max_bytes:
+            raise DeliveryFailed(f"file is larger than {max_bytes} bytes", permanent=True)
+        return data
+
+    async def send_text(self, chat_id: int, text: str) -> None:
+        """TextSender for the outbox: operator alerts and replies retried later."""
+        try:
+            for part in render_parts(text):
+                await self.bot.send_message(chat_id, part.plain)
+        except TelegramError as error:
+            raise to_delivery_failed(error) from None
+
+
+def _reply(event: ReplyEvent) -> ReplyParameters | None:
+    if event.reply_to_message_id is None:
+        return None
+    return ReplyParameters(event.reply_to_message_id, allow_sending_without_reply=True)

@@ -1,0 +1,224 @@
+"""Slash commands: what users and the operator can ask the gateway directly.
+
+Each command is `async def name(ctx) -> Reply`; `COMMANDS` is the one table of names, who may
+use them and their menu text (registered with setMyCommands at start: user commands for
+everyone, operator commands for the operator's chat only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from core.context.artifacts import ArtifactRefError, parse_ref
+from core.context.hot_state import format_for_user
+from core.contracts import HotStateWrite
+from core.status import budget_text, status_text, usage_days
+from core.telemetry import AmbiguousRef, find_trace, format_tree
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+Access = Literal["anyone", "allowed", "operator"]
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    document: tuple[str, bytes] | None = None  # (file name, bytes)
+    photo: bytes | None = None
+
+
+@dataclass
+class CommandContext:
+    runtime: Runtime
+    chat_id: int
+    user_id: int
+    user_name: str
+    args: str
+    trace_id: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def services(self):  # noqa: ANN201
+        return self.runtime.services
+
+    @property
+    def is_operator(self) -> bool:
+        return self.services.is_operator_chat(self.chat_id)
+
+
+async def start(ctx: CommandContext) -> Reply:
+    allowed = ctx.services.is_allowed(ctx.user_id)
+    status = ("You can chat with me: just send a message." if allowed else
+              "You are not on this bot's allowed list: ask the operator to add your id to ALLOWED_USER_IDS.")
+    return Reply(f"Hello {ctx.user_name or 'there'}! I pass your messages to an AI assistant.\n"
+                 f"Your Telegram user id is {ctx.user_id}.\n{status}\n/help lists the commands.")
+
+
+async def help_(ctx: CommandContext) -> Reply:
+    lines = ["Send me a message or a document and I'll answer.", ""]
+    lines += [f"/{c.name} - {c.help}" for c in COMMANDS if c.access != "operator"]
+    if ctx.is_operator:
+        lines += ["", "Operator:"] + [f"/{c.name} - {c.help}" for c in COMMANDS if c.access == "operator"]
+    return Reply("\n".join(lines))
+
+
+async def new(ctx: CommandContext) -> Reply:
+    count = ctx.services.history.start_new(ctx.chat_id)
+    return Reply(f"Started a fresh conversation ({count} earlier messages set aside). "
+                 "Your hot state is kept: /state shows it, /forget N removes an item.")
+
+
+async def state(ctx: CommandContext) -> Reply:
+    services = ctx.services
+    hot = services.hot_state.load(ctx.chat_id)
+    text = format_for_user(hot, tokens=services.hot_state.tokens(ctx.chat_id),
+                           cap=services.settings.hot_state_max_tokens)
+    return Reply(text)
+
+
+async def remember(ctx: CommandContext) -> Reply:
+    if not ctx.args.strip():
+        return Reply("Usage: /remember TEXT (a fact or constraint I should keep in mind).")
+    write = HotStateWrite(producer="pipeline", source="user", trace_id=ctx.trace_id, chat_id=ctx.chat_id,
+                          add=(("facts", ctx.args.strip()[:500]),))
+    hot, notes = ctx.services.hot_state.apply(ctx.chat_id, write, now=ctx.services.clock.iso())
+    return Reply("Noted. " + "; ".join(notes) + "\n/state shows everything I keep in mind.")
+
+
+async def forget(ctx: CommandContext) -> Reply:
+    numbers = [int(p) for p in ctx.args.replace(",", " ").split() if p.isdigit()]
+    if not numbers or len(numbers) != len(ctx.args.replace(",", " ").split()):
+        return Reply("Usage: /forget N (the item number shown by /state).")
+    write = HotStateWrite(producer="pipeline", source="user", trace_id=ctx.trace_id, chat_id=ctx.chat_id,
+                          remove=tuple(numbers[:20]))
+    hot, notes = ctx.services.hot_state.apply(ctx.chat_id, write, now=ctx.services.clock.iso())
+    return Reply("; ".join(notes) or "Done.")
+
+
+async def artifacts(ctx: CommandContext) -> Reply:
+    items = ctx.services.artifacts.list(ctx.chat_id, limit=30)
+    if not items:
+        return Reply("No artifacts yet. Documents you send, and very long messages, are stored here.")
+    lines = [f"{i.ref} {i.kind} {i.label} ({i.size_bytes:,} bytes, {i.tokens or 0:,} tokens)" for i in items]
+    return Reply("Artifacts of this chat:\n" + "\n".join(lines) + "\n\n/artifact REF sends one back.")
+
+
+async def artifact(ctx: CommandContext) -> Reply:
+    ref = ctx.args.strip()
+    if not ref:
+        return Reply("Usage: /artifact REF (as listed by /artifacts).")
+    try:
+        parse_ref(ref)
+        info = ctx.services.artifacts.resolve(ctx.chat_id, ref)
+        data = ctx.services.artifacts.read_bytes(info)
+    except ArtifactRefError as error:
+        return Reply(f"Cannot send that artifact: {error}")
+    extension = ".md" if info.media_type == "text/markdown" else ".txt"
+    name = info.label if "." in info.label[-6:] else f"{info.label}{extension}"
+    return Reply(f"{info.ref}: {info.label}", document=(name.replace("/", "_")[:100], data))
+
+
+async def budget(ctx: CommandContext) -> Reply:
+    text, chart = budget_text(ctx.services, user_id=ctx.user_id, operator=ctx.is_operator)
+    return Reply(text, photo=chart)
+
+
+async def usage(ctx: CommandContext) -> Reply:
+    text, chart = usage_days(ctx.services, user_id=ctx.user_id, operator=ctx.is_operator)
+    return Reply(text, photo=chart)
+
+
+async def status(ctx: CommandContext) -> Reply:
+    return Reply(status_text(ctx.services, chat_id=ctx.chat_id, operator=ctx.is_operator))
+
+
+async def trace_cmd(ctx: CommandContext) -> Reply:
+    ref = ctx.args.strip().lower()
+    if not ref:
+        return Reply("Usage: /trace REF (the 8 characters after 'ref:').")
+    try:
+        spans = find_trace(ctx.services.telemetry.db_path, ref)
+    except AmbiguousRef as error:
+        return Reply(str(error))
+    except ValueError as error:
+        return Reply(f"Not a trace reference: {error}")
+    if not spans:
+        return Reply(f"No trace {ref[:32]} (spans are kept {ctx.services.settings.telemetry_retention_days} days).")
+    return Reply("```\n" + format_tree(spans)[:3900] + "\n```")
+
+
+async def dlq(ctx: CommandContext) -> Reply:
+    queue = ctx.services.dlq
+    arg = ctx.args.strip()
+    if arg:
+        if not arg.isdigit():
+            return Reply("Usage: /dlq [ID]")
+        row = queue.get(int(arg))
+        if row is None:
+            return Reply(f"No DLQ entry {arg}.")
+        attempts = "\n".join(f"  {a.get('at', '')} {a.get('kind', '')} {str(a.get('detail', ''))[:80]}"
+                             for a in row.attempts[-5:])
+        return Reply(f"DLQ #{row.id} [{row.status}] {row.error_kind}\nchat {row.chat_id} user {row.user_id}\n"
+                     f"first {row.first_failed_at}\nlast {row.last_failed_at}\nref: {row.ref}\n"
+                     f"error: {row.error_message[:300]}\nmessage: {row.inbound.text[:300]}\n"
+                     f"attempts:\n{attempts or '  (none)'}\n\n/replay {row.id} or /discard {row.id}")
+    rows = queue.list("pending", limit=20)
+    if not rows:
+        return Reply(f"The dead-letter queue is empty ({queue.evicted()} evicted so far).")
+    lines = [f"#{r.id} {r.error_kind} chat {r.chat_id} {r.last_failed_at[:16]} ref: {r.ref}" for r in rows]
+    return Reply(f"{queue.depth()} pending:\n" + "\n".join(lines) + "\n\n/dlq ID, /replay ID|all, /discard ID")
+
+
+async def replay(ctx: CommandContext) -> Reply:
+    arg = ctx.args.strip().lower()
+    if arg == "all":
+        results = await ctx.runtime.replay_all()
+        return Reply(f"Replayed {len(results)} entries:\n" + "\n".join(results) if results else "Nothing pending.")
+    if not arg.isdigit():
+        return Reply("Usage: /replay ID|all")
+    return Reply(await ctx.runtime.replay(int(arg)))
+
+
+async def discard(ctx: CommandContext) -> Reply:
+    arg = ctx.args.strip()
+    if not arg.isdigit():
+        return Reply("Usage: /discard ID")
+    done = ctx.services.dlq.discard(int(arg), now=ctx.services.clock.iso())
+    return Reply(f"Discarded #{arg}." if done else f"#{arg} is not pending.")
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    run: Callable[[CommandContext], Awaitable[Reply]]
+    access: Access
+    help: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("start", start, "anyone", "who you are and whether you may chat"),
+    Command("help", help_, "anyone", "the commands"),
+    Command("new", new, "allowed", "start a fresh conversation"),
+    Command("state", state, "allowed", "what I keep in mind for this chat"),
+    Command("remember", remember, "allowed", "add a fact to my working memory"),
+    Command("forget", forget, "allowed", "remove item N from my working memory"),
+    Command("artifacts", artifacts, "allowed", "documents and long texts stored for this chat"),
+    Command("artifact", artifact, "allowed", "send an artifact back as a file"),
+    Command("budget", budget, "allowed", "tokens and spend, and what is left"),
+    Command("usage", usage, "allowed", "your last 7 days"),
+    Command("status", status, "allowed", "health, model, circuit and context use"),
+    Command("trace", trace_cmd, "operator", "show the trace of a ref"),
+    Command("dlq", dlq, "operator", "dead-letter queue (or one entry)"),
+    Command("replay", replay, "operator", "run a DLQ entry again (ID or all)"),
+    Command("discard", discard, "operator", "drop a DLQ entry"),
+)
+BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def may_use(command: Command, *, allowed: bool, operator_chat: bool) -> bool:
+    if command.access == "operator":
+        return operator_chat
+    return command.access == "anyone" or allowed or operator_chat

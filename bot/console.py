@@ -1,0 +1,81 @@
+"""`python -m bot console`: chat with the agent in the terminal through the same pipeline.
+
+Lines from stdin are user messages; answers are printed. For trying an LLM endpoint (and
+the whole pipeline: context, budgets, retries, tracing) without Telegram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+
+from config.settings import Settings
+from core.context.hot_state import format_for_user
+from core.contracts import InboundMessage, ReplyEvent
+from core.logs import configure_logging
+from core.pipeline import Pipeline
+from core.ports import DeliveryFailed
+from core.services import build_services
+from core.status import status_text
+from core.tracing import current_trace_id, new_turn_span
+
+CONSOLE_CHAT_ID = 0
+HELP = "Type a message. Commands: /new (fresh conversation), /state, /status, /quit."
+
+
+class ConsoleChannel:
+    """Channel port on a terminal: the final answer, notices and errors are printed."""
+
+    def __init__(self, out=sys.stdout) -> None:  # noqa: ANN001
+        self.out = out
+
+    async def deliver(self, event: ReplyEvent) -> None:
+        if event.kind in ("final", "notice", "error"):
+            prefix = {"final": "bot> ", "notice": "bot (notice)> ", "error": "bot (error)> "}[event.kind]
+            print(prefix + event.text, file=self.out, flush=True)
+
+    async def download(self, file_id: str, *, max_bytes: int) -> bytes:
+        raise DeliveryFailed("the console has no attachments", permanent=True)
+
+
+async def run_console(settings: Settings) -> int:
+    configure_logging(level="WARNING" if settings.log_level == "INFO" else settings.log_level,
+                      fmt=settings.log_format, secrets=settings.secrets())
+    services = build_services(settings)
+    services.mode = "console"
+    pipeline = Pipeline(services)
+    channel = ConsoleChannel()
+    user_id = settings.operator_chat_id or 0
+    print(f"Console chat with {settings.llm_model} at {settings.llm_host}. {HELP}", flush=True)
+    counter = itertools.count(1)
+    try:
+        while True:
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text in ("/quit", "/exit"):
+                break
+            if text == "/new":
+                services.history.start_new(CONSOLE_CHAT_ID)
+                print("bot> Started a fresh conversation.", flush=True)
+                continue
+            if text == "/state":
+                hot = services.hot_state.load(CONSOLE_CHAT_ID)
+                print(format_for_user(hot, tokens=services.hot_state.tokens(CONSOLE_CHAT_ID),
+                                      cap=settings.hot_state_max_tokens), flush=True)
+                continue
+            if text == "/status":
+                print(status_text(services, chat_id=CONSOLE_CHAT_ID, operator=True), flush=True)
+                continue
+            with new_turn_span(services.tracer, "turn", {"chat.id": CONSOLE_CHAT_ID, "console": True}):
+                inbound = InboundMessage(update_id=-next(counter), trace_id=current_trace_id() or "0" * 32,
+                                         chat_id=CONSOLE_CHAT_ID, chat_type="console", user_id=user_id,
+                                         user_name="console", text=text, received_at=services.clock.now())
+                await pipeline.run_turn(inbound, channel)
+    finally:
+        await services.close()
+    return 0

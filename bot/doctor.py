@@ -1,0 +1,142 @@
+"""`python -m bot doctor`: check settings, storage, the LLM endpoint and the Bot API, and say
+what to fix. Exit status 0 when everything needed to run is fine, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import httpx
+from openai import AsyncOpenAI
+
+from config.settings import Settings
+from core.context.tokens import counter_for_model
+from core.failures.taxonomy import classify_llm_error
+from core.store import GATEWAY_DB, open_database
+
+TIMEOUT_S = 10.0
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warning: bool = False
+
+
+def check_storage(settings: Settings) -> Check:
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".doctor-", delete=True) as handle:
+            handle.write(b"ok")
+        db = open_database(data_dir / GATEWAY_DB)
+        tables = set(db.table_names())
+        db.close()
+    except Exception as error:  # noqa: BLE001 - any failure is the finding
+        return Check("storage", False, f"{data_dir}: {type(error).__name__}: {error}",
+                     "point DATA_DIR at a writable directory (a persistent volume on a PaaS)")
+    return Check("storage", True, f"{data_dir.resolve()} writable, {len(tables)} tables, migrations applied")
+
+
+def check_platform() -> Check | None:
+    if os.environ.get("DYNO"):
+        return Check("platform", False, "Heroku detected (DYNO is set): its disk is ephemeral and wiped at least "
+                     "daily, so history, DLQ and usage in DATA_DIR will be lost",
+                     "use a platform with a persistent volume (Render disk, Railway volume, Fly volume)", warning=True)
+    return None
+
+
+async def check_llm(settings: Settings) -> Check:
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    client = AsyncOpenAI(base_url=settings.llm_base_url, api_key=key or "not-needed", max_retries=0, timeout=TIMEOUT_S)
+    try:
+        try:
+            models = await client.models.list()
+            names = [m.id for m in models.data]
+            found = settings.llm_model in names
+            detail = f"{settings.llm_host}: {len(names)} models listed" + (
+                f", {settings.llm_model} available" if found else f"; {settings.llm_model} not listed (may still work)")
+            return Check("llm", True, detail)
+        except Exception:  # noqa: BLE001 - some providers have no models list: try a one-token completion
+            await client.chat.completions.create(model=settings.llm_model, max_tokens=1,
+                                                 messages=[{"role": "user", "content": "ping"}])
+            return Check("llm", True, f"{settings.llm_host}: one-token completion with {settings.llm_model} worked")
+    except Exception as error:  # noqa: BLE001
+        classified = classify_llm_error(error, secrets=settings.secrets())
+        fix = {"llm_auth": "check LLM_API_KEY (or OPENAI_API_KEY)",
+               "llm_connection": "check LLM_BASE_URL and the network",
+               "llm_timeout": "check LLM_BASE_URL and the network",
+               "llm_quota": "add credit or raise the quota at the provider",
+               "llm_bad_request": "check LLM_MODEL"}.get(str(classified.kind), "see the error above")
+        return Check("llm", False, f"{settings.llm_host}: {classified.kind}: {classified.detail}", fix)
+    finally:
+        await client.close()
+
+
+async def check_telegram(settings: Settings) -> list[Check]:
+    if settings.telegram_bot_token is None:
+        return [Check("telegram", False, "TELEGRAM_BOT_TOKEN is not set",
+                      "create a bot with @BotFather and export TELEGRAM_BOT_TOKEN")]
+    token = settings.telegram_bot_token.get_secret_value()
+    base = f"{settings.telegram_api_base_url}/bot{token}"
+    checks = []
+    try:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
+            response = await client.get(f"{base}/getMe")
+            body = response.json()
+            if not body.get("ok"):
+                return [Check("telegram", False, f"getMe answered {response.status_code}: {body.get('description')}",
+                              "check TELEGRAM_BOT_TOKEN with @BotFather")]
+            me = body["result"]
+            checks.append(Check("telegram", True, f"getMe: @{me.get('username')} (id {me.get('id')})"))
+            info = (await client.get(f"{base}/getWebhookInfo")).json().get("result", {})
+            current = info.get("url") or ""
+            if settings.webhook_url and current != settings.webhook_url:
+                checks.append(Check("webhook", True, f"webhook is {current or 'not set'}; it is set to WEBHOOK_URL "
+                                    "when the bot starts", warning=True))
+            elif not settings.webhook_url and current:
+                checks.append(Check("webhook", True, "a webhook is set but WEBHOOK_URL is not: polling deletes it at "
+                                    "start", warning=True))
+            if info.get("last_error_message"):
+                checks.append(Check("webhook", False, f"Telegram's last webhook error: {info['last_error_message']}",
+                                    "check that WEBHOOK_URL reaches this app over https", warning=True))
+    except (httpx.HTTPError, ValueError) as error:
+        checks.append(Check("telegram", False, f"{settings.telegram_api_base_url}: {type(error).__name__}",
+                            "check TELEGRAM_API_BASE_URL and the network"))
+    return checks
+
+
+async def run_doctor(settings: Settings) -> int:
+    checks = [Check("settings", True, f"model {settings.llm_model}, mode {settings.mode}, "
+                    f"operator chat {settings.operator_chat_id or 'not set (alerts are only logged)'}")]
+    if settings.operator_chat_id is None:
+        checks.append(Check("operator", True, "OPERATOR_CHAT_ID is not set: alerts are only logged and nobody can use "
+                            "the operator commands", "set OPERATOR_CHAT_ID to your own chat id (/start shows it)",
+                            warning=True))
+    if not settings.allowed_user_ids:
+        checks.append(Check("access", True, "ALLOWED_USER_IDS is empty: only the operator may chat", warning=True))
+    checks.append(check_storage(settings))
+    platform = check_platform()
+    if platform:
+        checks.append(platform)
+    counter = counter_for_model(settings.llm_model)
+    checks.append(Check("tokens", True, f"encoding {counter.describe()}"))
+    checks.append(await check_llm(settings))
+    checks.extend(await check_telegram(settings))
+    secrets = settings.secrets()
+    failed = False
+    for check in checks:
+        mark = "ok  " if check.ok and not check.warning else ("warn" if check.warning else "FAIL")
+        failed |= not check.ok and not check.warning
+        line = f"[{mark}] {check.name}: {check.detail}" + (f"\n       fix: {check.fix}" if check.fix and
+                                                            (not check.ok or check.warning) else "")
+        for secret in secrets:
+            line = line.replace(secret, "[REDACTED]")
+        print(line)
+    print("doctor: " + ("problems found" if failed else "all good"))
+    return 1 if failed else 0

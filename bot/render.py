@@ -1,0 +1,393 @@
+"""Turn an LLM's Markdown answer into Telegram messages (pure functions, no I/O).
+
+Conversion uses ``chatgpt-md-converter`` (``telegram_format``): it is written for exactly this job
+(ChatGPT-style Markdown -> Telegram HTML: bold, italic, strikethrough, spoilers, inline code,
+fenced code with ``class="language-x"``, links, headings as bold, bullets as "•", blockquotes),
+it closes an unclosed fence or backtick itself, and it escapes ``<`` ``>`` ``&`` in text and code.
+We prefer its HTML over telegramify-markdown's entity lists because the rest of the bot sends
+HTML with a plain-text fallback, and HTML can be checked locally before it is sent.
+
+Its limitations, and what this module does about each (see ``_library_html``):
+- its link pattern backtracks exponentially on brackets (``"[[a]" * 25`` takes minutes): every
+  ``[`` that does not open a simple ``[text](url)`` link is hidden from it and put back afterwards;
+- it turns user-typed ``<blockquote>``, ``</span>`` and ``<span class="tg-spoiler">`` into real
+  tags, and leaves ``"`` raw inside ``href``: ``<`` and ``"`` are hidden the same way and come
+  back as ``&lt;`` / ``&quot;``;
+- crossing markers (``**a _b** c_``) give badly nested tags, and a lone backtick can add a
+  visible one: every result goes through ``is_valid_telegram_html``; a failure is retried
+  paragraph by paragraph and the failing paragraph is sent as escaped text;
+- it drops ChatGPT citation marks ``【…】``, leaves numbered lists as typed, and its regexes
+  are quadratic on some inputs, so call ``markdown_to_html`` on message-sized text (as
+  ``render_parts`` does), not on a whole megabyte.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from chatgpt_md_converter import telegram_format
+
+__all__ = [
+    "TELEGRAM_TEXT_LIMIT",
+    "RenderedPart",
+    "html_visible_text",
+    "is_valid_telegram_html",
+    "markdown_to_html",
+    "preview_text",
+    "render_parts",
+    "split_text",
+    "utf16_len",
+]
+
+TELEGRAM_TEXT_LIMIT = 4096
+_ELLIPSIS = " …"
+
+
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units, the unit of Telegram's message limit."""
+    # surrogatepass: a lone surrogate (possible after lenient JSON decoding) counts as one unit.
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+# --- fenced code blocks -------------------------------------------------------------------------
+
+# Any indentation: LLMs indent fences inside list items.
+_FENCE_LINE_RE = re.compile(r"^[ \t]*(`{3,})([^\n]*)$", re.MULTILINE)
+
+
+class _Fence(NamedTuple):
+    start: int  # start of the opening fence line
+    body: int  # just after the opening line
+    end: int  # just after the closing line (len(text) when never closed)
+    marker: str  # the opening backtick run, used to close a block cut in two
+
+
+class _Fences:
+    """The fenced code blocks of one text, found in one pass; lookups by position."""
+
+    def __init__(self, text: str) -> None:
+        self.blocks: list[_Fence] = []
+        opening: re.Match[str] | None = None
+        for line in _FENCE_LINE_RE.finditer(text):
+            ticks, rest = line.group(1), line.group(2)
+            if opening is None:
+                if "`" not in rest:
+                    opening = line
+            elif len(ticks) >= len(opening.group(1)) and not rest.strip():
+                self._add(text, opening, min(line.end() + 1, len(text)))
+                opening = None
+        if opening is not None:
+            self._add(text, opening, len(text))
+        self._starts = [block.start for block in self.blocks]
+
+    def _add(self, text: str, opening: re.Match[str], end: int) -> None:
+        body = min(opening.end() + 1, len(text))
+        self.blocks.append(_Fence(opening.start(), body, end, opening.group(1)))
+
+    def around(self, position: int) -> _Fence | None:
+        """The block a cut at `position` would fall inside (strictly), if any."""
+        index = bisect_left(self._starts, position) - 1
+        if index >= 0 and position < self.blocks[index].end:
+            return self.blocks[index]
+        return None
+
+
+# --- splitting ----------------------------------------------------------------------------------
+
+_PARAGRAPH, _LINE, _WORD = ("\n\n",), ("\n",), (" ", "\t")
+
+
+def split_text(text: str, *, limit_utf16: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
+    """Cut `text` into parts of at most `limit_utf16` units that join back to `text` exactly."""
+    spans = _split_spans(text, 0, len(text), limit_utf16=limit_utf16, fences=_Fences(text))
+    return [text[start:end] for start, end in spans]
+
+
+def _split_spans(
+    text: str, start: int, stop: int, *, limit_utf16: int, fences: _Fences
+) -> list[tuple[int, int]]:
+    if limit_utf16 < 2:
+        raise ValueError("limit_utf16 must be at least 2 (an astral character takes 2 units)")
+    spans = []
+    position = start
+    while position < stop:
+        end = _window_end(text, position, stop, limit_utf16)
+        if end < stop:
+            end = _best_cut(text, position, end, fences)
+        spans.append((position, end))
+        position = end
+    return spans
+
+
+def _window_end(text: str, start: int, stop: int, limit_utf16: int) -> int:
+    """The furthest end such that text[start:end] fits; at most limit code points are looked at."""
+    end = min(stop, start + limit_utf16)
+    units = utf16_len(text[start:end])
+    while units > limit_utf16:
+        # Dropping n code points removes n..2n units: halve the overshoot without undershooting.
+        drop = max(1, (units - limit_utf16) // 2)
+        units -= utf16_len(text[end - drop : end])
+        end -= drop
+    return end
+
+
+def _best_cut(text: str, start: int, end: int, fences: _Fences) -> int:
+    """Where to end the part in text[start:end], by preference (see split_text's brief)."""
+    back_half = start + (end - start) // 2
+    passes = (
+        (back_half, True, (_PARAGRAPH, _LINE, _WORD)),
+        (back_half, False, (_PARAGRAPH, _LINE)),  # inside a long code block, at a line
+        (start, True, (_PARAGRAPH, _LINE, _WORD)),
+        (start, False, (_PARAGRAPH, _LINE, _WORD)),
+    )
+    for low, fence_free, levels in passes:
+        for separators in levels:
+            skip = fences if fence_free else None
+            best = max(_last_cut(text, sep, low, end, skip) for sep in separators)
+            if best > start:
+                return best
+    # Hard cut; keep a surrogate pair stored as two code points together.
+    if end - 1 > start and _is_high_surrogate(text[end - 1]) and not _is_high_surrogate(text[end]):
+        return end - 1 if "\udc00" <= text[end] <= "\udfff" else end
+    return end
+
+
+def _is_high_surrogate(char: str) -> bool:
+    return "\ud800" <= char <= "\udbff"
+
+
+def _last_cut(text: str, separator: str, low: int, high: int, fences: _Fences | None) -> int:
+    """The last cut after `separator` in text[low:high], outside code blocks if asked; or -1."""
+    while True:
+        found = text.rfind(separator, low, high)
+        if found < 0:
+            return -1
+        cut = found + len(separator)
+        block = fences.around(cut) if fences else None
+        if block is None:
+            return cut
+        high = block.start  # jump over the whole block: one step per block, not per line
+
+
+# --- Telegram HTML ------------------------------------------------------------------------------
+
+_ATTR = r"""[a-zA-Z][a-zA-Z-]*(?:=(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>=`]+))?"""
+_TAG_RE = re.compile(rf"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+{_ATTR})*)\s*>")
+_ATTR_RE = re.compile(r"""([a-zA-Z][a-zA-Z-]*)(?:=(?:"([^"<>]*)"|'([^'<>]*)'|([^\s"'<>=`]+)))?""")
+_ENTITY_RE = re.compile(r"&(?:(lt|gt|amp|quot)|#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6}));")
+_SPECIAL_RE = re.compile(r"[<>&]")
+_ANY_TAG_RE = re.compile(r"<[^<>]*>")
+_NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
+_ALLOWED_ATTRS: dict[str, frozenset[str]] = {
+    **{tag: frozenset() for tag in ("b", "strong", "i", "em", "u", "ins", "s", "strike", "del")},
+    "pre": frozenset(),
+    "tg-spoiler": frozenset(),
+    "span": frozenset({"class"}),
+    "a": frozenset({"href"}),
+    "code": frozenset({"class"}),
+    "blockquote": frozenset({"expandable"}),
+    "tg-emoji": frozenset({"emoji-id"}),
+}
+
+
+def _entity_char(match: re.Match[str]) -> str | None:
+    named, decimal, hexadecimal = match.groups()
+    if named:
+        return _NAMED_ENTITIES[named]
+    code = int(decimal) if decimal else int(hexadecimal, 16)
+    if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF:
+        return chr(code)
+    return None
+
+
+def _ampersands_ok(text: str) -> bool:
+    for index in (match.start() for match in re.finditer("&", text)):
+        entity = _ENTITY_RE.match(text, index)
+        if entity is None or _entity_char(entity) is None:
+            return False
+    return True
+
+
+def _attributes_ok(tag: str, raw_attributes: str) -> bool:
+    allowed = _ALLOWED_ATTRS.get(tag)
+    if allowed is None:
+        return False
+    values: dict[str, str | None] = {}
+    for attribute in _ATTR_RE.finditer(raw_attributes):
+        name = attribute.group(1).lower()
+        value = next((group for group in attribute.groups()[1:] if group is not None), None)
+        if name not in allowed or name in values or (value and not _ampersands_ok(value)):
+            return False
+        values[name] = value
+    if tag == "a":
+        return bool(values.get("href"))
+    if tag == "span":
+        return values.get("class") == "tg-spoiler"
+    if tag == "code":
+        return "class" not in values or (values["class"] or "").startswith("language-")
+    if tag == "tg-emoji":
+        return (values.get("emoji-id") or "").isdigit()
+    return values.get("expandable") is None  # blockquote's flag takes no value
+
+
+def is_valid_telegram_html(html_text: str) -> bool:
+    """Whether Telegram's HTML parse mode would accept `html_text` (known tags, nested, escaped)."""
+    open_tags: list[str] = []
+    position = 0
+    while (special := _SPECIAL_RE.search(html_text, position)) is not None:
+        index = special.start()
+        if special.group() == "&":
+            entity = _ENTITY_RE.match(html_text, index)
+            if entity is None or _entity_char(entity) is None:
+                return False
+            position = entity.end()
+            continue
+        tag = _TAG_RE.match(html_text, index) if special.group() == "<" else None
+        if tag is None:
+            return False
+        closing, name, attributes = tag.group(1), tag.group(2).lower(), tag.group(3)
+        if closing:
+            if attributes.strip() or not open_tags or open_tags.pop() != name:
+                return False
+        elif not _attributes_ok(name, attributes):
+            return False
+        else:
+            open_tags.append(name)
+        position = tag.end()
+    return not open_tags
+
+
+def html_visible_text(html_text: str) -> str:
+    """The text Telegram shows (and counts) for `html_text`: tags removed, entities decoded."""
+    without_tags = _ANY_TAG_RE.sub("", html_text)
+    return _ENTITY_RE.sub(lambda match: _entity_char(match) or match.group(), without_tags)
+
+
+# --- Markdown -> HTML ---------------------------------------------------------------------------
+
+# A link the library may keep (group 1): its own pattern minus nested brackets, which are what
+# make it backtrack; any other "[" is hidden from it.
+_BRACKET_RE = re.compile(r"(!?\[[^\[\]]*\]\([^)\s\[\]]+\))|\[")
+
+
+def _unused_chars(text: str, count: int) -> list[str]:
+    """Private-use characters absent from `text`, to hide characters from the library."""
+    found: list[str] = []
+    code = 0xE000
+    while len(found) < count:
+        if chr(code) not in text:
+            found.append(chr(code))
+        code += 1
+    return found
+
+
+def _library_html(text: str) -> str | None:
+    """The library's HTML for `text`, or None when it raises or its output is not valid."""
+    less, quote, bracket = _unused_chars(text, 3)
+    hidden = _BRACKET_RE.sub(lambda match: match.group(1) or bracket, text)
+    hidden = hidden.replace("<", less).replace('"', quote)
+    try:
+        converted = telegram_format(hidden)
+    except Exception:  # third-party code on arbitrary model output: any failure means "escape"
+        return None
+    converted = converted.replace(less, "&lt;").replace(quote, "&quot;").replace(bracket, "[")
+    return converted if is_valid_telegram_html(converted) else None
+
+
+def markdown_to_html(text: str) -> str:
+    """Telegram-safe HTML for Markdown `text`; always passes `is_valid_telegram_html`."""
+    converted = _library_html(text)
+    if converted is not None:
+        return converted
+    # One stray marker should not cost the whole answer its formatting: retry per paragraph.
+    fences = _Fences(text)
+    pieces: list[str] = []
+    block_start = 0
+    for gap in re.finditer(r"\n{2,}", text):
+        # Judged by the gap's end: a gap that starts on a closing fence line still ends outside.
+        if fences.around(gap.end()) is None and gap.start() > block_start:
+            pieces.append(_block_html(text[block_start : gap.start()]) + gap.group())
+            block_start = gap.end()
+    if block_start == 0:
+        return html.escape(text, quote=False)
+    pieces.append(_block_html(text[block_start:]))
+    return "".join(pieces)
+
+
+def _block_html(block: str) -> str:
+    converted = _library_html(block)
+    return html.escape(block, quote=False) if converted is None else converted
+
+
+# --- messages -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RenderedPart:
+    """One message: `html` for parse_mode=HTML, `plain` (the raw Markdown slice) as the fallback."""
+
+    html: str
+    plain: str
+
+
+def render_parts(markdown: str, *, limit_utf16: int = TELEGRAM_TEXT_LIMIT) -> list[RenderedPart]:
+    """Split `markdown` into message-sized parts and render each; blank parts are left out."""
+    fences = _Fences(markdown)
+    spans = _split_spans(markdown, 0, len(markdown), limit_utf16=limit_utf16, fences=fences)
+    parts: list[RenderedPart] = []
+    for start, end in spans:
+        parts.extend(_render_span(markdown, start, end, limit_utf16, fences, retries=3))
+    return parts
+
+
+def _render_span(
+    text: str, start: int, end: int, limit_utf16: int, fences: _Fences, *, retries: int
+) -> list[RenderedPart]:
+    plain = text[start:end]
+    if not plain.strip():
+        return []  # Telegram refuses a blank message
+    rendered = markdown_to_html(_self_contained(text, start, end, fences))
+    visible = html_visible_text(rendered)
+    if not visible.strip():
+        rendered = html.escape(plain, quote=False)  # e.g. a lone fence line renders empty
+    elif utf16_len(visible) > limit_utf16:
+        # Rendering added characters (a closing backtick): cut this slice finer, then give up.
+        smaller = utf16_len(plain) - (utf16_len(visible) - limit_utf16)
+        if retries and smaller >= 2:
+            spans = _split_spans(text, start, end, limit_utf16=smaller, fences=fences)
+            finer: list[RenderedPart] = []
+            for span_start, span_end in spans:
+                finer += _render_span(
+                    text, span_start, span_end, limit_utf16, fences, retries=retries - 1
+                )
+            return finer
+        rendered = html.escape(plain, quote=False)
+    return [RenderedPart(html=rendered, plain=plain)]
+
+
+def _self_contained(text: str, start: int, end: int, fences: _Fences) -> str:
+    """text[start:end], with a code block cut at either edge re-opened or closed."""
+    markdown = text[start:end]
+    opened = fences.around(start)
+    if opened is not None and start >= opened.body:
+        markdown = text[opened.start : opened.body] + markdown
+    unclosed = fences.around(end)
+    if unclosed is not None and end >= unclosed.body:
+        markdown += ("" if markdown.endswith("\n") else "\n") + unclosed.marker
+    return markdown
+
+
+def preview_text(markdown: str, *, limit_utf16: int = TELEGRAM_TEXT_LIMIT) -> str:
+    """A streaming preview: `markdown` if it fits, else its first part followed by " …"."""
+    if len(markdown) <= limit_utf16 and utf16_len(markdown) <= limit_utf16:
+        return markdown
+    room = limit_utf16 - utf16_len(_ELLIPSIS)
+    if room < 2:
+        return split_text(markdown[: limit_utf16 + 1], limit_utf16=limit_utf16)[0]
+    # The first part only depends on the first `room` code points (plus one to see the cut).
+    head = split_text(markdown[: room + 1], limit_utf16=room)[0]
+    return head.rstrip() + _ELLIPSIS
