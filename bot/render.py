@@ -1,24 +1,19 @@
 """Turn an LLM's Markdown answer into Telegram messages (pure functions, no I/O).
 
-Conversion uses ``chatgpt-md-converter`` (``telegram_format``): it is written for exactly this job
-(ChatGPT-style Markdown -> Telegram HTML: bold, italic, strikethrough, spoilers, inline code,
-fenced code with ``class="language-x"``, links, headings as bold, bullets as "•", blockquotes),
-it closes an unclosed fence or backtick itself, and it escapes ``<`` ``>`` ``&`` in text and code.
-We prefer its HTML over telegramify-markdown's entity lists because the rest of the bot sends
-HTML with a plain-text fallback, and HTML can be checked locally before it is sent.
-
-Its limitations, and what this module does about each (see ``_library_html``):
-- its link pattern backtracks exponentially on brackets (``"[[a]" * 25`` takes minutes): every
-  ``[`` that does not open a simple ``[text](url)`` link is hidden from it and put back afterwards;
-- it turns user-typed ``<blockquote>``, ``</span>`` and ``<span class="tg-spoiler">`` into real
-  tags, and leaves ``"`` raw inside ``href``: ``<`` and ``"`` are hidden the same way and come
-  back as ``&lt;`` / ``&quot;``;
-- crossing markers (``**a _b** c_``) give badly nested tags, and a lone backtick can add a
-  visible one: every result goes through ``is_valid_telegram_html``; a failure is retried
-  paragraph by paragraph and the failing paragraph is sent as escaped text;
-- it drops ChatGPT citation marks ``【…】``, leaves numbered lists as typed, and its regexes
-  are quadratic on some inputs, so call ``markdown_to_html`` on message-sized text (as
-  ``render_parts`` does), not on a whole megabyte.
+Conversion uses ``chatgpt-md-converter`` (``telegram_format``), made for exactly this job:
+ChatGPT-style Markdown to Telegram HTML (bold, italic, strikethrough, spoiler, inline code,
+``<pre><code class="language-x">``, links, headings as bold, bullets as "•", blockquotes); it
+closes an unclosed fence itself and escapes ``<`` ``>`` ``&``. We take HTML (not
+telegramify-markdown's entity lists) because HTML can be checked here before it is sent, and
+the bot already keeps a plain-text fallback per message. Its gaps, and how we wrap them:
+- its link regex backtracks exponentially (``"[[a]" * 25`` runs for minutes): every ``[`` that
+  does not open a plain ``[text](url)`` is hidden from it, as are ``<`` (it turns a typed
+  ``</span>`` or ``<blockquote>`` into a real tag) and ``"`` (left raw inside ``href``);
+- crossing markers (``**a _b** c_``) give misnested tags and a lone backtick gains a visible
+  twin: every result must pass ``is_valid_telegram_html``, else it is redone per paragraph and
+  a failing paragraph is sent escaped; ``render_parts`` re-splits a part that grew too long;
+- it drops ChatGPT citation marks ``【…】``, leaves numbered lists as typed, and some of its
+  regexes are quadratic: give ``markdown_to_html`` message-sized text, as ``render_parts`` does.
 """
 
 from __future__ import annotations
@@ -32,15 +27,8 @@ from typing import NamedTuple
 from chatgpt_md_converter import telegram_format
 
 __all__ = [
-    "TELEGRAM_TEXT_LIMIT",
-    "RenderedPart",
-    "html_visible_text",
-    "is_valid_telegram_html",
-    "markdown_to_html",
-    "preview_text",
-    "render_parts",
-    "split_text",
-    "utf16_len",
+    "TELEGRAM_TEXT_LIMIT", "RenderedPart", "html_visible_text", "is_valid_telegram_html",
+    "markdown_to_html", "preview_text", "render_parts", "split_text", "utf16_len",
 ]
 
 TELEGRAM_TEXT_LIMIT = 4096
@@ -72,21 +60,17 @@ class _Fences:
     def __init__(self, text: str) -> None:
         self.blocks: list[_Fence] = []
         opening: re.Match[str] | None = None
-        for line in _FENCE_LINE_RE.finditer(text):
-            ticks, rest = line.group(1), line.group(2)
+        for line in [*_FENCE_LINE_RE.finditer(text), None]:  # None: the end of the text
             if opening is None:
-                if "`" not in rest:
-                    opening = line
-            elif len(ticks) >= len(opening.group(1)) and not rest.strip():
-                self._add(text, opening, min(line.end() + 1, len(text)))
+                opening = line if line is not None and "`" not in line.group(2) else None
+            elif line is None or (
+                len(line.group(1)) >= len(opening.group(1)) and not line.group(2).strip()
+            ):
+                end = len(text) if line is None else min(line.end() + 1, len(text))
+                body = min(opening.end() + 1, len(text))
+                self.blocks.append(_Fence(opening.start(), body, end, opening.group(1)))
                 opening = None
-        if opening is not None:
-            self._add(text, opening, len(text))
         self._starts = [block.start for block in self.blocks]
-
-    def _add(self, text: str, opening: re.Match[str], end: int) -> None:
-        body = min(opening.end() + 1, len(text))
-        self.blocks.append(_Fence(opening.start(), body, end, opening.group(1)))
 
     def around(self, position: int) -> _Fence | None:
         """The block a cut at `position` would fall inside (strictly), if any."""
@@ -150,14 +134,9 @@ def _best_cut(text: str, start: int, end: int, fences: _Fences) -> int:
             best = max(_last_cut(text, sep, low, end, skip) for sep in separators)
             if best > start:
                 return best
-    # Hard cut; keep a surrogate pair stored as two code points together.
-    if end - 1 > start and _is_high_surrogate(text[end - 1]) and not _is_high_surrogate(text[end]):
-        return end - 1 if "\udc00" <= text[end] <= "\udfff" else end
-    return end
-
-
-def _is_high_surrogate(char: str) -> bool:
-    return "\ud800" <= char <= "\udbff"
+    # Hard cut, but not between the halves of a surrogate pair stored as two code points.
+    pair = "\ud800" <= text[end - 1] <= "\udbff" and "\udc00" <= text[end] <= "\udfff"
+    return end - 1 if pair and end - 1 > start else end
 
 
 def _last_cut(text: str, separator: str, low: int, high: int, fences: _Fences | None) -> int:
@@ -167,7 +146,7 @@ def _last_cut(text: str, separator: str, low: int, high: int, fences: _Fences | 
         if found < 0:
             return -1
         cut = found + len(separator)
-        block = fences.around(cut) if fences else None
+        block = fences.around(cut) if fences is not None else None
         if block is None:
             return cut
         high = block.start  # jump over the whole block: one step per block, not per line
@@ -175,22 +154,16 @@ def _last_cut(text: str, separator: str, low: int, high: int, fences: _Fences | 
 
 # --- Telegram HTML ------------------------------------------------------------------------------
 
-_ATTR = r"""[a-zA-Z][a-zA-Z-]*(?:=(?:"[^"<>]*"|'[^'<>]*'|[^\s"'<>=`]+))?"""
-_TAG_RE = re.compile(rf"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+{_ATTR})*)\s*>")
 _ATTR_RE = re.compile(r"""([a-zA-Z][a-zA-Z-]*)(?:=(?:"([^"<>]*)"|'([^'<>]*)'|([^\s"'<>=`]+)))?""")
+_TAG_RE = re.compile(rf"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+{_ATTR_RE.pattern})*)\s*>")
+_TAG_SPLIT_RE = re.compile(r"(<[^<>]*>)")
 _ENTITY_RE = re.compile(r"&(?:(lt|gt|amp|quot)|#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6}));")
-_SPECIAL_RE = re.compile(r"[<>&]")
-_ANY_TAG_RE = re.compile(r"<[^<>]*>")
 _NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
-_ALLOWED_ATTRS: dict[str, frozenset[str]] = {
-    **{tag: frozenset() for tag in ("b", "strong", "i", "em", "u", "ins", "s", "strike", "del")},
-    "pre": frozenset(),
-    "tg-spoiler": frozenset(),
-    "span": frozenset({"class"}),
-    "a": frozenset({"href"}),
-    "code": frozenset({"class"}),
-    "blockquote": frozenset({"expandable"}),
-    "tg-emoji": frozenset({"emoji-id"}),
+_ALLOWED_ATTRS: dict[str, set[str]] = {
+    **{tag: set() for tag in ("b", "strong", "i", "em", "u", "ins", "s", "strike", "del")},
+    "pre": set(), "tg-spoiler": set(),
+    "span": {"class"}, "a": {"href"}, "code": {"class"}, "blockquote": {"expandable"},
+    "tg-emoji": {"emoji-id"},
 }
 
 
@@ -205,11 +178,9 @@ def _entity_char(match: re.Match[str]) -> str | None:
 
 
 def _ampersands_ok(text: str) -> bool:
-    for index in (match.start() for match in re.finditer("&", text)):
-        entity = _ENTITY_RE.match(text, index)
-        if entity is None or _entity_char(entity) is None:
-            return False
-    return True
+    """Every "&" starts an entity Telegram knows (entities never overlap, one "&" each)."""
+    entities = list(_ENTITY_RE.finditer(text))
+    return len(entities) == text.count("&") and all(map(_entity_char, entities))
 
 
 def _attributes_ok(tag: str, raw_attributes: str) -> bool:
@@ -237,33 +208,28 @@ def _attributes_ok(tag: str, raw_attributes: str) -> bool:
 def is_valid_telegram_html(html_text: str) -> bool:
     """Whether Telegram's HTML parse mode would accept `html_text` (known tags, nested, escaped)."""
     open_tags: list[str] = []
-    position = 0
-    while (special := _SPECIAL_RE.search(html_text, position)) is not None:
-        index = special.start()
-        if special.group() == "&":
-            entity = _ENTITY_RE.match(html_text, index)
-            if entity is None or _entity_char(entity) is None:
+    for index, piece in enumerate(_TAG_SPLIT_RE.split(html_text)):
+        if index % 2 == 0:  # text between tags
+            if "<" in piece or ">" in piece or not _ampersands_ok(piece):
                 return False
-            position = entity.end()
             continue
-        tag = _TAG_RE.match(html_text, index) if special.group() == "<" else None
+        tag = _TAG_RE.fullmatch(piece)
         if tag is None:
             return False
         closing, name, attributes = tag.group(1), tag.group(2).lower(), tag.group(3)
         if closing:
-            if attributes.strip() or not open_tags or open_tags.pop() != name:
+            if attributes or not open_tags or open_tags.pop() != name:
                 return False
         elif not _attributes_ok(name, attributes):
             return False
         else:
             open_tags.append(name)
-        position = tag.end()
     return not open_tags
 
 
 def html_visible_text(html_text: str) -> str:
     """The text Telegram shows (and counts) for `html_text`: tags removed, entities decoded."""
-    without_tags = _ANY_TAG_RE.sub("", html_text)
+    without_tags = _TAG_SPLIT_RE.sub("", html_text)
     return _ENTITY_RE.sub(lambda match: _entity_char(match) or match.group(), without_tags)
 
 
@@ -386,7 +352,7 @@ def preview_text(markdown: str, *, limit_utf16: int = TELEGRAM_TEXT_LIMIT) -> st
     if len(markdown) <= limit_utf16 and utf16_len(markdown) <= limit_utf16:
         return markdown
     room = limit_utf16 - utf16_len(_ELLIPSIS)
-    if room < 2:
+    if room < 2:  # no space for the ellipsis
         return split_text(markdown[: limit_utf16 + 1], limit_utf16=limit_utf16)[0]
     # The first part only depends on the first `room` code points (plus one to see the cut).
     head = split_text(markdown[: room + 1], limit_utf16=room)[0]

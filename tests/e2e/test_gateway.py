@@ -36,3 +36,76 @@ def test_refused_user_gets_their_id_and_costs_nothing(bot, fake_telegram, fake_l
     fake_telegram.push_update(fake_telegram.text_update(555, 555, "let me in"))
     fake_telegram.wait_for_text(555, "555")
     assert fake_llm.count() == 0
+
+
+def test_long_answer_arrives_whole_and_in_order(bot, fake_telegram, fake_llm) -> None:
+    bot()
+    paragraphs = [f"Paragraph {i:03d}: " + ("lorem ipsum dolor sit amet " * 6).strip() for i in range(60)]
+    answer = "\n\n".join(paragraphs)
+    assert len(answer) > 10_000
+    fake_llm.enqueue(Reply(answer, chunk_chars=500))
+    fake_telegram.push_update(fake_telegram.text_update(USER, USER, "write a lot"))
+    fake_telegram.wait_for_text(USER, "Paragraph 059", timeout=20)
+    texts = [m.plain_text for m in fake_telegram.messages(USER)]
+    assert len(texts) >= 3 and all(len(t) <= 4096 for t in texts)
+    joined = "".join(texts)
+    positions = [joined.index(f"Paragraph {i:03d}") for i in range(60)]
+    assert positions == sorted(positions)
+
+
+def test_rejected_markup_falls_back_to_plain_text(bot, fake_telegram, fake_llm) -> None:
+    bot()
+    fake_llm.enqueue(Reply("Here is **important** text"))
+    fake_telegram.reject_html(times=5)
+    fake_telegram.push_update(fake_telegram.text_update(USER, USER, "format please"))
+    message = fake_telegram.wait_for_text(USER, "important", timeout=15)
+    fake_telegram.wait_for(lambda: fake_telegram.messages(USER)[-1].parse_mode is None
+                           and "**important**" in fake_telegram.messages(USER)[-1].text)
+    assert message.text
+
+
+def test_group_answers_only_mentions_and_replies(bot, fake_telegram, fake_llm) -> None:
+    bot()
+    group = -5000
+    fake_telegram.push_update(fake_telegram.text_update(group, USER, "just chatting", chat_type="group"))
+    fake_telegram.push_update(fake_telegram.text_update(group, USER, "@gateway_test_bot what is 2+2?",
+                                                        chat_type="group"))
+    fake_telegram.wait_for_text(group, "echo: what is 2+2?")
+    assert fake_llm.count() == 1
+    bot_message = fake_telegram.messages(group)[-1]
+    fake_telegram.push_update(fake_telegram.text_update(group, USER, "and 3+3?", chat_type="group",
+                                                        reply_to_message_id=bot_message.message_id))
+    fake_telegram.wait_for_text(group, "echo: and 3+3?")
+    assert fake_llm.count() == 2
+
+
+def test_history_survives_restart_and_redelivery_is_answered_once(bot, fake_telegram, fake_llm) -> None:
+    first = bot()
+    update = fake_telegram.text_update(USER, USER, "my name is Ada")
+    update_id = fake_telegram.push_update(update)
+    fake_telegram.wait_for_text(USER, "echo: my name is Ada")
+    assert first.stop() == 0
+    bot()
+    fake_telegram.push_update({**update, "update_id": update_id})  # Telegram redelivers
+    fake_telegram.push_update(fake_telegram.text_update(USER, USER, "what is my name?"))
+    fake_telegram.wait_for_text(USER, "echo: what is my name?")
+    contents = [m["content"] for m in fake_llm.last_request().messages]
+    assert "my name is Ada" in contents  # history came back from SQLite
+    assert fake_llm.count() == 2  # the redelivered update was not answered again
+    assert len([t for t in fake_telegram.sent_texts(USER) if "my name is Ada" in t]) == 1
+
+
+def test_crash_mid_turn_is_answered_after_restart(bot, fake_telegram, fake_llm) -> None:
+    first = bot()
+    fake_llm.enqueue(Reply("slow answer that never finishes", chunk_chars=3, delay_s=1.0))
+    fake_telegram.push_update(fake_telegram.text_update(USER, USER, "are you there?"))
+    fake_telegram.wait_for(lambda: fake_llm.count() >= 1, timeout=15)
+    first.kill()
+    bot()
+    fake_telegram.wait_for_text(USER, "echo: are you there?", timeout=20)
+
+
+def test_operator_sees_operator_commands_in_their_menu(bot, fake_telegram) -> None:
+    bot()
+    scoped = fake_telegram.commands({"type": "chat", "chat_id": OPERATOR_ID})
+    assert {"dlq", "replay", "trace", "status"} <= {c["command"] for c in scoped}

@@ -487,7 +487,11 @@ async def test_malformed_answers(llm: FakeLLM) -> None:
         llm.enqueue(Reply("a" * 50, chunk_chars=5, cut_after_chunks=2))
         stream = await client.chat.completions.create(model=MODEL, messages=messages, stream=True)
         received: list[str] = []
-        with pytest.raises(openai.APIConnectionError):
+
+        async def drain() -> None:
             async for chunk in stream:
                 received.append(chunk.choices[0].delta.content or "")
+
+        with pytest.raises(openai.APIConnectionError):
+            await drain()
         assert "".join(received) == "a" * 10
