@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 
 from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import InvalidToken, NetworkError, TelegramError
@@ -19,11 +20,12 @@ from telegram.ext import AIORateLimiter, Application, TypeHandler
 
 from bot.commands import COMMANDS
 from bot.handlers import on_error, on_update
-from bot.runtime import Runtime
+from bot.polling import CheckedUpdatesRequest
+from bot.runtime import JournalingQueue, Runtime
 from bot.webhook import WebhookServer
 from config.settings import Settings, require_token
 from core.logs import configure_logging
-from core.services import build_services
+from core.services import StorageUnavailable, open_services
 
 log = logging.getLogger(__name__)
 DRAIN_S = 20.0
@@ -32,10 +34,17 @@ CONCURRENT_UPDATES = 64
 START_ATTEMPTS = 5
 
 
-def build_application(settings: Settings, token: str, *, webhook: bool) -> Application:
+def build_application(settings: Settings, token: str, *, webhook: bool,
+                      update_queue: JournalingQueue | None = None,
+                      updates_request: CheckedUpdatesRequest | None = None) -> Application:
     """One Application: every update goes to `on_update`; one error handler."""
     root = settings.telegram_api_base_url
-    builder = (Application.builder().token(token)
+    builder = Application.builder()
+    if update_queue is not None:
+        builder = builder.update_queue(update_queue)
+    if updates_request is not None and not webhook:  # one unparsable update must not stall polling
+        builder = builder.get_updates_request(updates_request)
+    builder = (builder.token(token)
                .base_url(f"{root}/bot").base_file_url(f"{root}/file/bot")
                .rate_limiter(AIORateLimiter(max_retries=2))
                .concurrent_updates(CONCURRENT_UPDATES)
@@ -84,11 +93,20 @@ def _polling_error(error: TelegramError) -> None:
 async def serve(settings: Settings) -> int:
     token = require_token(settings)
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
-    services = build_services(settings)
+    try:
+        services = open_services(settings)
+    except StorageUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     services.mode = settings.mode
     webhook = settings.mode == "webhook"
-    application = build_application(settings, token, webhook=webhook)
+    queue = JournalingQueue()
+    updates_request = CheckedUpdatesRequest(connection_pool_size=1)
+    application = build_application(settings, token, webhook=webhook, update_queue=queue,
+                                     updates_request=updates_request)
     runtime = Runtime(services, application.bot)
+    queue.runtime = runtime
+    updates_request.on_malformed = runtime.record_unparsable
     application.bot_data["runtime"] = runtime
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -119,7 +137,7 @@ async def serve(settings: Settings) -> int:
                                                 bootstrap_retries=-1)
     services.dlq.release_stale_replays(before=services.clock.iso())  # replays a crash interrupted
     for update in runtime.recover():
-        await application.update_queue.put(update)
+        queue.put_recovered(update)
     outbox = asyncio.create_task(runtime.outbox_loop(stop))
     await register_commands(application, settings)
     log.info("gateway running (%s mode) as @%s with model %s", settings.mode, application.bot.username,

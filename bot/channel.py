@@ -8,6 +8,11 @@ The final answer is split into <= 4096-character parts and sent as HTML, falling
 same text as plain when Telegram rejects the markup. Telegram failures are mapped to
 `DeliveryFailed` so core can keep the reply in the outbox (or stop writing to a chat that
 blocked the bot).
+
+Every message that is delivered whole (final answers, error replies, notices) gets two spans
+in the turn's trace: `render` (Markdown to Telegram HTML parts) and `send` (the Bot API calls),
+so a trace shows whether time went into formatting or into Telegram. Drafts and typing stay
+inside the LLM span that produced them.
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from opentelemetry import trace
 from telegram import Bot, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 
-from bot.render import preview_text, render_parts
+from bot.render import RenderedPart, preview_text, render_parts
 from core.contracts import ReplyEvent
 from core.ports import DeliveryFailed
 
 log = logging.getLogger(__name__)
 EDIT_INTERVAL_S = 1.0
 MAX_STREAMS = 10_000
+_CHAT_GONE = ("chat not found", "bot was kicked", "not enough rights to send", "user is deactivated")
 
 
 @dataclass
@@ -35,6 +42,7 @@ class _Draft:
     message_id: int | None = None
     text: str = ""
     edited_at: float = 0.0
+    gone: bool = False  # Telegram refused the chat (blocked): no more drafts; the final reports it
 
 
 def retry_after_s(error: RetryAfter) -> float:
@@ -44,20 +52,22 @@ def retry_after_s(error: RetryAfter) -> float:
 
 def to_delivery_failed(error: TelegramError) -> DeliveryFailed:
     """Map a Telegram error to the taxonomy's delivery outcome."""
-    if isinstance(error, Forbidden):
-        return DeliveryFailed(f"forbidden: {error.message}", permanent=True)
+    if isinstance(error, Forbidden):  # blocked by the user, kicked from the group, user deactivated
+        return DeliveryFailed(f"forbidden: {error.message}", permanent=True, chat_gone=True)
     if isinstance(error, RetryAfter):
         return DeliveryFailed("flood control", permanent=False, retry_after_s=retry_after_s(error))
     if isinstance(error, BadRequest):
-        return DeliveryFailed(f"bad request: {error.message}", permanent=True)
+        gone = any(marker in error.message.lower() for marker in _CHAT_GONE)
+        return DeliveryFailed(f"bad request: {error.message}", permanent=True, chat_gone=gone)
     return DeliveryFailed(f"{type(error).__name__}: {error.message}", permanent=False)
 
 
 class TelegramChannel:
     """Implements core's Channel and TextSender ports with python-telegram-bot."""
 
-    def __init__(self, bot: Bot) -> None:
+    def __init__(self, bot: Bot, *, tracer: trace.Tracer | None = None) -> None:
         self.bot = bot
+        self.tracer = tracer or trace.NoOpTracer()
         self._drafts: dict[tuple[int, str], _Draft] = {}
 
     async def deliver(self, event: ReplyEvent) -> None:
@@ -66,11 +76,9 @@ class TelegramChannel:
                 await self.bot.send_chat_action(event.chat_id, ChatAction.TYPING)
             elif event.kind == "draft":
                 await self._draft(event)
-            elif event.kind == "final":
-                await self._final(event)
-            else:  # error and notice: plain text, nothing to parse
-                self._drafts.pop((event.chat_id, event.trace_id), None)
-                await self._send_parts(event.chat_id, event.text, reply_to=event.reply_to_message_id, draft=None)
+            else:  # final, error and notice: the whole text, rendered and sent in parts
+                draft = self._drafts.pop((event.chat_id, event.trace_id), None)
+                await self._deliver_whole(event, draft if event.kind == "final" else None)
         except TelegramError as error:
             if event.kind in ("typing", "draft"):
                 log.debug("ignoring %s failure: %s", event.kind, error)
@@ -86,22 +94,35 @@ class TelegramChannel:
             draft = self._drafts[key] = _Draft()
         text = preview_text(event.text)
         now = time.monotonic()
-        if not text.strip() or text == draft.text or now - draft.edited_at < EDIT_INTERVAL_S:
+        if draft.gone or not text.strip() or text == draft.text or now - draft.edited_at < EDIT_INTERVAL_S:
             return
         draft.edited_at = now
-        if draft.message_id is None:
-            message = await self.bot.send_message(event.chat_id, text, reply_parameters=_reply(event))
-            draft.message_id = message.message_id
-        else:
-            await self._edit(event.chat_id, draft.message_id, text, html=False)
+        try:
+            if draft.message_id is None:
+                message = await self.bot.send_message(event.chat_id, text, reply_parameters=_reply(event))
+                draft.message_id = message.message_id
+            else:
+                await self._edit(event.chat_id, draft.message_id, text, html=False)
+        except Forbidden:
+            draft.gone = True
+            raise
         draft.text = text
 
-    async def _final(self, event: ReplyEvent) -> None:
-        draft = self._drafts.pop((event.chat_id, event.trace_id), None)
-        await self._send_parts(event.chat_id, event.text, reply_to=event.reply_to_message_id, draft=draft)
+    async def _deliver_whole(self, event: ReplyEvent, draft: _Draft | None) -> None:
+        with self.tracer.start_as_current_span("render") as span:
+            parts = render_parts(event.text) or []
+            span.set_attributes({"reply.kind": event.kind, "reply.chars": len(event.text),
+                                 "render.parts": len(parts)})
+        with self.tracer.start_as_current_span("send") as span:
+            span.set_attributes({"chat.id": event.chat_id, "send.parts": len(parts),
+                                 "send.edits_draft": draft is not None and draft.message_id is not None})
+            try:
+                await self._send_parts(event.chat_id, parts, reply_to=event.reply_to_message_id, draft=draft)
+            except TelegramError as error:  # recorded on the span, then mapped by deliver()
+                span.set_attribute("error.type", type(error).__name__)
+                raise
 
-    async def _send_parts(self, chat_id: int, text: str, *, reply_to: int | None, draft: _Draft | None) -> None:
-        parts = render_parts(text) or []
+    async def _send_parts(self, chat_id: int, parts: list[RenderedPart], *, reply_to: int | None, draft: _Draft | None) -> None:
         for index, part in enumerate(parts):
             if index == 0 and draft is not None and draft.message_id is not None:
                 if await self._edit_final(chat_id, draft.message_id, part.html, part.plain):

@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from core.context.artifacts import ArtifactRefError, parse_ref
+from core.context.artifacts import ArtifactCorrupt, ArtifactRefError, parse_ref
 from core.context.hot_state import format_for_user
 from core.contracts import HotStateWrite
-from core.status import budget_text, status_text, usage_days
+from core.status import budget_text, spend_chart, status_text, usage_week_text
 from core.telemetry import AmbiguousRef, find_trace, format_tree
 
 if TYPE_CHECKING:
@@ -116,19 +116,21 @@ async def artifact(ctx: CommandContext) -> Reply:
         data = ctx.services.artifacts.read_bytes(info)
     except ArtifactRefError as error:
         return Reply(f"Cannot send that artifact: {error}")
+    except ArtifactCorrupt as error:
+        return Reply(f"Cannot send that artifact: {error} (the operator can look at the server's DATA_DIR).")
     extension = ".md" if info.media_type == "text/markdown" else ".txt"
     name = info.label if "." in info.label[-6:] else f"{info.label}{extension}"
     return Reply(f"{info.ref}: {info.label}", document=(name.replace("/", "_")[:100], data))
 
 
 async def budget(ctx: CommandContext) -> Reply:
-    text, chart = budget_text(ctx.services, user_id=ctx.user_id, operator=ctx.is_operator)
-    return Reply(text, photo=chart)
+    text = budget_text(ctx.services, user_id=ctx.user_id, operator=ctx.is_operator)
+    return Reply(text, photo=await spend_chart(ctx.services) if ctx.is_operator else None)
 
 
 async def usage(ctx: CommandContext) -> Reply:
-    text, chart = usage_days(ctx.services, user_id=ctx.user_id, operator=ctx.is_operator)
-    return Reply(text, photo=chart)
+    text = usage_week_text(ctx.services, user_id=ctx.user_id)
+    return Reply(text, photo=await spend_chart(ctx.services) if ctx.is_operator else None)
 
 
 async def status(ctx: CommandContext) -> Reply:

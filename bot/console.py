@@ -16,7 +16,7 @@ from core.contracts import InboundMessage, ReplyEvent
 from core.logs import configure_logging
 from core.pipeline import Pipeline
 from core.ports import DeliveryFailed
-from core.services import build_services
+from core.services import StorageUnavailable, open_services
 from core.status import status_text
 from core.tracing import current_trace_id, new_turn_span
 
@@ -42,7 +42,11 @@ class ConsoleChannel:
 async def run_console(settings: Settings) -> int:
     configure_logging(level="WARNING" if settings.log_level == "INFO" else settings.log_level,
                       fmt=settings.log_format, secrets=settings.secrets())
-    services = build_services(settings)
+    try:
+        services = open_services(settings)
+    except StorageUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     services.mode = "console"
     pipeline = Pipeline(services)
     channel = ConsoleChannel()

@@ -13,7 +13,7 @@ import sys
 from config.settings import Settings, require_token
 from core.failures.dlq import DlqRow
 from core.logs import configure_logging
-from core.services import build_services
+from core.services import StorageUnavailable, open_services
 
 
 def _as_dict(row: DlqRow) -> dict:
@@ -31,7 +31,11 @@ async def run_dlq(settings: Settings, action: str, entry: str | None, *, as_json
     if action == "replay" and (entry is None or not (entry.isdigit() or entry == "all")):
         print("usage: python -m bot dlq replay ID|all", file=sys.stderr)
         return 2
-    services = build_services(settings)
+    try:
+        services = open_services(settings)
+    except StorageUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     try:
         queue = services.dlq
         if action == "list":

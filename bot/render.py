@@ -1,19 +1,19 @@
 """Turn an LLM's Markdown answer into Telegram messages (pure functions, no I/O).
 
-Conversion uses ``chatgpt-md-converter`` (``telegram_format``), made for exactly this job:
-ChatGPT-style Markdown to Telegram HTML (bold, italic, strikethrough, spoiler, inline code,
-``<pre><code class="language-x">``, links, headings as bold, bullets as "•", blockquotes); it
-closes an unclosed fence itself and escapes ``<`` ``>`` ``&``. We take HTML (not
-telegramify-markdown's entity lists) because HTML can be checked here before it is sent, and
-the bot already keeps a plain-text fallback per message. Its gaps, and how we wrap them:
-- its link regex backtracks exponentially (``"[[a]" * 25`` runs for minutes): every ``[`` that
-  does not open a plain ``[text](url)`` is hidden from it, as are ``<`` (it turns a typed
-  ``</span>`` or ``<blockquote>`` into a real tag) and ``"`` (left raw inside ``href``);
-- crossing markers (``**a _b** c_``) give misnested tags and a lone backtick gains a visible
-  twin: every result must pass ``is_valid_telegram_html``, else it is redone per paragraph and
-  a failing paragraph is sent escaped; ``render_parts`` re-splits a part that grew too long;
-- it drops ChatGPT citation marks ``【…】``, leaves numbered lists as typed, and some of its
-  regexes are quadratic: give ``markdown_to_html`` message-sized text, as ``render_parts`` does.
+Markdown -> HTML is ``chatgpt-md-converter``'s ``telegram_format``: made for ChatGPT-style
+Markdown and Telegram's tag set (bold, italic, strike, spoiler, code, ``<pre><code
+class="language-x">``, links, headings as bold, "•" bullets, blockquotes), it closes an unclosed
+fence and escapes ``<>&``. HTML rather than telegramify-markdown's entities because HTML can be
+checked here before sending, and each message keeps its raw text as the fallback. Its gaps:
+- its link regex backtracks exponentially (``"[[a]" * 25``: minutes), it makes typed ``</span>``
+  or ``<blockquote>`` real tags, and leaves ``"`` raw in ``href``: we hide every ``[`` outside a
+  plain ``[text](url)``, every ``<`` and ``"`` from it, and put them back escaped;
+- crossing markers (``**a _b** c_``) misnest tags, a stray ``_`` before code swaps the code for
+  the library's placeholder name, a lone backtick gains a twin: output must pass
+  ``is_valid_telegram_html`` and be placeholder-free, else paragraphs are retried one by one
+  and a failing one is escaped; ``render_parts`` re-splits a part that grew past the limit;
+- it drops ChatGPT citations ``【…】``, keeps numbered lists as typed, and some of its regexes
+  are quadratic: call ``markdown_to_html`` on message-sized text, as ``render_parts`` does.
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from __future__ import annotations
 import html
 import re
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from itertools import islice
 from typing import NamedTuple
 
 from chatgpt_md_converter import telegram_format
-
-__all__ = [
-    "TELEGRAM_TEXT_LIMIT", "RenderedPart", "html_visible_text", "is_valid_telegram_html",
-    "markdown_to_html", "preview_text", "render_parts", "split_text", "utf16_len",
-]
 
 TELEGRAM_TEXT_LIMIT = 4096
 _ELLIPSIS = " …"
@@ -86,7 +84,13 @@ _PARAGRAPH, _LINE, _WORD = ("\n\n",), ("\n",), (" ", "\t")
 
 
 def split_text(text: str, *, limit_utf16: int = TELEGRAM_TEXT_LIMIT) -> list[str]:
-    """Cut `text` into parts of at most `limit_utf16` units that join back to `text` exactly."""
+    """Cut `text` into parts of at most `limit_utf16` units that join back to `text` exactly.
+
+    Each part ends at the last paragraph break (blank line) of its window, else the last line
+    break, else the last space, else a hard cut between code points. A cut inside a ``` block
+    is avoided when one outside it leaves the part at least half full; otherwise the block is
+    cut at a line break. Linear time: each window is searched from its end, a block skipped whole.
+    """
     spans = _split_spans(text, 0, len(text), limit_utf16=limit_utf16, fences=_Fences(text))
     return [text[start:end] for start, end in spans]
 
@@ -120,7 +124,7 @@ def _window_end(text: str, start: int, stop: int, limit_utf16: int) -> int:
 
 
 def _best_cut(text: str, start: int, end: int, fences: _Fences) -> int:
-    """Where to end the part in text[start:end], by preference (see split_text's brief)."""
+    """Where to end the part in the window text[start:end] (see `split_text`)."""
     back_half = start + (end - start) // 2
     passes = (
         (back_half, True, (_PARAGRAPH, _LINE, _WORD)),
@@ -159,12 +163,17 @@ _TAG_RE = re.compile(rf"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+{_ATTR_RE.pattern})*)
 _TAG_SPLIT_RE = re.compile(r"(<[^<>]*>)")
 _ENTITY_RE = re.compile(r"&(?:(lt|gt|amp|quot)|#([0-9]{1,7})|#[xX]([0-9a-fA-F]{1,6}));")
 _NAMED_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
-_ALLOWED_ATTRS: dict[str, set[str]] = {
-    **{tag: set() for tag in ("b", "strong", "i", "em", "u", "ins", "s", "strike", "del")},
-    "pre": set(), "tg-spoiler": set(),
-    "span": {"class"}, "a": {"href"}, "code": {"class"}, "blockquote": {"expandable"},
-    "tg-emoji": {"emoji-id"},
+# Each tag's attributes, with a check of the value (None for a bare flag); then the required ones.
+_ATTRIBUTE_CHECKS: dict[str, dict[str, Callable[[str | None], bool]]] = {
+    **{tag: {} for tag in ("b", "strong", "i", "em", "u", "ins", "s", "strike", "del")},
+    **{tag: {} for tag in ("pre", "tg-spoiler")},
+    "a": {"href": bool},
+    "span": {"class": lambda value: value == "tg-spoiler"},
+    "code": {"class": lambda value: (value or "").startswith("language-")},
+    "blockquote": {"expandable": lambda value: value is None},
+    "tg-emoji": {"emoji-id": lambda value: (value or "").isdigit()},
 }
+_REQUIRED_ATTRIBUTE = {"a": "href", "span": "class", "tg-emoji": "emoji-id"}
 
 
 def _entity_char(match: re.Match[str]) -> str | None:
@@ -184,29 +193,27 @@ def _ampersands_ok(text: str) -> bool:
 
 
 def _attributes_ok(tag: str, raw_attributes: str) -> bool:
-    allowed = _ALLOWED_ATTRS.get(tag)
-    if allowed is None:
+    checks = _ATTRIBUTE_CHECKS.get(tag)
+    if checks is None:
         return False
-    values: dict[str, str | None] = {}
+    seen: set[str] = set()
     for attribute in _ATTR_RE.finditer(raw_attributes):
         name = attribute.group(1).lower()
         value = next((group for group in attribute.groups()[1:] if group is not None), None)
-        if name not in allowed or name in values or (value and not _ampersands_ok(value)):
+        if name not in checks or name in seen or not checks[name](value):
             return False
-        values[name] = value
-    if tag == "a":
-        return bool(values.get("href"))
-    if tag == "span":
-        return values.get("class") == "tg-spoiler"
-    if tag == "code":
-        return "class" not in values or (values["class"] or "").startswith("language-")
-    if tag == "tg-emoji":
-        return (values.get("emoji-id") or "").isdigit()
-    return values.get("expandable") is None  # blockquote's flag takes no value
+        if value is not None and not _ampersands_ok(value):
+            return False
+        seen.add(name)
+    required = _REQUIRED_ATTRIBUTE.get(tag)
+    return required is None or required in seen
 
 
 def is_valid_telegram_html(html_text: str) -> bool:
-    """Whether Telegram's HTML parse mode would accept `html_text` (known tags, nested, escaped)."""
+    """Whether Telegram's HTML parse mode accepts `html_text`: known tags and attributes,
+    properly nested and closed, ``<`` ``>`` ``&`` escaped, only entities Telegram knows.
+    Which entity may contain which (say code inside a link) is left to Telegram, which
+    resolves that itself instead of refusing the message."""
     open_tags: list[str] = []
     for index, piece in enumerate(_TAG_SPLIT_RE.split(html_text)):
         if index % 2 == 0:  # text between tags
@@ -238,30 +245,27 @@ def html_visible_text(html_text: str) -> str:
 # A link the library may keep (group 1): its own pattern minus nested brackets, which are what
 # make it backtrack; any other "[" is hidden from it.
 _BRACKET_RE = re.compile(r"(!?\[[^\[\]]*\]\([^)\s\[\]]+\))|\[")
+_PLACEHOLDERS = ("CODEBLOCKPLACEHOLDER_", "INLINECODEPLACEHOLDER_")  # the library's own
 
 
 def _unused_chars(text: str, count: int) -> list[str]:
     """Private-use characters absent from `text`, to hide characters from the library."""
-    found: list[str] = []
-    code = 0xE000
-    while len(found) < count:
-        if chr(code) not in text:
-            found.append(chr(code))
-        code += 1
-    return found
+    used = set(text)
+    return list(islice((c for c in map(chr, range(0xF0000, 0x110000)) if c not in used), count))
 
 
 def _library_html(text: str) -> str | None:
     """The library's HTML for `text`, or None when it raises or its output is not valid."""
-    less, quote, bracket = _unused_chars(text, 3)
-    hidden = _BRACKET_RE.sub(lambda match: match.group(1) or bracket, text)
-    hidden = hidden.replace("<", less).replace('"', quote)
     try:
-        converted = telegram_format(hidden)
+        less, quote, bracket = _unused_chars(text, 3)
+        hidden = _BRACKET_RE.sub(lambda match: match.group(1) or bracket, text)
+        converted = telegram_format(hidden.replace("<", less).replace('"', quote))
     except Exception:  # third-party code on arbitrary model output: any failure means "escape"
         return None
     converted = converted.replace(less, "&lt;").replace(quote, "&quot;").replace(bracket, "[")
-    return converted if is_valid_telegram_html(converted) else None
+    # A stray "_" before code can eat a placeholder's last "_": the code is lost, the name shows.
+    leaked = any(name in converted and name not in text for name in _PLACEHOLDERS)
+    return None if leaked or not is_valid_telegram_html(converted) else converted
 
 
 def markdown_to_html(text: str) -> str:
@@ -306,12 +310,14 @@ def render_parts(markdown: str, *, limit_utf16: int = TELEGRAM_TEXT_LIMIT) -> li
     spans = _split_spans(markdown, 0, len(markdown), limit_utf16=limit_utf16, fences=fences)
     parts: list[RenderedPart] = []
     for start, end in spans:
-        parts.extend(_render_span(markdown, start, end, limit_utf16, fences, retries=3))
+        parts += _render_span(
+            markdown, start, end, limit_utf16=limit_utf16, fences=fences, retries=3
+        )
     return parts
 
 
 def _render_span(
-    text: str, start: int, end: int, limit_utf16: int, fences: _Fences, *, retries: int
+    text: str, start: int, end: int, *, limit_utf16: int, fences: _Fences, retries: int
 ) -> list[RenderedPart]:
     plain = text[start:end]
     if not plain.strip():
@@ -325,12 +331,8 @@ def _render_span(
         smaller = utf16_len(plain) - (utf16_len(visible) - limit_utf16)
         if retries and smaller >= 2:
             spans = _split_spans(text, start, end, limit_utf16=smaller, fences=fences)
-            finer: list[RenderedPart] = []
-            for span_start, span_end in spans:
-                finer += _render_span(
-                    text, span_start, span_end, limit_utf16, fences, retries=retries - 1
-                )
-            return finer
+            retry = partial(_render_span, text, limit_utf16=limit_utf16, fences=fences)
+            return [part for span in spans for part in retry(*span, retries=retries - 1)]
         rendered = html.escape(plain, quote=False)
     return [RenderedPart(html=rendered, plain=plain)]
 
@@ -352,8 +354,8 @@ def preview_text(markdown: str, *, limit_utf16: int = TELEGRAM_TEXT_LIMIT) -> st
     if len(markdown) <= limit_utf16 and utf16_len(markdown) <= limit_utf16:
         return markdown
     room = limit_utf16 - utf16_len(_ELLIPSIS)
-    if room < 2:  # no space for the ellipsis
-        return split_text(markdown[: limit_utf16 + 1], limit_utf16=limit_utf16)[0]
+    if room < 2:
+        raise ValueError("limit_utf16 must be at least 4 to leave room for the ellipsis")
     # The first part only depends on the first `room` code points (plus one to see the cut).
     head = split_text(markdown[: room + 1], limit_utf16=room)[0]
     return head.rstrip() + _ELLIPSIS

@@ -3,8 +3,10 @@ the outbox; replay dead letters.
 
 Journal first, then work: an update is written to the inbox journal (keyed by update_id)
 before anything else, so a redelivery is dropped and a crash mid-turn is resumed at start.
-In webhook mode the HTTP handler journals before answering 200 (Telegram redelivers until
-then) and marks the update `pre_accepted` so the handler does not see it as a duplicate.
+Journaling happens when the update enters PTB's update queue (`JournalingQueue.put`): the
+poller only confirms an update to Telegram (the next getUpdates offset) after putting it
+there, and the webhook answers 200 only after it, so an update is never acknowledged
+before it is on disk. Journaled updates are marked `pre_accepted` for the handler.
 """
 
 from __future__ import annotations
@@ -12,16 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 from telegram import Bot, InputFile, Update
+from telegram.error import NetworkError
 
 from bot.channel import TelegramChannel, to_delivery_failed
 from bot.commands import BY_NAME, CommandContext, Reply, may_use
-from bot.handlers import Routed, route, to_inbound, update_ids
+from bot.handlers import (
+    Parsed,
+    Routed,
+    is_telegram_id,
+    journal_raw,
+    parse_update,
+    route,
+    to_inbound,
+    update_ids,
+)
+from core import failpoints
 from core.contracts import ContractViolation, ReplyEvent
 from core.failures.escalation import drain_outbox
+from core.outcomes import record_blocked
 from core.pipeline import Pipeline, refusal_text
 from core.ports import DeliveryFailed
 from core.services import Services
@@ -33,6 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 OUTBOX_POLL_S = 1.0
 REPLAY_PACE_S = 1.0
+AUTO_REPLAY_ROUNDS = 5
+OUTBOX_BASE_WAIT_S = 2.0  # first retry of a refused delivery; doubles per attempt ...
+OUTBOX_MAX_WAIT_S = 60.0  # ... up to this (both scaled by RETRY_WAIT_SCALE in tests)
 RECOVER_LIMIT = 1000
 
 
@@ -43,29 +61,76 @@ class Runtime:
         self.services = services
         self.pipeline = Pipeline(services)
         self.bot = bot
-        self.channel = TelegramChannel(bot)
+        self.channel = TelegramChannel(bot, tracer=services.tracer)
         self.pre_accepted: set[int] = set()
         self.bot_id = 0
         self.bot_username = ""
         self._background: set[asyncio.Task] = set()
         self._replaying = False
+        self._replay_wanted = False
         services.on_circuit_closed = self.schedule_auto_replay  # type: ignore[attr-defined]
+        services.on_llm_success = self._provider_answered  # type: ignore[attr-defined]
 
     def set_identity(self, bot_id: int, username: str) -> None:
         self.bot_id, self.bot_username = bot_id, username
 
     # Intake ------------------------------------------------------------------------
-    def accept_for_webhook(self, update: Update) -> bool:
-        """Journal an update before the webhook answers 200; False for a duplicate."""
+    def accept(self, update: Update) -> bool:
+        """Journal an update before anything else; False for a duplicate (already journaled)."""
         chat_id, user_id = update_ids(update)
+        failpoints.hit("journal.before")
         accepted = self.services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
-                                                kind="update", raw=update.to_dict(), trace_id=None,
+                                                kind="update", raw=journal_raw(update), trace_id=None,
                                                 now=self.services.clock.iso())
         if accepted:
             self.pre_accepted.add(update.update_id)
+            failpoints.hit("journal.after")
         return accepted
 
-    async def process_update(self, update: Update) -> None:
+    accept_for_webhook = accept
+
+    async def process_raw(self, data: object) -> str:
+        """One raw update body (what the webhook receives): parse, journal, process; never raises.
+
+        Returns the outcome: `rejected` (not an update: nothing to key it by, nothing kept),
+        `malformed` (kept in the journal as failed, with why), `duplicate`, `ignored` (the journal
+        says why), or the turn's own outcome (`replied`, `failed`, `dlq`, `refused`, ...)."""
+        parsed = parse_update(data, self.bot)
+        if parsed.update is None:
+            return self.record_unparsable(parsed)
+        update = parsed.update
+        try:
+            if not self.accept(update):
+                return "duplicate"
+            return await self.process_update(update)
+        except asyncio.CancelledError:
+            raise
+        except Exception as failure:  # noqa: BLE001 - process_update ends its own failures; a last resort
+            log.exception("update %s failed at intake", update.update_id)
+            with contextlib.suppress(Exception):
+                self.services.journal.mark(update.update_id, "failed", now=self.services.clock.iso(),
+                                           error=f"{type(failure).__name__} at intake"[:500])
+            return "error"
+
+    def record_unparsable(self, parsed: Parsed) -> str:
+        """A body that is not a usable update: kept in the journal (failed) when it has an id."""
+        if parsed.update_id is None:
+            log.warning("rejected a body that is not a Telegram update: %s", parsed.problem)
+            return "rejected"
+        log.warning("update %s is malformed: %s", parsed.update_id, parsed.problem)
+        journal, now = self.services.journal, self.services.clock.iso()
+        try:
+            if not journal.accept(update_id=parsed.update_id, chat_id=None, user_id=None, kind="update",
+                                  raw=parsed.data or {"update_id": parsed.update_id}, trace_id=None, now=now):
+                return "duplicate"
+            journal.mark(parsed.update_id, "failed", now=now, error=parsed.problem[:500])
+        except Exception:  # noqa: BLE001 - a body we cannot even store is rejected, loudly
+            log.exception("could not journal malformed update %s", parsed.update_id)
+            return "rejected"
+        return "malformed"
+
+    async def process_update(self, update: Update) -> str:
+        """Journal (unless already), trace, route and run one update; returns its outcome."""
         services = self.services
         chat_id, user_id = update_ids(update)
         attributes = {"update.id": update.update_id}
@@ -77,20 +142,21 @@ class Runtime:
                 if update.update_id in self.pre_accepted:
                     self.pre_accepted.discard(update.update_id)
                 elif not services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
-                                                  kind="update", raw=update.to_dict(), trace_id=trace_id,
+                                                  kind="update", raw=journal_raw(update), trace_id=trace_id,
                                                   now=services.clock.iso()):
                     span.set_attribute("update.duplicate", True)
                     root.set_attribute("turn.outcome", "duplicate")
-                    return
+                    return "duplicate"
                 routed = route(update, bot_id=self.bot_id, bot_username=self.bot_username)
                 span.set_attributes({"update.kind": routed.kind, "update.reason": routed.reason})
             if routed.kind == "ignored":
+                self.note_membership(update)
                 services.journal.mark(update.update_id, "ignored", now=services.clock.iso(), error=routed.reason,
                                       trace_id=trace_id)
                 root.set_attribute("turn.outcome", "ignored")
-                return
+                return "ignored"
             services.journal.mark(update.update_id, "processing", now=services.clock.iso(), trace_id=trace_id)
-            state, error = "failed", None
+            state, error, outcome = "failed", None, "error"
             try:
                 if chat_id is not None and services.chats.is_blocked(chat_id):
                     services.chats.unblock(chat_id, now=services.clock.iso())  # they wrote again: unblocked
@@ -99,6 +165,8 @@ class Runtime:
                 else:
                     outcome = await self.run_message(update, trace_id)
                 state = "replied" if outcome not in ("failed", "dlq") else "failed"
+                if outcome == "throttled":  # at most one notice per burst: the journal must not say "replied"
+                    state, error = "ignored", "throttled"
                 root.set_attribute("turn.outcome", outcome)
             except Exception as failure:  # the pipeline ends its own failures; this is a last resort
                 error = f"{type(failure).__name__}: {failure}"[:500]
@@ -107,7 +175,25 @@ class Runtime:
                 if chat_id is not None:
                     await self._safe_notice(chat_id, trace_id, "Sorry, something went wrong on my side. "
                                             f"The operator can look it up.\n\nref: {short_ref(trace_id)}")
+            failpoints.hit("reply.after")
             services.journal.mark(update.update_id, state, now=services.clock.iso(), error=error)
+            return outcome
+
+    def note_membership(self, update: Update) -> None:
+        """Telegram tells the bot when a user blocks it (or a group removes it): record it, so that
+        nothing more is sent there (no replays, no kept replies) until someone writes again."""
+        change = update.my_chat_member
+        if change is None:
+            return
+        chat_id = getattr(getattr(change, "chat", None), "id", None)
+        status = getattr(getattr(change, "new_chat_member", None), "status", None)
+        if not is_telegram_id(chat_id):  # PTB does not check types: a junk update must not break intake
+            return
+        if status in ("kicked", "left"):
+            record_blocked(self.services, chat_id, f"my_chat_member: {status}")
+        elif self.services.chats.is_blocked(chat_id):
+            self.services.chats.unblock(chat_id, now=self.services.clock.iso())
+            log.info("chat %s unblocked the bot", chat_id)
 
     async def run_message(self, update: Update, trace_id: str) -> str:
         services = self.services
@@ -119,6 +205,9 @@ class Runtime:
             # raw update in the journal (marked failed with the violation) so nothing is lost.
             log.warning("malformed update %s: %s", update.update_id, violation)
             trace.get_current_span().set_attribute("error.type", "contract_violation")
+            services.journal.mark(update.update_id, "failed", now=services.clock.iso(),
+                                  error=f"contract violation [{violation.invariant}] field={violation.field}: "
+                                        f"{violation.detail}"[:500])
             chat_id, _ = update_ids(update)
             if chat_id is not None:
                 await self._safe_notice(chat_id, trace_id, "Sorry, I could not read that message "
@@ -197,19 +286,61 @@ class Runtime:
         return task
 
     async def outbox_loop(self, stop: asyncio.Event) -> None:
-        """Deliver alerts and kept replies, retrying until Telegram takes them."""
+        """Deliver alerts and kept replies, retrying until Telegram takes them; and, once a
+        second, see whether the dead-letter queue is due a replay (see `replay_if_due`)."""
+        services = self.services
+        scale = max(services.settings.retry_wait_scale, 0.05)
+        first = True
         while not stop.is_set():
             try:
-                await drain_outbox(self.services.outbox, self.channel, now=self.services.clock.now,
-                                   base_wait_s=2.0 * max(self.services.settings.retry_wait_scale, 0.05))
+                await drain_outbox(services.outbox, self.channel, now=services.clock.now,
+                                   base_wait_s=OUTBOX_BASE_WAIT_S * scale, max_wait_s=OUTBOX_MAX_WAIT_S * scale,
+                                   chat_gone=services.chats.is_blocked,
+                                   on_chat_gone=lambda chat_id, reason: record_blocked(services, chat_id, reason))
+                self.replay_if_due(at_start=first)
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("outbox round failed")
+            first = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), OUTBOX_POLL_S)
+
+    def replay_if_due(self, *, at_start: bool = False) -> None:
+        """Start the automatic replay of outage entries when it is due without a user's help:
+        at start (entries a restart left behind), when a circuit's reset time has passed (the
+        oldest entry's replay is the half-open probe: the circuit closes without waiting for
+        traffic), or when a circuit closed while a replay was already running."""
+        services = self.services
+        if not services.settings.dlq_auto_replay or self._replaying:
+            return
+        now_s = services.clock.monotonic()
+        probe_due = any(b.state == "open" and b.snapshot(now_s=now_s).retry_in_s == 0 for b in services.breakers.all())
+        if not (at_start or probe_due or self._replay_wanted):
+            return
+        if self._replayable_entries(limit=1):
+            self.schedule_auto_replay()
+        else:
+            self._replay_wanted = False
+
+    def _provider_answered(self) -> None:
+        """An LLM call succeeded: outage entries left by failures that did not open the circuit
+        can be answered now (checked by the next `replay_if_due`, not on the turn's path)."""
+        if self.services.settings.dlq_auto_replay:
+            self._replay_wanted = True
+
+    def _replayable_entries(self, *, limit: int) -> list:
+        """Outage entries, oldest first, of chats that have not blocked the bot."""
+        chats = self.services.chats
+        rows = self.services.dlq.replayable_outage_entries(limit=limit + 100)
+        return [r for r in rows if r.chat_id is None or not chats.is_blocked(r.chat_id)][:limit]
 
     async def replay(self, dlq_id: int) -> str:
         """Run a DLQ entry again through the whole pipeline, as a new turn; idempotent."""
         services = self.services
+        pending = services.dlq.get(dlq_id)
+        if pending is not None and pending.status == "pending" and pending.chat_id is not None \
+                and services.chats.is_blocked(pending.chat_id):
+            return (f"#{dlq_id} not replayed: chat {pending.chat_id} blocked the bot. It stays pending "
+                    f"until they write again; /discard {dlq_id} drops it.")
         row = services.dlq.claim_for_replay(dlq_id, now=services.clock.iso())
         if row is None:
             existing = services.dlq.get(dlq_id)
@@ -227,8 +358,7 @@ class Runtime:
 
     async def replay_all(self, *, outage_only: bool = False) -> list[str]:
         services = self.services
-        rows = services.dlq.replayable_outage_entries(limit=100) if outage_only else \
-            services.dlq.list("pending", limit=100)
+        rows = self._replayable_entries(limit=100) if outage_only else services.dlq.list("pending", limit=100)
         results = []
         for index, row in enumerate(sorted(rows, key=lambda r: r.id)):
             if index:
@@ -240,16 +370,26 @@ class Runtime:
         return results
 
     def schedule_auto_replay(self) -> None:
-        if not self.services.settings.dlq_auto_replay or self._replaying:
+        """Replay outage entries in the background, one run at a time (DLQ_AUTO_REPLAY). A
+        circuit that closes during a run is remembered and gets a run of its own after it."""
+        if not self.services.settings.dlq_auto_replay:
             return
+        if self._replaying:
+            self._replay_wanted = True
+            return
+        self._replaying, self._replay_wanted = True, False  # set now: two calls never start two runs
 
         async def run() -> None:
-            self._replaying = True
+            replayed = 0
             try:
                 await asyncio.sleep(0)  # let the turn that closed the circuit finish first
-                results = await self.replay_all(outage_only=True)
-                if results:
-                    log.info("auto-replayed %d DLQ entries after recovery", len(results))
+                for _ in range(AUTO_REPLAY_ROUNDS):  # a round also takes entries that failed meanwhile
+                    results = await self.replay_all(outage_only=True)
+                    replayed += sum("answer delivered" in r for r in results)
+                    if not results or any("failed again" in r for r in results):
+                        break
+                if replayed:
+                    log.info("auto-replayed %d DLQ entries after recovery", replayed)
             finally:
                 self._replaying = False
 
@@ -262,3 +402,33 @@ class Runtime:
 
 def describe_telegram_error(error: TelegramError) -> str:
     return to_delivery_failed(error).reason
+
+
+class JournalingQueue(asyncio.Queue):
+    """PTB's update queue, journaling each update as it is put (before Telegram is told)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runtime: Runtime | None = None
+
+    def put_nowait(self, item) -> None:  # noqa: ANN001 - PTB also puts control objects
+        # asyncio.Queue.put() ends in put_nowait(), so this one override covers both.
+        if self._admit(item):
+            super().put_nowait(item)
+
+    def put_recovered(self, update: Update) -> None:
+        """An update already journaled by a previous run: processed again without a new row."""
+        assert self.runtime is not None
+        self.runtime.pre_accepted.add(update.update_id)
+        super().put_nowait(update)
+
+    def _admit(self, item) -> bool:  # noqa: ANN001
+        if self.runtime is None or not isinstance(item, Update):
+            return True
+        try:
+            return self.runtime.accept(item)
+        except sqlite3.Error as error:
+            # Not journaled, so not acknowledged: PTB's poller retries getUpdates with the same
+            # offset (Telegram redelivers), the webhook answers 503 (Telegram retries).
+            log.error("cannot journal update %s (%s); it will be redelivered", item.update_id, error)
+            raise NetworkError(f"journal unavailable: {error}") from None

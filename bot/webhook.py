@@ -4,8 +4,9 @@ PTB's built-in webhook server has no health route and answers some bad requests 
 do not control, so we run our own (as PTB's custom-webhook examples do): GET /healthz for the
 platform, POST on the webhook path for Telegram. A request without the right
 `X-Telegram-Bot-Api-Secret-Token` gets 403, a body that is not an update gets 400, and
-neither reaches the bot. A good update is journaled before we answer 200 (Telegram redelivers
-until it gets 200), then queued for processing.
+neither reaches the bot; one with an update_id that cannot be parsed is kept in the journal
+(failed, with why) and also gets 400. A good update is journaled before we answer 200
+(Telegram redelivers until it gets 200), then queued for processing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from aiohttp import web
-from telegram import Update
+
+from bot.handlers import parse_update
 
 if TYPE_CHECKING:
     from telegram.ext import Application
@@ -63,16 +65,13 @@ class WebhookServer:
         try:
             body = await request.read()
             data = json.loads(body)
-        except (ValueError, web.HTTPRequestEntityTooLarge):
+        except (ValueError, RecursionError, web.HTTPRequestEntityTooLarge):
             return web.json_response({"ok": False, "error": "body is not JSON"}, status=400)
-        if not isinstance(data, dict) or not isinstance(data.get("update_id"), int) or \
-                isinstance(data.get("update_id"), bool):
-            return web.json_response({"ok": False, "error": "not a Telegram update"}, status=400)
-        try:
-            update = Update.de_json(data, self.application.bot)
-        except Exception as error:  # noqa: BLE001 - any parse failure is the sender's fault
-            log.warning("webhook body is not a valid update: %s", type(error).__name__)
-            return web.json_response({"ok": False, "error": "malformed update"}, status=400)
-        if self.runtime.accept_for_webhook(update):
-            await self.application.update_queue.put(update)
+        # The same parsing and checks as Runtime.process_raw: one place decides what an update is.
+        parsed = parse_update(data, self.application.bot)
+        if parsed.update is None:
+            outcome = self.runtime.record_unparsable(parsed)  # kept (failed) in the journal if it has an id
+            error = "not a Telegram update" if outcome == "rejected" else f"malformed update: {parsed.problem}"
+            return web.json_response({"ok": False, "error": error[:200]}, status=400)
+        await self.application.update_queue.put(parsed.update)  # journals it (or drops a duplicate) first
         return web.json_response({"ok": True})

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
+from core import failpoints
 from core.context.tools import (
     MAX_TOOL_ROUNDS,
     READ_ARTIFACT_MAX_TOKENS,
@@ -33,7 +34,7 @@ from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
 from core.ingest import LONG_TEXT_TOKENS, store_text
 from core.outcomes import to_gateway_error
-from core.prompt import TOOLS, check_answer_contract, context_stage
+from core.prompt import TOOLS, check_answer_contract, context_stage, make_room, tool_result_room
 from core.usage import cost_usd
 
 if TYPE_CHECKING:
@@ -42,6 +43,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for 5 s
+
+
+async def gate_stage(turn: Turn) -> None:
+    """Fail fast while the circuit is open: no context to assemble, no budget to check, no call.
+    Only looks (the snapshot changes nothing): once the reset time has passed, the llm stage's
+    `allow()` lets exactly one probe through."""
+    services, settings = turn.services, turn.services.settings
+    breaker = services.breakers.get(settings.llm_base_url, settings.llm_model)
+    snapshot = breaker.snapshot(now_s=services.clock.monotonic())
+    trace.get_current_span().set_attribute("circuit.state", snapshot.state)
+    if snapshot.state == "open" and snapshot.retry_in_s:
+        raise GatewayError(Kind.circuit_open, f"circuit {breaker.name} is open for {snapshot.retry_in_s:.1f} s more")
 
 
 async def run_agent(turn: Turn) -> None:
@@ -85,6 +98,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
     span = trace.get_current_span()
 
     async def on_delta(text: str) -> None:
+        failpoints.hit("llm.during")
         turn.drafting = True  # type: ignore[attr-defined]
         await turn.send("draft", text)
 
@@ -100,7 +114,10 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
                         max_output_tokens=settings.llm_max_output_tokens)
         turn.guard.check(request, producer="pipeline")
         try:
-            result = await services.llm.complete(request, on_delta=on_delta if stream else None)
+            # A late answer (a DLQ replay) is not streamed: nobody is watching it grow, and its
+            # first sight should already say that it answers an earlier message.
+            live = stream and turn.late_of is None
+            result = await services.llm.complete(request, on_delta=on_delta if live else None)
             if result.producer != "llm":
                 raise ContractViolation("role_exclusivity", field="producer", producer=result.producer,
                                         detail="only the LLM adapter makes LLM results")
@@ -122,6 +139,9 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
         transition = breaker.record_success(now_s=services.clock.monotonic())
         record_attempt(services, turn, request, result, error=None)
         _on_transition(services, turn, transition)
+        hook = getattr(services, "on_llm_success", None)  # the provider answers: replay what waits
+        if hook is not None and transition is None:
+            hook()
         return result
 
     def on_retry(number: int, error: GatewayError, wait_s: float) -> None:
@@ -179,7 +199,9 @@ def record_attempt(services: Services, turn: Turn, request: AgentRequest, result
     else:
         streamed = getattr(turn, "drafting", False)
         input_tokens = turn.plan.total_tokens if streamed and turn.plan is not None else 0  # type: ignore[attr-defined]
-        usage = TokenUsage(input_tokens=input_tokens, output_tokens=0, total_tokens=input_tokens, estimated=True)
+        # Refused before anything streamed: providers bill nothing, a known zero, not an estimate.
+        usage = TokenUsage(input_tokens=input_tokens, output_tokens=0, total_tokens=input_tokens,
+                           estimated=input_tokens > 0)
     price = services.prices.price_for(request.model)
     record = UsageRecord(at=services.clock.now(), trace_id=inbound.trace_id, chat_id=inbound.chat_id,
                          user_id=inbound.user_id, model=request.model, usage=usage,
@@ -191,7 +213,11 @@ def record_attempt(services: Services, turn: Turn, request: AgentRequest, result
 
 
 def execute_tool(turn: Turn, call: ToolCall) -> str:
-    """Run one tool call; a tool's own refusal (bad ref, no such item) goes back to the model."""
+    """Run one tool call; a tool's own refusal (bad ref, no such item) goes back to the model.
+
+    The result joins this turn's prompt, which must stay within the budget: the oldest history
+    messages leave the prompt to make room (they stay stored), and an artifact slice is cut to
+    what fits once they have (at most READ_ARTIFACT_MAX_TOKENS)."""
     services, inbound = turn.services, turn.inbound
     arguments = validate_tool_arguments(call.name, call.arguments)
     with services.tracer.start_as_current_span(f"tool {call.name}") as span:
@@ -200,22 +226,57 @@ def execute_tool(turn: Turn, call: ToolCall) -> str:
             write = to_hot_state_write(call.arguments, trace_id=inbound.trace_id, chat_id=inbound.chat_id)
             turn.guard.check(write, producer=write.producer)
             state, notes = services.hot_state.apply(inbound.chat_id, write, now=services.clock.iso())
-            return json.dumps({"ok": True, "notes": notes})
+            return _fitted(turn, json.dumps({"ok": True, "notes": notes}))
         if call.name == "read_artifact":
-            from core.context.artifacts import ArtifactRefError
-
-            try:
-                info = services.artifacts.resolve(inbound.chat_id, arguments["ref"])
-            except ArtifactRefError as error:
-                return json.dumps({"ok": False, "error": str(error)})
-            piece = services.artifacts.read_text_slice(
-                info, offset_tokens=arguments.get("offset", 0),
-                max_tokens=min(arguments.get("max_tokens", READ_ARTIFACT_MAX_TOKENS), READ_ARTIFACT_MAX_TOKENS))
-            span.set_attributes({"artifact.ref": info.ref, "artifact.slice_offset": piece.offset})
-            return json.dumps({"ok": True, "ref": info.ref, "offset": piece.offset, "next_offset": piece.next_offset,
-                               "total_tokens": piece.total_tokens, "text": piece.text}, ensure_ascii=False)
+            return _read_artifact(turn, arguments, span)
     raise ContractViolation("tool_known", field="tool_calls.function.name", producer="llm",
                             detail=f"unknown tool {call.name!r}")
+
+
+# Below this many tokens of room a slice is not worth sending: the model is told the window is full.
+MIN_SLICE_TOKENS = 32
+
+
+def _fitted(turn: Turn, content: str) -> str:
+    make_room(turn, turn.services.counter.count_message(content))
+    return content
+
+
+def _read_artifact(turn: Turn, arguments: dict, span: trace.Span) -> str:
+    from core.context.artifacts import ArtifactCorrupt, ArtifactRefError
+
+    services, chat_id = turn.services, turn.inbound.chat_id
+    try:
+        info = services.artifacts.resolve(chat_id, arguments["ref"])
+    except ArtifactRefError as error:
+        return _fitted(turn, json.dumps({"ok": False, "error": str(error)}))
+    if info.tokens is None:
+        return _fitted(turn, json.dumps({"ok": False, "error": f"{info.ref} ({info.media_type}) has no text to read"}))
+    # The JSON envelope and its escaping cost a little more than the slice: measure, then trim.
+    limit = min(arguments["max_tokens"], READ_ARTIFACT_MAX_TOKENS, tool_result_room(turn) - MIN_SLICE_TOKENS)
+    for _ in range(4):
+        if limit < MIN_SLICE_TOKENS:
+            return _fitted(turn, json.dumps({
+                "ok": False, "error": "this turn's context window is full: answer with what you have read, "
+                                      "and read further in a later turn"}))
+        try:
+            piece = services.artifacts.read_text_slice(info, offset_tokens=arguments["offset"], max_tokens=limit)
+        except ArtifactCorrupt as error:  # the operator's problem; the model is told it cannot be read
+            log.error("artifact unreadable in chat %s: %s", chat_id, error)
+            return _fitted(turn, json.dumps({"ok": False, "error": f"{error}: it cannot be read"}))
+        content = json.dumps({"ok": True, "ref": info.ref, "offset": piece.offset, "next_offset": piece.next_offset,
+                              "total_tokens": piece.total_tokens, "text": piece.text}, ensure_ascii=False)
+        tokens = services.counter.count_message(content)
+        excess = tokens - tool_result_room(turn)
+        if excess <= 0:
+            break
+        limit -= excess
+    else:
+        return _fitted(turn, json.dumps({"ok": False, "error": "this turn's context window is full"}))
+    make_room(turn, tokens)
+    span.set_attributes({"artifact.ref": info.ref, "artifact.slice_offset": piece.offset,
+                         "artifact.slice_tokens": tokens})
+    return content
 
 
 def persist_exchange(turn: Turn) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from openai import AsyncOpenAI
@@ -45,30 +47,10 @@ class OpenAICompatibleLLM:
         await self.client.close()
 
     async def complete(self, request: AgentRequest, *, on_delta: DeltaSink | None = None) -> LLMResult:
-        with self.tracer.start_as_current_span(f"chat {request.model}", kind=trace.SpanKind.CLIENT) as span:
-            span.set_attributes({
-                "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": self.provider_name,
-                "gen_ai.request.model": request.model,
-                "gen_ai.request.max_tokens": request.max_output_tokens,
-                "gen_ai.conversation.id": str(request.chat_id),
-                "gen_ai.request.message_count": len(request.messages),
-            })
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    result = await self._stream(request, on_delta, started)
-            except BaseException as error:
-                span.set_attribute("error.type", type(error).__name__)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                raise
-            span.set_attributes({
-                "gen_ai.response.model": result.model,
-                "gen_ai.usage.input_tokens": result.usage.input_tokens,
-                "gen_ai.usage.output_tokens": result.usage.output_tokens,
-                "gen_ai.usage.estimated": result.usage.estimated,
-                "gen_ai.response.finish_reasons": [result.finish_reason],
-            })
+        with chat_span(self.tracer, request, provider_name=self.provider_name) as span:
+            async with asyncio.timeout(self.timeout_s):
+                result = await self._stream(request, on_delta, time.monotonic())
+            record_result(span, result)
             return result
 
     async def _stream(self, request: AgentRequest, on_delta: DeltaSink | None, started: float) -> LLMResult:
@@ -145,6 +127,44 @@ class OpenAICompatibleLLM:
         completion = self.counter.count(text) + sum(self.counter.count(json.dumps(c.arguments)) for c in tool_calls)
         return TokenUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion,
                           estimated=True)
+
+
+# The GenAI span, shared by every LLM port (the benchmark's in-process one too) -----------------
+@contextmanager
+def chat_span(tracer: trace.Tracer, request: AgentRequest, *, provider_name: str) -> Iterator[trace.Span]:
+    """One LLM attempt as an OpenTelemetry GenAI client span (`chat {model}`), made current so the
+    HTTP request inside carries it in `traceparent`; a failure sets `error.type` (and the HTTP
+    status when the SDK reports one) before it propagates."""
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider_name,
+        "gen_ai.request.model": request.model,
+        "gen_ai.request.max_tokens": request.max_output_tokens,
+        "gen_ai.conversation.id": str(request.chat_id),
+        "gen_ai.request.message_count": len(request.messages),
+    }
+    with tracer.start_as_current_span(f"chat {request.model}", kind=trace.SpanKind.CLIENT,
+                                      attributes=attributes) as span:
+        try:
+            yield span
+        except BaseException as error:
+            span.set_attribute("error.type", type(error).__name__)
+            status_code = getattr(error, "status_code", None)  # openai.APIStatusError
+            if isinstance(status_code, int):
+                span.set_attribute("http.response.status_code", status_code)
+            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            raise
+
+
+def record_result(span: trace.Span, result: LLMResult) -> None:
+    """The response side of the GenAI conventions: model, token usage, finish reasons."""
+    span.set_attributes({
+        "gen_ai.response.model": result.model,
+        "gen_ai.usage.input_tokens": result.usage.input_tokens,
+        "gen_ai.usage.output_tokens": result.usage.output_tokens,
+        "gen_ai.usage.estimated": result.usage.estimated,
+        "gen_ai.response.finish_reasons": [result.finish_reason],
+    })
 
 
 def _trace_id() -> str:

@@ -34,7 +34,9 @@ def redactor(secrets: list[str]) -> Callable[[str], str]:
     variants: set[str] = set()
     for secret in secrets:
         if secret and len(secret) >= MIN_SECRET_CHARS:
-            variants.update({secret, quote(secret, safe=""), quote(secret), quote_plus(secret)})
+            # JSON-escaped too: span attributes and JSON log lines are checked after encoding.
+            variants.update({secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+                             json.dumps(secret, ensure_ascii=False)[1:-1]})
     if not variants:
         return lambda text: text
     pattern = re.compile("|".join(re.escape(v) for v in sorted(variants, key=len, reverse=True)))
@@ -124,5 +126,8 @@ def configure_logging(*, level: str, fmt: Literal["text", "json"], secrets: list
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Python warnings (deprecations in dependencies) become log records too: with
+    # LOG_FORMAT=json every stdout line must stay one JSON object for the log drain.
+    logging.captureWarnings(True)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -42,6 +42,10 @@ class NoticeError(GatewayError):
 def to_gateway_error(error: BaseException) -> GatewayError:
     if isinstance(error, GatewayError):
         return error
+    if isinstance(error, DeliveryFailed):  # a notice Telegram would not take: a delivery failure, not a bug
+        kind = Kind.tg_blocked if error.chat_gone else Kind.tg_flood if error.retry_after_s is not None \
+            else Kind.tg_network
+        return GatewayError(kind, error.reason)
     if isinstance(error, ContractViolation) and error.producer != "llm":
         return GatewayError(Kind.contract_violation, str(error))
     return classify_llm_error(error)
@@ -82,13 +86,24 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
                          replayable=info.outage),
                 attempts=attempts, now=services.clock.iso(), update_id=inbound.update_id)
             failure_span.set_attribute("dlq.id", dlq_id)
-        reply = user_reply(gateway_error, ref=turn.ref, dlq_id=dlq_id,
-                           auto_replay=services.settings.dlq_auto_replay)
-        try:
-            await turn.send("error", reply)
-        except DeliveryFailed as failed:
-            keep_undelivered(services, chat_id=inbound.chat_id, text=reply, trace_id=inbound.trace_id,
-                             failed=failed)
+        elif turn.replay_dlq_id is not None:
+            services.dlq.record_replay_error(turn.replay_dlq_id, error_kind=str(gateway_error.kind),
+                                             error_message=gateway_error.detail[:2000] or str(gateway_error.kind),
+                                             replayable=info.outage, now=services.clock.iso())
+        # A replay that fails again and stays in the DLQ is reported to the operator (who ran it,
+        # or by the auto replay stopping), not to the user, who was told when the message first
+        # failed. Delivery kinds have nothing to tell: Telegram did not take a message.
+        told_before = turn.replay_dlq_id is not None and info.dlq
+        if not told_before and (gateway_error.user_message or getattr(gateway_error, "user_text", None)):
+            reply = user_reply(gateway_error, ref=turn.ref, dlq_id=dlq_id,
+                               auto_replay=services.settings.dlq_auto_replay)
+            try:
+                await turn.send("error", reply)
+            except DeliveryFailed as failed:
+                keep_undelivered(services, chat_id=inbound.chat_id, text=reply, trace_id=inbound.trace_id,
+                                 failed=failed)
+        elif gateway_error.kind == Kind.tg_blocked:
+            record_blocked(services, inbound.chat_id, gateway_error.detail)
         escalate_failure(services, turn, gateway_error, dlq_id=dlq_id, spent_tokens=spent)
     if gateway_error.kind in (Kind.budget_exhausted, Kind.context_too_large):
         return "notice"
@@ -105,13 +120,22 @@ def mark_turn_wasted(services: Services, trace_id: str) -> int:
 
 def keep_undelivered(services: Services, *, chat_id: int, text: str, trace_id: str, failed: DeliveryFailed) -> None:
     """A reply Telegram would not take now goes to the outbox and is retried; a blocked chat is recorded."""
-    now = services.clock.iso()
-    if failed.permanent:
-        services.chats.mark_blocked(chat_id, failed.reason, now=now)
-        log.warning("chat %s blocked the bot; not sending: %s", chat_id, failed.reason)
+    if failed.chat_gone:
+        record_blocked(services, chat_id, failed.reason)
+        return
+    if failed.permanent:  # Telegram will never take this text: retrying cannot help
+        log.error("reply to chat %s refused for good, not kept: %s", chat_id, failed.reason,
+                  extra={"trace_id": trace_id})
         return
     services.outbox.enqueue(kind="reply", chat_id=chat_id, text=text, trace_id=trace_id,
-                            dedupe_key=f"reply:{trace_id}", now=now)
+                            dedupe_key=f"reply:{trace_id}", now=services.clock.iso())
+
+
+def record_blocked(services: Services, chat_id: int, reason: str) -> None:
+    """The chat refuses the bot (blocked, kicked, deleted): nothing is sent to it until its user
+    writes again; the outbox drops its rows and the DLQ replay skips it."""
+    services.chats.mark_blocked(chat_id, reason[:200], now=services.clock.iso())
+    log.warning("chat %s blocked the bot; not sending to it any more: %s", chat_id, reason)
 
 
 def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq_id: int | None,
@@ -121,20 +145,25 @@ def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq
     common = {"producer": "pipeline", "trace_id": inbound.trace_id, "chat_id": inbound.chat_id,
               "user_id": inbound.user_id}
     alerts: list[Escalation] = []
+    entry_id = dlq_id if dlq_id is not None else turn.replay_dlq_id  # a failed replay: the same entry
+    action = info.action_text(dlq_id=entry_id, ref=turn.ref)
+    if entry_id is not None and f"/replay {entry_id}" not in action:  # every DLQ alert says how to retry
+        action = f"{action}; /replay {entry_id} to retry it now" if action and action != "none" \
+            else f"/replay {entry_id}"
+    severity = info.severity if info.severity != "info" else "warning"
     if info.escalates == "now":
         what = ("The LLM provider refused the request" if str(error.kind).startswith("llm_")
                 else "A turn failed inside the gateway")
-        alerts.append(Escalation(key=str(error.kind), kind=str(error.kind),
-                                 severity=info.severity if info.severity != "info" else "warning",
-                                 summary=f"{what}: {error.detail[:200] or error.kind}",
-                                 action=info.action_text(dlq_id=dlq_id, ref=turn.ref), **common))
-    elif dlq_id is not None:
-        alerts.append(Escalation(key=f"dlq:{error.kind}", kind=str(error.kind), severity=info.severity
-                                 if info.severity != "info" else "warning",
+        alerts.append(Escalation(key=str(error.kind), kind=str(error.kind), severity=severity,
+                                 summary=f"{what}: {error.detail[:200] or error.kind}", action=action, **common))
+    elif dlq_id is not None and info.escalates != "never":
+        # Never-escalating kinds (the circuit is open: its own alert said so once) stay in /dlq.
+        alerts.append(Escalation(key=f"dlq:{error.kind}", kind=str(error.kind), severity=severity,
                                  summary=f"A message went to the dead-letter queue ({error.kind}).",
-                                 action=info.action_text(dlq_id=dlq_id, ref=turn.ref) or f"/replay {dlq_id}",
-                                 **common))
-    if info.severity in ("error", "critical") and services.escalator.repeated_failure(
+                                 action=action, **common))
+    # A provider outage fails every chat alike and has the circuit's alert; this one is for a chat
+    # that keeps failing on its own.
+    if info.severity in ("error", "critical") and not info.outage and services.escalator.repeated_failure(
             chat_id=inbound.chat_id, now_s=services.clock.monotonic()):
         alerts.append(Escalation(key=f"chat:{inbound.chat_id}", kind="repeated_failure", severity="error",
                                  summary=f"Chat {inbound.chat_id} keeps failing (last: {error.kind}).",

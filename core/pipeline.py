@@ -19,17 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from opentelemetry import trace
 
-from core.agent import run_agent
+from core.agent import gate_stage, run_agent
 from core.contracts import InboundMessage, ReplyEvent, TurnGuard
 from core.ingest import ingest_stage
-from core.outcomes import TurnEnded, fail_turn
-from core.ports import Channel
+from core.outcomes import TurnEnded, fail_turn, keep_undelivered
+from core.ports import Channel, DeliveryFailed
 from core.prompt import budget_stage, context_stage
 from core.services import Services
 from core.tracing import short_ref
@@ -107,7 +108,14 @@ async def reply_stage(turn: Turn) -> None:
     text = turn.answer
     if turn.late_of:
         text = f"(Sorry for the delay: this answers your message from {turn.late_of}.)\n\n{text}"
-    await turn.send("final", text)
+    try:
+        await turn.send("final", text)
+    except DeliveryFailed as failed:
+        # The answer exists and is paid for: keep it in the outbox (retried until Telegram takes
+        # it), or record that the user blocked the bot. Not a failed turn.
+        keep_undelivered(turn.services, chat_id=turn.inbound.chat_id, text=text, trace_id=turn.inbound.trace_id,
+                         failed=failed)
+        trace.get_current_span().set_attribute("reply.deferred", not failed.permanent)
 
 
 async def throttle_stage(turn: Turn) -> None:
@@ -132,6 +140,7 @@ STAGES: list[tuple[str, Stage]] = [
     ("authorize", authorize_stage),
     ("throttle", throttle_stage),
     ("ingest", ingest_stage),
+    ("gate", gate_stage),
     ("context", context_stage),
     ("budget", budget_stage),
     ("llm", agent_stage),
@@ -170,10 +179,23 @@ class Pipeline:
         tracer = self.services.tracer
         root = trace.get_current_span()
         root.set_attributes({"chat.id": turn.inbound.chat_id, "user.id": turn.inbound.user_id})
+        started = time.perf_counter()
         try:
             for name, stage in self.stages:
-                with tracer.start_as_current_span(name):
-                    await stage(turn)
+                # Exceptions are recorded by hand: a stage ending the turn on purpose (a refusal,
+                # the throttle) is not an error, and must not show as one in traces and scores.
+                with tracer.start_as_current_span(name, record_exception=False, set_status_on_exception=False) as span:
+                    try:
+                        await stage(turn)
+                    except TurnEnded as ended:
+                        span.set_attribute("turn.ended", str(ended))
+                        raise
+                    except Exception as error:
+                        kind = str(getattr(error, "kind", "") or type(error).__name__)  # the taxonomy's, if any
+                        span.record_exception(error)
+                        span.set_attribute("error.type", kind)
+                        span.set_status(trace.Status(trace.StatusCode.ERROR, kind))
+                        raise
         except TurnEnded:
             pass
         except asyncio.CancelledError:
@@ -183,6 +205,10 @@ class Pipeline:
         root.set_attribute("turn.outcome", turn.outcome)
         if turn.outcome in ("failed", "dlq"):
             root.set_status(trace.Status(trace.StatusCode.ERROR, turn.outcome))
+        # One line per turn even at INFO, for log drains: it carries the trace id like every line.
+        log.info("turn %s: %s in %.0f ms (chat %s, user %s, %d tokens)", turn.ref, turn.outcome,
+                 (time.perf_counter() - started) * 1000, turn.inbound.chat_id, turn.inbound.user_id,
+                 turn.tokens_spent)
         return turn.outcome
 
     # In-flight accounting, so SIGTERM can wait for running turns to finish.

@@ -91,6 +91,9 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
     data_dir.mkdir(parents=True, exist_ok=True)
     clock = Clock(settings.gateway_clock_offset_file)
     db = open_database(data_dir / GATEWAY_DB)
+    # Fail at start, not at the first turn, if another process holds the write lock.
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("ROLLBACK")
     counter = counter_for_model(settings.llm_model)
     redact = redactor(settings.secrets())
     telemetry = setup_tracing(data_dir=data_dir, retention_days=settings.telemetry_retention_days,
@@ -125,3 +128,24 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
         throttle=Throttle(per_minute=settings.user_messages_per_minute),
         system_prompt=SYSTEM_PROMPT_FILE.read_text(encoding="utf-8").strip(),
     )
+
+
+class StorageUnavailable(Exception):
+    """DATA_DIR cannot be used: a clear, one-line reason for the operator."""
+
+
+def open_services(settings: Settings, **kwargs: object) -> Services:
+    """build_services, turning storage failures into one readable StorageUnavailable."""
+    import sqlite3
+
+    try:
+        return build_services(settings, **kwargs)  # type: ignore[arg-type]
+    except (OSError, sqlite3.Error) as error:
+        reason = str(error) or type(error).__name__
+        if "locked" in reason:
+            reason += " (another process holds the database: is a second instance running?)"
+        elif "readonly" in reason or "read-only" in reason or isinstance(error, PermissionError):
+            reason += " (DATA_DIR must be writable)"
+        elif "disk" in reason or "No space" in reason:
+            reason += " (free some disk space)"
+        raise StorageUnavailable(f"cannot use DATA_DIR={settings.data_dir}: {reason}") from error

@@ -5,24 +5,20 @@ Concise by design: /status must fit one phone screen.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING
 
 from core.charts import spend_chart_png
-from core.telemetry import ALL_MODELS, scoreboard
-from core.usage import (
-    days_back,
-    format_operator_budget,
-    format_usage_table,
-    format_user_budget,
-    utc_day,
-    utc_month,
-)
+from core.telemetry import ALL_MODELS, ModelScore, scoreboard
+from core.usage import days_back, utc_day, utc_month
+from core.usage_text import format_operator_budget, format_usage_table, format_user_budget
 
 if TYPE_CHECKING:
     from core.services import Services
 
 DAY_NS = 24 * 3600 * 10**9
+CHART_DAYS = 30
 
 
 def _uptime(seconds: float) -> str:
@@ -56,6 +52,8 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
                      f"failures {llm.llm_failure_rate:.0%}")
     else:
         lines.append("LLM 24h: no calls yet")
+    if operator:
+        lines += turn_score_lines(scores)
     lines.append(f"Hot state: {hot_tokens} / {settings.hot_state_max_tokens} tokens")
     if last is not None:
         tokens, budget = last
@@ -68,30 +66,42 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
     return "\n".join(lines)
 
 
-def budget_text(services: Services, *, user_id: int, operator: bool) -> tuple[str, bytes | None]:
+def turn_score_lines(scores: list[ModelScore], *, max_models: int = 2) -> list[str]:
+    """The operator's scoreboard: turns and turn latency over 24 h, one short line per model."""
+    rows = [s for s in scores if s.model != ALL_MODELS and s.turns][:max_models]
+    if not rows:  # no turn reached a model: show every turn (refusals, throttles) or nothing
+        rows = [s for s in scores if s.model == ALL_MODELS and s.turns]
+    if not rows:
+        return ["Turns 24h: none yet"]
+    return [f"Turns 24h{'' if s.model == ALL_MODELS else ' ' + s.model}: {s.turns} ({s.failed_turns} failed), "
+            f"p50 {s.turn_p50_ms:.0f} / p95 {s.turn_p95_ms:.0f} / p99 {s.turn_p99_ms:.0f} ms" for s in rows]
+
+
+def budget_text(services: Services, *, user_id: int, operator: bool) -> str:
+    """/budget: the bot's month against the cap for the operator, the user's own day and month otherwise."""
     settings, ledger = services.settings, services.ledger
     now = services.clock.now()
     day, month = utc_day(now), utc_month(now)
     if operator:
-        text = format_operator_budget(
+        return format_operator_budget(
             now=now, month=ledger.month_totals(month), today=ledger.day_totals(day), wasted=ledger.wasted(month),
             top=ledger.top_users(month, 5), monthly_cap_usd=settings.monthly_budget_usd,
             user_daily_token_cap=settings.user_daily_token_budget, unknown_models=ledger.unknown_models(month))
-        chart = spend_chart_png(ledger.daily_spend(days_back(now, 30)), title="Daily spend, last 30 days (USD)")
-        return text, chart
-    text = format_user_budget(now=now, user_tokens_today=ledger.user_day_tokens(user_id, day),
-                              user_daily_token_cap=settings.user_daily_token_budget,
+    today = ledger.user_day(user_id, day)
+    return format_user_budget(now=now, user_tokens_today=today.total_tokens,
+                              user_daily_token_cap=settings.user_daily_token_budget, user_today=today,
                               user_month=ledger.user_month(user_id, month),
                               is_operator=services.is_operator_user(user_id))
-    return text, None
 
 
-def usage_days(services: Services, *, user_id: int, operator: bool) -> tuple[str, bytes | None]:
-    now = services.clock.now()
-    table = format_usage_table(services.ledger.user_days(user_id, days_back(now, 7)))
-    text = f"Your last 7 days:\n```\n{table}\n```"
-    chart = None
-    if operator:
-        chart = spend_chart_png(services.ledger.daily_spend(days_back(now, 30)),
-                                title="Daily spend, last 30 days (USD)")
-    return text, chart
+def usage_week_text(services: Services, *, user_id: int) -> str:
+    """/usage: the user's last 7 days, one line per day, in a fixed-width block."""
+    table = format_usage_table(services.ledger.user_days(user_id, days_back(services.clock.now(), 7)))
+    return f"Your last 7 days:\n```\n{table}\n```"
+
+
+async def spend_chart(services: Services) -> bytes | None:
+    """The operator's chart of daily spend over 30 days (None without matplotlib). Drawn in a
+    worker thread: the first drawing imports matplotlib, which would stall every chat for a second."""
+    days = services.ledger.daily_spend(days_back(services.clock.now(), CHART_DAYS))  # SQLite stays on the loop
+    return await asyncio.to_thread(spend_chart_png, days, title=f"Daily spend, last {CHART_DAYS} days (USD)")

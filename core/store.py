@@ -89,6 +89,19 @@ def m004_failures(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
+@migrations()
+def m005_usage_totals(db: sqlite_utils.Database) -> None:
+    """Running totals the budget check reads on every turn (a user's day, the bot's month), so
+    its cost does not grow with the number of usage rows in the period."""
+    db.execute("""CREATE TABLE usage_totals (
+        scope TEXT NOT NULL, period TEXT NOT NULL, total_tokens INTEGER NOT NULL DEFAULT 0,
+        cost_usd REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (scope, period))""")
+    db.execute("""INSERT INTO usage_totals(scope, period, total_tokens, cost_usd, attempts)
+        SELECT 'user:' || user_id, day, SUM(total_tokens), TOTAL(cost_usd), COUNT(*) FROM usage GROUP BY user_id, day""")
+    db.execute("""INSERT INTO usage_totals(scope, period, total_tokens, cost_usd, attempts)
+        SELECT 'all', month, SUM(total_tokens), TOTAL(cost_usd), COUNT(*) FROM usage GROUP BY month""")
+
+
 def open_database(path: Path | str) -> sqlite_utils.Database:
     """Open (or create) a database in WAL mode and run pending migrations."""
     if str(path) != ":memory:":
@@ -176,8 +189,18 @@ class HistoryMessage:
     tokens: int
 
 
+# Per-chat high-water mark of archived history, kept in the `counters` table (one row per chat).
+ARCHIVE_CURSOR = "history_archived_through:"
+
+
 class History:
-    """Per-chat conversation, with each message's token count computed once and stored."""
+    """Per-chat conversation, with each message's token count computed once and stored.
+
+    `archived = 0` is the active conversation the prompt draws from; `archived = 1` has left it
+    (dropped from the prompt after being archived, or set aside by /new). Archives are written
+    ahead of need, so an active message may already be in an archive: `archive_cursor` says up
+    to which message id.
+    """
 
     def __init__(self, db: sqlite_utils.Database) -> None:
         self.db = db
@@ -220,6 +243,16 @@ class History:
         cursor = self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0 AND id <= ?",
                                  [chat_id, message_id])
         return cursor.rowcount
+
+    def archive_cursor(self, chat_id: int) -> int:
+        """The newest message id already copied into a history archive artifact (0 if none)."""
+        return read_counter(self.db, f"{ARCHIVE_CURSOR}{chat_id}")
+
+    def advance_archive_cursor(self, chat_id: int, message_id: int) -> None:
+        """Record that messages up to `message_id` are in an archive (the cursor never moves back)."""
+        self.db.execute("INSERT INTO counters(name, value) VALUES (?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+                        [f"{ARCHIVE_CURSOR}{chat_id}", message_id])
 
     def start_new(self, chat_id: int) -> int:
         cursor = self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0", [chat_id])

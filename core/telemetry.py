@@ -26,6 +26,7 @@ _TREE_KEYS = ("chat.id", "user.id", "gen_ai.request.model", "gen_ai.response.mod
               "http.response.status_code", "retry.attempt")
 _TREE_SUFFIXES = (".size", ".bytes", "_bytes", ".tokens", "_tokens", ".count")
 _MAX_VALUE_CHARS = 80
+_TURN_MAX_NS = 3600 * 10**9  # no turn lasts longer: LLM timeouts and retries are bounded
 
 
 class AmbiguousRef(ValueError):
@@ -88,14 +89,14 @@ def iso_utc(ns: int) -> str:
 
 @contextmanager
 def _read(db_path: Path) -> Iterator[sqlite3.Connection | None]:
-    """A read-only connection, or None when there is no database (or no spans table) yet."""
+    """A read-only connection, or None when there is no database (or no span table) yet."""
     path = Path(db_path)
     if not path.is_file():
         yield None
         return
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
     try:
-        conn.execute("SELECT 1 FROM spans LIMIT 0")
+        conn.execute("SELECT 1 FROM span_batches LIMIT 0")
     except sqlite3.Error:
         conn.close()
         yield None
@@ -106,12 +107,12 @@ def _read(db_path: Path) -> Iterator[sqlite3.Connection | None]:
         conn.close()
 
 
-def _span_row(row: Sequence[Any]) -> SpanRow:
-    trace_id, span_id, parent, name, start_ns, end_ns, status, message, attributes, events = row
+def _span_row(trace_id: str, item: Sequence[Any]) -> SpanRow:
+    span_id, parent, name, _kind, start_ns, end_ns, status, message, attributes, events = item
     return SpanRow(trace_id=trace_id, span_id=span_id, parent_span_id=parent, name=name,
                    start=iso_utc(start_ns), end=iso_utc(end_ns), duration_ms=(end_ns - start_ns) / 1e6,
-                   status=status, attributes=json.loads(attributes or "{}"), events=json.loads(events or "[]"),
-                   status_message=message, start_ns=start_ns)
+                   status=status, attributes=attributes or {}, events=events or [], status_message=message,
+                   start_ns=start_ns)
 
 
 def find_trace(db_path: Path, ref: str) -> list[SpanRow]:
@@ -130,15 +131,17 @@ def find_trace(db_path: Path, ref: str) -> list[SpanRow]:
             return []
         # A range on the indexed column: every hex digit sorts before 'g'.
         matches = [r[0] for r in conn.execute(
-            "SELECT DISTINCT trace_id FROM spans WHERE trace_id >= ? AND trace_id < ? LIMIT 10", [ref, ref + "g"])]
+            "SELECT DISTINCT trace_id FROM span_batches WHERE trace_id >= ? AND trace_id < ? LIMIT 10",
+            [ref, ref + "g"])]
         if len(matches) > 1:
             raise AmbiguousRef(ref, sorted(matches))
         if not matches:
             return []
-        rows = conn.execute(
-            "SELECT trace_id, span_id, parent_span_id, name, start_ns, end_ns, status, status_message, attributes, "
-            "events FROM spans WHERE trace_id = ? ORDER BY start_ns, rowid", [matches[0]]).fetchall()
-    return [_span_row(row) for row in rows]
+        batches = conn.execute("SELECT spans FROM span_batches WHERE trace_id = ? ORDER BY rowid",
+                               [matches[0]]).fetchall()
+    items = [item for (text,) in batches for item in json.loads(text)]
+    rows = [_span_row(matches[0], item) for item in items]
+    return sorted(rows, key=lambda row: row.start_ns)  # stable: ties keep the order they were stored in
 
 
 def _shown_attributes(attributes: dict[str, Any]) -> str:
@@ -196,15 +199,10 @@ def recent_turns(db_path: Path, *, last: int = 20) -> list[TurnRow]:
         if conn is None:
             return []
         rows = conn.execute(
-            "SELECT trace_id, start_ns, end_ns, status, attributes FROM spans "
-            "WHERE name = 'turn' AND parent_span_id IS NULL ORDER BY start_ns DESC LIMIT ?", [max(0, last)]).fetchall()
-    turns = []
-    for trace_id, start_ns, end_ns, status, attributes in rows:
-        chat_id = json.loads(attributes or "{}").get("chat.id")
-        turns.append(TurnRow(time=iso_utc(start_ns), chat_id=chat_id if isinstance(chat_id, int) else None,
-                             status=status, duration_ms=(end_ns - start_ns) / 1e6, ref=trace_id[:8],
-                             trace_id=trace_id))
-    return turns
+            "SELECT trace_id, root_start_ns, root_end_ns, root_status, chat_id FROM span_batches "
+            "WHERE root_name = 'turn' ORDER BY root_start_ns DESC LIMIT ?", [max(0, last)]).fetchall()
+    return [TurnRow(time=iso_utc(start_ns), chat_id=chat_id, status=status, duration_ms=(end_ns - start_ns) / 1e6,
+                    ref=trace_id[:8], trace_id=trace_id) for trace_id, start_ns, end_ns, status, chat_id in rows]
 
 
 def format_turns(rows: list[TurnRow]) -> str:
@@ -256,16 +254,17 @@ def scoreboard(db_path: Path, *, since_ns: int, now_ns: int) -> list[ModelScore]
         with _read(db_path) as conn:
             if conn is None:
                 return []
-            llm_rows = conn.execute(
-                "SELECT trace_id, json_extract(attributes, '$.\"gen_ai.request.model\"'), end_ns - start_ns, status "
-                "FROM spans WHERE start_ns >= ? AND start_ns < ? AND name LIKE 'chat %' "
-                "AND json_extract(attributes, '$.\"gen_ai.request.model\"') IS NOT NULL",
-                [since_ns, now_ns]).fetchall()
+            # A batch starts no later than the calls it holds, and no earlier than their turn.
+            batches = conn.execute(
+                "SELECT trace_id, llm_calls FROM span_batches WHERE start_ns >= ? AND start_ns < ? "
+                "AND llm_calls IS NOT NULL", [since_ns - _TURN_MAX_NS, now_ns]).fetchall()
             turn_rows = conn.execute(
-                "SELECT trace_id, end_ns - start_ns, status FROM spans WHERE start_ns >= ? AND start_ns < ? "
-                "AND name = 'turn' AND parent_span_id IS NULL", [since_ns, now_ns]).fetchall()
+                "SELECT trace_id, root_end_ns - root_start_ns, root_status FROM span_batches "
+                "WHERE root_name = 'turn' AND root_start_ns >= ? AND root_start_ns < ?", [since_ns, now_ns]).fetchall()
     except sqlite3.Error:
         return []
+    llm_rows = [(trace_id, model, duration_ns, status) for trace_id, calls in batches
+                for model, start_ns, duration_ns, status in json.loads(calls) if since_ns <= start_ns < now_ns]
     if not llm_rows and not turn_rows:
         return []
     calls: dict[str, list[tuple[float, bool]]] = {}

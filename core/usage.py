@@ -1,4 +1,4 @@
-"""Usage accounting and spend caps: prices, UTC periods, the ledger, cap checks, budget texts.
+"""Usage accounting and spend caps: prices, UTC periods, the ledger, cap checks, warning log.
 
 Money is only ever computed from a listed price (config/prices.json): a model missing there
 has an unknown cost (None), never a guessed one, and the monthly cap then fails closed.
@@ -6,6 +6,7 @@ Periods are UTC days ("YYYY-MM-DD") and months ("YYYY-MM"), stored on every usag
 each query is an index lookup on (user_id, day) or (month), whatever the length of the history.
 The arithmetic (`cost_usd`, the period helpers, `check_caps`) is pure and keyword-only; the
 ledger and the warning log are the narrow storage interfaces a PostgreSQL version would replace.
+What users read (refusals, warnings, /budget and /usage) is worded in core/usage_text.py.
 """
 
 from __future__ import annotations
@@ -182,21 +183,31 @@ class UsageLedger:
             [at.isoformat(timespec="milliseconds"), utc_day(at), utc_month(at), rec.trace_id, rec.chat_id,
              rec.user_id, rec.model, rec.usage.input_tokens, rec.usage.output_tokens, rec.usage.total_tokens,
              int(rec.usage.estimated), rec.cost_usd, int(rec.wasted)])
+        for scope, period in ((f"user:{rec.user_id}", utc_day(at)), ("all", utc_month(at))):
+            self.db.execute(
+                "INSERT INTO usage_totals(scope, period, total_tokens, cost_usd, attempts) VALUES (?, ?, ?, ?, 1)"
+                " ON CONFLICT(scope, period) DO UPDATE SET total_tokens = total_tokens + excluded.total_tokens,"
+                " cost_usd = cost_usd + excluded.cost_usd, attempts = attempts + 1",
+                [scope, period, rec.usage.total_tokens, rec.cost_usd or 0.0])
 
     def _totals(self, where: str, params: Sequence[object]) -> PeriodTotals:
         row = self.db.execute(f"SELECT {_TOTALS_SQL} FROM usage WHERE {where}", list(params)).fetchone()
         return PeriodTotals(*row)
 
     def user_day_tokens(self, user_id: int, day: str) -> int:
-        row = self.db.execute("SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE user_id = ? AND day = ?",
-                              [user_id, day]).fetchone()
-        return int(row[0])
+        """From the running totals: one row read, however busy the day (checked every turn)."""
+        row = self.db.execute("SELECT total_tokens FROM usage_totals WHERE scope = ? AND period = ?",
+                              [f"user:{user_id}", day]).fetchone()
+        return int(row[0]) if row else 0
 
-    def user_day_cost(self, user_id: int, day: str) -> tuple[float, bool]:
-        """(sum of known costs, whether some attempt's cost was unknown)."""
-        row = self.db.execute("SELECT TOTAL(cost_usd), COALESCE(SUM(cost_usd IS NULL), 0) FROM usage"
-                              " WHERE user_id = ? AND day = ?", [user_id, day]).fetchone()
-        return float(row[0]), bool(row[1])
+    def month_cost_usd(self, month: str) -> float:
+        """The bot's known spend this month, from the running totals (checked every turn)."""
+        row = self.db.execute("SELECT cost_usd FROM usage_totals WHERE scope = 'all' AND period = ?",
+                              [month]).fetchone()
+        return float(row[0]) if row else 0.0
+
+    def user_day(self, user_id: int, day: str) -> PeriodTotals:
+        return self._totals("user_id = ? AND day = ?", [user_id, day])
 
     def user_month(self, user_id: int, month: str) -> PeriodTotals:
         # A range on `day` keeps this on the (user_id, day) index.
@@ -245,13 +256,20 @@ class UsageLedger:
 # Caps ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CapDecision:
+    """The pre-call verdict, as numbers (core/usage_text.py words it). On a refusal, `limit` is
+    the refusing cap and `left` what remained of it before this turn (tokens or USD)."""
+
     allowed: bool
     cap: CapName | None = None  # the cap that refused, when not allowed
-    message: str = ""  # for the user, when refused
+    limit: float = 0.0
+    left: float = 0.0
+    price_unknown: bool = False  # refused because the monthly cap cannot be checked
     warn: tuple[CapName, ...] = ()  # caps this turn takes to >= 80%; the caller warns once per period
+    user_tokens_after: int = 0  # the user's tokens today if this turn spends its estimate
+    month_cost_after_usd: float = 0.0  # the bot's month spend likewise
 
 
-def check_caps(*, now: datetime, is_operator: bool, estimated_tokens: int, estimated_cost_usd: float | None,
+def check_caps(*, is_operator: bool, estimated_tokens: int, estimated_cost_usd: float | None,
                user_tokens_today: int, user_daily_token_cap: int, month_cost_usd: float,
                monthly_cap_usd: float) -> CapDecision:
     """Decide, before the LLM call, whether this turn fits the caps (0 = unlimited). The monthly
@@ -261,62 +279,26 @@ def check_caps(*, now: datetime, is_operator: bool, estimated_tokens: int, estim
            estimated_cost_usd or 0.0) < 0:
         raise ValueError("check_caps: token counts, costs and caps must be non-negative")
     warn: list[CapName] = []
+    month_after_usd = month_cost_usd + (estimated_cost_usd or 0.0)
+    day_after_tokens = user_tokens_today + estimated_tokens
     if monthly_cap_usd > 0:
         if estimated_cost_usd is None:
-            return CapDecision(False, "monthly_usd", (
-                f"The price of this model is unknown, so the monthly budget of {format_usd(monthly_cap_usd)}"
-                " cannot be enforced and this request was refused. The operator can add the model to"
-                " config/prices.json or set MONTHLY_BUDGET_USD=0."))
-        month_after_usd = month_cost_usd + estimated_cost_usd
+            return CapDecision(False, "monthly_usd", limit=monthly_cap_usd,
+                               left=max(monthly_cap_usd - month_cost_usd, 0.0), price_unknown=True)
         if month_after_usd > monthly_cap_usd + _USD_SLACK:
             left_usd = monthly_cap_usd - month_cost_usd
-            head = (f"This bot's monthly budget of {format_usd(monthly_cap_usd)} is used up." if left_usd <= _USD_SLACK
-                    else f"This bot's monthly budget of {format_usd(monthly_cap_usd)} would be exceeded by this"
-                         f" request ({format_usd(left_usd)} left this month).")
-            return CapDecision(False, "monthly_usd", f"{head} {_resets('monthly_usd', now=now)}")
+            return CapDecision(False, "monthly_usd", limit=monthly_cap_usd,
+                               left=left_usd if left_usd > _USD_SLACK else 0.0)
         if month_after_usd >= monthly_cap_usd * WARN_FRACTION - _USD_SLACK:
             warn.append("monthly_usd")
     if user_daily_token_cap > 0 and not is_operator:
-        day_after_tokens = user_tokens_today + estimated_tokens
         if day_after_tokens > user_daily_token_cap:
-            left_tokens = max(user_daily_token_cap - user_tokens_today, 0)
-            head = (f"You have used your daily budget of {user_daily_token_cap:,} tokens." if left_tokens == 0
-                    else f"Your daily budget of {user_daily_token_cap:,} tokens would be exceeded by this"
-                         f" request ({left_tokens:,} left today).")
-            return CapDecision(False, "user_daily_tokens", f"{head} {_resets('user_daily_tokens', now=now)}")
+            return CapDecision(False, "user_daily_tokens", limit=user_daily_token_cap,
+                               left=max(user_daily_token_cap - user_tokens_today, 0))
         if day_after_tokens * 10 >= user_daily_token_cap * 8:  # integer form of >= 80%
             warn.append("user_daily_tokens")
-    return CapDecision(True, warn=tuple(warn))
-
-
-def format_duration(*, seconds: float) -> str:
-    """A short countdown, rounded up to the minute: "3 h 12 min", "5 d 3 h", "1 min"."""
-    minutes = max(math.ceil(seconds / 60), 1)
-    days, rest = divmod(minutes, 24 * 60)
-    hours, mins = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {mins} min" if mins else f"{hours} h"
-    return f"{mins} min"
-
-
-def _resets(cap: CapName, *, now: datetime) -> str:
-    if cap == "user_daily_tokens":
-        at = next_day_start(now)
-        return f"It resets at 00:00 UTC (in {format_duration(seconds=(at - now).total_seconds())})."
-    at = next_month_start(now)
-    return f"It resets on {at.date().isoformat()} at 00:00 UTC (in {format_duration(seconds=(at - now).total_seconds())})."
-
-
-def format_cap_warning(*, cap: CapName, now: datetime, used: float, limit: float) -> str:
-    """The once-per-period heads-up when a cap passes 80% (`used`/`limit` in tokens or USD)."""
-    percent = math.floor(100 * used / limit) if limit > 0 else 0
-    if cap == "user_daily_tokens":
-        left = f"{max(int(limit - used), 0):,} tokens left"
-        return f"You have used {percent}% of your daily budget of {int(limit):,} tokens ({left}). {_resets(cap, now=now)}"
-    left = f"{format_usd(max(limit - used, 0.0))} left"
-    return f"This bot has used {percent}% of its monthly budget of {format_usd(limit)} ({left}). {_resets(cap, now=now)}"
+    return CapDecision(True, warn=tuple(warn), user_tokens_after=day_after_tokens,
+                       month_cost_after_usd=month_after_usd)
 
 
 # Warnings -----------------------------------------------------------------------------
@@ -338,86 +320,3 @@ class WarningLog:
         """True the first time `key` is seen (the caller should warn), False afterwards."""
         cursor = self.db.execute("INSERT OR IGNORE INTO warnings(key, at) VALUES (?, ?)", [key, now])
         return cursor.rowcount == 1
-
-
-# Texts for /budget and /usage (plain text, short lines for a phone) ---------------------
-def format_usd(amount: float | None) -> str:
-    """Dollars: 4 decimals under $1 ("$0.0123"), cents above ("$12.34"), "unknown" for None."""
-    if amount is None:
-        return "unknown"
-    if amount == 0:
-        return "$0.00"
-    if abs(amount) < 0.0001:
-        return "<$0.0001"
-    return f"${amount:.4f}" if abs(amount) < 1 else f"${amount:,.2f}"
-
-
-def format_cost(totals: PeriodTotals) -> str:
-    """Known cost, "unknown" if nothing was priced, "$x + unknown" if only part was."""
-    if not totals.unknown_cost_attempts:
-        return format_usd(totals.cost_usd)
-    if totals.unknown_cost_attempts == totals.attempts:
-        return "unknown"
-    return f"{format_usd(totals.cost_usd)} + unknown"
-
-
-def format_user_budget(*, now: datetime, user_tokens_today: int, user_daily_token_cap: int,
-                       user_month: PeriodTotals, is_operator: bool = False) -> str:
-    """A user's /budget: today's tokens against their daily cap, and their month so far."""
-    if is_operator:
-        lines = [f"Today: {user_tokens_today:,} tokens (the daily budget does not apply to the operator)."]
-    elif user_daily_token_cap <= 0:
-        lines = [f"Today: {user_tokens_today:,} tokens (no daily limit)."]
-    else:
-        left = max(user_daily_token_cap - user_tokens_today, 0)
-        lines = [f"Today: {user_tokens_today:,} of {user_daily_token_cap:,} tokens used ({left:,} left).",
-                 _resets("user_daily_tokens", now=now)]
-    lines.append(f"This month: {user_month.total_tokens:,} tokens, {format_cost(user_month)}.")
-    return "\n".join(lines)
-
-
-def format_operator_budget(*, now: datetime, month: PeriodTotals, today: PeriodTotals, wasted: PeriodTotals,
-                           top: Sequence[UserTotals], monthly_cap_usd: float, user_daily_token_cap: int,
-                           unknown_models: Sequence[str] = (), user_labels: Mapping[int, str] | None = None) -> str:
-    """The operator's /budget: the month against the cap, today, waste, unpriced models, top users.
-    `user_labels` maps user ids to display names (ids are shown otherwise)."""
-    labels = user_labels or {}
-    if monthly_cap_usd > 0:
-        left_usd = max(monthly_cap_usd - month.cost_usd, 0.0)
-        lines = [f"This month: {format_cost(month)} of {format_usd(monthly_cap_usd)}"
-                 f" ({math.floor(100 * month.cost_usd / monthly_cap_usd)}%, {format_usd(left_usd)} left).",
-                 _resets("monthly_usd", now=now)]
-    else:
-        lines = [f"This month: {format_cost(month)} (no monthly limit)."]
-    lines.append(f"Tokens: {month.total_tokens:,} in {month.attempts:,} attempts"
-                 + (f" ({month.estimated_attempts:,} estimated)." if month.estimated_attempts else "."))
-    lines.append(f"Today: {today.total_tokens:,} tokens, {format_cost(today)}.")
-    if wasted.attempts:
-        lines.append(f"Wasted on failed attempts: {wasted.total_tokens:,} tokens, {format_cost(wasted)}.")
-    if month.unknown_cost_attempts:
-        names = ", ".join(unknown_models) or "some models"
-        lines.append(f"Unknown price ({month.unknown_cost_attempts:,} attempts): {names}. Add to config/prices.json.")
-    daily = f"{user_daily_token_cap:,} tokens" if user_daily_token_cap > 0 else "unlimited"
-    lines.append(f"Per-user daily budget: {daily}.")
-    if top:
-        lines.append("Top users this month:")
-        lines += [f"  {labels.get(u.user_id, str(u.user_id))}: {u.totals.total_tokens:,} tok, {format_cost(u.totals)}"
-                  for u in top]
-    return "\n".join(lines)
-
-
-def format_usage_table(days: list[DayTotals]) -> str:
-    """One line per day (date, tokens, cost) in fixed-width columns for a <pre> block, then a
-    total. A cost marked "+?" also had attempts whose price is unknown."""
-    def cost(totals: PeriodTotals) -> str:
-        text = format_cost(totals)
-        return text.replace(" + unknown", "+?") if text != "unknown" else "?"
-
-    lines = [f"{'day':<10} {'tokens':>11} {'cost':>10}"]
-    lines += [f"{d.day:<10} {d.totals.total_tokens:>11,} {cost(d.totals):>10}" for d in days]
-    total = PeriodTotals(
-        *(sum(getattr(d.totals, f) for d in days) for f in PeriodTotals.__dataclass_fields__))
-    lines.append(f"{'total':<10} {total.total_tokens:>11,} {cost(total):>10}")
-    if total.unknown_cost_attempts:
-        lines.append("? = price unknown for some attempts")
-    return "\n".join(lines)

@@ -239,6 +239,12 @@ class ArtifactStore:
             text = encoding.decode(tokens[start:end])
         return TextSlice(text=text, offset=start, next_offset=end if end < total else None, total_tokens=total)
 
+    def latest(self, chat_id: int, kind: str) -> ArtifactInfo | None:
+        """This chat's most recently linked artifact of `kind`, if any."""
+        row = self.db.execute(_SELECT + " WHERE l.chat_id = ? AND l.kind = ? ORDER BY l.rowid DESC LIMIT 1",
+                              [chat_id, kind]).fetchone()
+        return ArtifactInfo(*row) if row else None
+
     def list(self, chat_id: int, limit: int = 50) -> builtins.list[ArtifactInfo]:
         """This chat's artifacts, newest first."""
         rows = self.db.execute(_SELECT + " WHERE l.chat_id = ? ORDER BY l.created_at DESC, l.sha256 LIMIT ?",

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 
 # After the provider says context_length_exceeded (our count was off), retry once with this
-# share of the history budget.
+# share of the history budget, and at most this share of the history the failed call carried
+# (halving an unused budget would send the very same prompt again).
 HISTORY_SHRINK_FACTOR = 0.5
 
 
@@ -49,9 +50,10 @@ class BudgetPlan:
 
 def plan_context(*, system_tokens: int, current_tokens: int, tools_tokens: int,
                  history_tokens_newest_first: list[int], context_tokens: int, reserve_output_tokens: int,
-                 history_share: float = 1.0) -> BudgetPlan:
+                 history_share: float = 1.0, max_history_tokens: int | None = None) -> BudgetPlan:
     """Keep the newest history messages that fit `history_share` of what the minimum prompt
-    leaves; ValueError on negative or nonsensical inputs (fail closed)."""
+    leaves (and at most `max_history_tokens`, when given); ValueError on negative or
+    nonsensical inputs (fail closed)."""
     named = {"system_tokens": system_tokens, "current_tokens": current_tokens, "tools_tokens": tools_tokens,
              "context_tokens": context_tokens, "reserve_output_tokens": reserve_output_tokens}
     for name, value in named.items():
@@ -61,6 +63,9 @@ def plan_context(*, system_tokens: int, current_tokens: int, tools_tokens: int,
         raise ValueError("history token counts must be non-negative integers")
     if not (isinstance(history_share, int | float) and math.isfinite(history_share) and 0 <= history_share <= 1):
         raise ValueError(f"history_share must be within 0..1, got {history_share!r}")
+    if max_history_tokens is not None and (isinstance(max_history_tokens, bool) or not isinstance(
+            max_history_tokens, int) or max_history_tokens < 0):
+        raise ValueError(f"max_history_tokens must be a non-negative integer, got {max_history_tokens!r}")
     budget_tokens = context_tokens - reserve_output_tokens
     if budget_tokens <= 0:
         raise ValueError(f"reserve_output_tokens ({reserve_output_tokens}) leaves no room in a context of"
@@ -70,6 +75,8 @@ def plan_context(*, system_tokens: int, current_tokens: int, tools_tokens: int,
         raise ContextTooLarge(minimum_tokens=minimum_tokens, budget_tokens=budget_tokens,
                               system_tokens=system_tokens, current_tokens=current_tokens, tools_tokens=tools_tokens)
     history_budget_tokens = math.floor(history_share * (budget_tokens - minimum_tokens))
+    if max_history_tokens is not None:
+        history_budget_tokens = min(history_budget_tokens, max_history_tokens)
     kept = used = 0
     for tokens in history_tokens_newest_first:
         if used + tokens > history_budget_tokens:

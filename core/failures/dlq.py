@@ -149,6 +149,17 @@ class DeadLetterQueue:
                                  [now, entry_id])
         return self.get(entry_id) if cursor.rowcount == 1 else None
 
+    def record_replay_error(self, entry_id: int, *, error_kind: str, error_message: str, replayable: bool,
+                            now: str) -> bool:
+        """A claimed replay failed: the entry now carries that failure's kind, and stays replayable
+        automatically only if it was again the provider being down (so a message that fails for
+        another reason is not replayed again and again: it waits for the operator)."""
+        cursor = self.db.execute(
+            "UPDATE dlq SET error_kind = ?, error_message = ?, replayable = ?, updated_at = ?"
+            " WHERE id = ? AND status = 'replaying'",
+            [error_kind, error_message, int(replayable), now, entry_id])
+        return cursor.rowcount == 1
+
     def finish_replay(self, entry_id: int, *, ok: bool, trace_id: str, now: str, error: str | None = None) -> bool:
         """End a claimed replay: ok -> replayed; otherwise back to pending with the attempt noted."""
         if ok:

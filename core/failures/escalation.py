@@ -25,6 +25,7 @@ from core.failures.taxonomy import TAXONOMY, GatewayError, Kind
 from core.store import bump_counter
 
 ALERT_MAX_CHARS = 4000  # Telegram's limit is 4096
+OUTBOX_MAX_AGE_S = 7 * 24 * 3600.0  # a message Telegram has refused for a week is given up (marked dead)
 _OUTBOX_COLUMNS = ("id, kind, chat_id, text, parse_mode, trace_id, dedupe_key, status, attempts, next_attempt_at,"
                    " last_error, created_at, sent_at")
 
@@ -34,6 +35,11 @@ def iso(moment: datetime) -> str:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_iso(value: str) -> datetime:
+    moment = datetime.fromisoformat(value)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -121,11 +127,15 @@ class Outbox:
 
 
 class DeliveryFailed(Exception):
-    """Telegram refused a delivery. `permanent`: never retry (blocked, chat gone)."""
+    """Telegram refused a delivery. `permanent`: never retry this message. `chat_gone`: nothing
+    can be delivered to this chat any more (the user blocked the bot, the chat was deleted), so
+    the chat is recorded and not written to again until its user writes."""
 
-    def __init__(self, reason: str, *, permanent: bool, retry_after_s: float | None = None) -> None:
+    def __init__(self, reason: str, *, permanent: bool, retry_after_s: float | None = None,
+                 chat_gone: bool = False) -> None:
         super().__init__(reason)
-        self.reason, self.permanent, self.retry_after_s = reason, permanent, retry_after_s
+        self.reason, self.permanent, self.retry_after_s = reason, permanent or chat_gone, retry_after_s
+        self.chat_gone = chat_gone
 
 
 class TextSender(Protocol):
@@ -135,25 +145,39 @@ class TextSender(Protocol):
 
 
 async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], datetime], limit: int = 20,
-                       base_wait_s: float = 2.0, max_wait_s: float = 300.0, max_attempts: int = 12) -> int:
+                       base_wait_s: float = 2.0, max_wait_s: float = 60.0, max_attempts: int | None = None,
+                       max_age_s: float | None = OUTBOX_MAX_AGE_S, chat_gone: Callable[[int], bool] | None = None,
+                       on_chat_gone: Callable[[int, str], None] | None = None) -> int:
     """Send what is due, in id order; returns how many were sent.
 
     A temporary refusal schedules the row again (after Telegram's retry_after, else
-    base_wait_s * 2**attempts up to max_wait_s) and skips that chat's later rows this round; a
-    permanent one, or the `max_attempts`-th failure, marks the row dead. An unexpected exception
-    from the sender counts as a temporary refusal, so one bad row cannot stop the loop.
+    base_wait_s * 2**attempts up to max_wait_s) and skips that chat's later rows this round: a
+    row is retried until it is delivered (an alert raised during a long Telegram outage still
+    arrives), unless it failed for good: a permanent refusal, a failure after `max_age_s` since it
+    was queued, or the `max_attempts`-th failure when that is set, mark it dead. A row for a chat
+    that `chat_gone(chat_id)` says blocked the bot is marked dead without a call; a refusal saying
+    the chat is gone is reported to `on_chat_gone(chat_id, reason)`. An unexpected exception from
+    the sender counts as a temporary refusal, so one bad row cannot stop the loop.
     """
     sent = 0
     held_chats: set[int] = set()
     for row in outbox.due(now=iso(now()), limit=limit):
         if row.chat_id in held_chats:
             continue
+        if chat_gone is not None and chat_gone(row.chat_id):
+            outbox.mark_dead(row.id, error="not sent: the chat blocked the bot")
+            continue
         try:
             await sender.send_text(row.chat_id, row.text)
         except Exception as error:  # DeliveryFailed, or a bug in the sender: never kill the loop
             failure = error if isinstance(error, DeliveryFailed) else DeliveryFailed(
                 f"{type(error).__name__}: {error}", permanent=False)
-            if failure.permanent or row.attempts + 1 >= max_attempts:
+            if failure.chat_gone and on_chat_gone is not None:
+                on_chat_gone(row.chat_id, failure.reason)
+            age_s = (_parse_iso(iso(now())) - _parse_iso(row.created_at)).total_seconds()
+            too_old = max_age_s is not None and age_s >= max_age_s
+            out_of_attempts = max_attempts is not None and row.attempts + 1 >= max_attempts
+            if failure.permanent or too_old or out_of_attempts:
                 outbox.mark_dead(row.id, error=failure.reason)
                 continue
             wait_s = failure.retry_after_s

@@ -146,7 +146,7 @@ TAXONOMY: dict[Kind, KindInfo] = {info.kind: info for info in (
     _info(Kind.throttled, retryable=False, dlq=False,
           user="You're sending messages faster than I can answer. Please wait a moment.",
           severity="info", escalates="never", action="raise USER_MESSAGES_PER_MINUTE if this is normal use"),
-    _info(Kind.circuit_open, retryable=False, outage=True, user=_SORRY_LATER,
+    _info(Kind.circuit_open, retryable=False, outage=True, user="The AI service is temporarily unavailable.",
           severity="warning", escalates="never", action="none: entries replay when the circuit closes"),
     _info(Kind.context_too_large, retryable=False, changed=True,
           user="That message is too large for the model. Please send something shorter.",

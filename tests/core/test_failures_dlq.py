@@ -129,3 +129,16 @@ def test_survives_a_restart(tmp_path: Path) -> None:
     row = reopened.get(entry_id)
     assert row is not None and row.inbound == entry(1).inbound and reopened.depth() == 1
     assert reopened.claim_for_replay(entry_id, now=LATER) is not None
+
+
+def test_a_failed_replay_records_its_own_kind(dlq: DeadLetterQueue) -> None:
+    entry_id = dlq.add(entry(1), attempts=attempts(), now=NOW)
+    assert not dlq.record_replay_error(entry_id, error_kind="llm_auth", error_message="HTTP 401",
+                                       replayable=False, now=LATER)  # only a claimed entry
+    assert dlq.claim_for_replay(entry_id, now=LATER) is not None
+    assert dlq.record_replay_error(entry_id, error_kind="llm_auth", error_message="HTTP 401", replayable=False,
+                                   now=LATER)
+    dlq.finish_replay(entry_id, ok=False, trace_id=trace(9), now=LATER, error="failed")
+    row = dlq.get(entry_id)
+    assert row is not None and (row.status, row.error_kind, row.replayable) == ("pending", "llm_auth", False)
+    assert dlq.replayable_outage_entries(limit=10) == []

@@ -125,6 +125,37 @@ async def test_permanent_failure_and_attempt_limit_are_dead(outbox: Outbox) -> N
     assert outbox.depth() == 0 and sender.sent == []
 
 
+async def test_by_default_a_row_is_retried_until_delivered_or_too_old(outbox: Outbox) -> None:
+    row_id = queue(outbox, 1, "outage alert") or 0
+    sender, clock = Sender(), Clock()
+    sender.fail = [DeliveryFailed("Bad Gateway", permanent=False)] * 30
+    for _ in range(30):  # a long Telegram outage: far more failures than any attempt limit
+        await drain_outbox(outbox, sender, now=clock, base_wait_s=1.0, max_wait_s=60.0)
+        clock.advance(60)
+    row = outbox.get(row_id)
+    assert row is not None and (row.status, row.attempts) == ("pending", 30)
+    assert await drain_outbox(outbox, sender, now=clock) == 1 and sender.sent == [(1, "outage alert")]
+
+    stale = queue(outbox, 2, "queued long ago") or 0
+    clock.advance(8 * 24 * 3600)
+    sender.fail = [DeliveryFailed("Bad Gateway", permanent=False)]
+    await drain_outbox(outbox, sender, now=clock, max_age_s=7 * 24 * 3600)
+    assert outbox.get(stale).status == "dead"  # type: ignore[union-attr]
+
+
+async def test_rows_for_a_chat_that_blocked_the_bot_are_dropped(outbox: Outbox) -> None:
+    first = queue(outbox, 1, "reply one") or 0
+    second = queue(outbox, 1, "reply two") or 0
+    other = queue(outbox, 3, "known blocked") or 0
+    gone: dict[int, str] = {}
+    sender, clock = Sender(), Clock()
+    sender.fail = [DeliveryFailed("forbidden: bot was blocked by the user", permanent=True, chat_gone=True)]
+    sent = await drain_outbox(outbox, sender, now=clock, chat_gone=lambda chat_id: chat_id in gone or chat_id == 3,
+                              on_chat_gone=lambda chat_id, reason: gone.setdefault(chat_id, reason))
+    assert sent == 0 and sender.sent == [] and gone == {1: "forbidden: bot was blocked by the user"}
+    assert [outbox.get(i).status for i in (first, second, other)] == ["dead"] * 3  # type: ignore[union-attr]
+
+
 def alert(**overrides: object) -> Escalation:
     values: dict[str, object] = {"producer": "pipeline", "key": "llm_auth", "kind": "llm_auth",
                                  "severity": "critical", "summary": "The LLM provider rejected the API key.",

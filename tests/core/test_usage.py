@@ -25,18 +25,21 @@ from core.usage import (
     cost_usd,
     daily_warning_key,
     days_back,
-    format_cap_warning,
-    format_cost,
-    format_duration,
-    format_operator_budget,
-    format_usage_table,
-    format_usd,
-    format_user_budget,
     monthly_warning_key,
     next_day_start,
     next_month_start,
     utc_day,
     utc_month,
+)
+from core.usage_text import (
+    format_cap_warning,
+    format_cost,
+    format_duration,
+    format_operator_budget,
+    format_refusal,
+    format_usage_table,
+    format_usd,
+    format_user_budget,
 )
 
 TRACE = "ab" * 16
@@ -167,9 +170,9 @@ def test_per_user_day_queries(ledger: UsageLedger) -> None:
     assert ledger.user_day_tokens(1, "2028-02-28") == 150
     assert ledger.user_day_tokens(1, "2028-02-29") == 310
     assert ledger.user_day_tokens(3, "2028-02-29") == 0
-    assert ledger.user_day_cost(1, "2028-02-28") == (pytest.approx(0.001), False)
-    assert ledger.user_day_cost(1, "2028-02-29") == (0.0, True)
-    assert ledger.user_day_cost(1, "2028-01-01") == (0.0, False)
+    assert ledger.user_day(1, "2028-02-28") == PeriodTotals(100, 50, 150, pytest.approx(0.001), 0, 1, 0)
+    assert ledger.user_day(1, "2028-02-29") == PeriodTotals(205, 105, 310, 0.0, 1, 2, 1)
+    assert ledger.user_day(1, "2028-01-01") == PeriodTotals()
 
 
 def test_month_and_day_totals(ledger: UsageLedger) -> None:
@@ -206,7 +209,8 @@ def test_every_ledger_query_is_an_index_search(ledger: UsageLedger) -> None:
     statements: list[str] = []
     ledger.db.conn.set_trace_callback(statements.append)
     ledger.user_day_tokens(1, "2028-02-29")
-    ledger.user_day_cost(1, "2028-02-29")
+    ledger.month_cost_usd("2028-02")
+    ledger.user_day(1, "2028-02-29")
     ledger.user_month(1, "2028-02")
     ledger.month_totals("2028-02")
     ledger.day_totals("2028-02-29")
@@ -217,13 +221,51 @@ def test_every_ledger_query_is_an_index_search(ledger: UsageLedger) -> None:
     ledger.daily_spend(days_back(at(2028, 3, 1), 30))
     ledger.db.conn.set_trace_callback(None)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-    assert len(selects) == 10
+    assert len(selects) == 11
     for sql in selects:
         plan = [row[3] for row in ledger.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()]
-        on_usage = [step for step in plan if " usage " in f" {step} "]
+        table = "usage_totals" if "usage_totals" in sql else "usage"
+        steps = [step for step in plan if f" {table} " in f" {step} "]
         # SEARCH = a lookup by index key; a SCAN (even "USING INDEX") would read every row.
-        assert on_usage and all(step.startswith("SEARCH usage USING") and "INDEX usage_" in step
-                                for step in on_usage), (sql, plan)
+        assert steps and all(step.startswith(f"SEARCH {table} USING") and "INDEX" in step for step in steps), \
+            (sql, plan)
+
+
+@pytest.mark.parametrize(("last_moment", "first_moment"), [
+    (at(2028, 2, 28, 23, 59, 59, 999000), at(2028, 2, 29)),  # into a leap day
+    (at(2028, 2, 29, 23, 59, 59, 999000), at(2028, 3, 1)),  # out of it: a day and a month end
+    (at(2027, 2, 28, 23, 59, 59, 999000), at(2027, 3, 1)),  # no leap day
+    (at(2027, 12, 31, 23, 59, 59, 999000), at(2028, 1, 1)),  # a year end
+])
+def test_ledger_periods_split_exactly_at_utc_midnight(last_moment: datetime, first_moment: datetime) -> None:
+    ledger = UsageLedger(open_database(":memory:"))
+    ledger.record(record(last_moment, user_id=7, input_tokens=900, output_tokens=100, cost=0.25))
+    ledger.record(record(first_moment, user_id=7, input_tokens=30, output_tokens=20, cost=0.5))
+    assert ledger.user_day_tokens(7, utc_day(last_moment)) == 1000
+    assert ledger.user_day_tokens(7, utc_day(first_moment)) == 50
+    new_month = first_moment.day == 1
+    before, after = ledger.month_totals(utc_month(last_moment)), ledger.month_totals(utc_month(first_moment))
+    assert (before.total_tokens, after.total_tokens) == ((1000, 50) if new_month else (1050, 1050))
+    assert ledger.user_month(7, utc_month(first_moment)).cost_usd == pytest.approx(0.5 if new_month else 0.75)
+    # A daily cap used up at the last moment of a day is free again at the first of the next.
+    spent = dict(is_operator=False, estimated_tokens=1, estimated_cost_usd=0.0, user_daily_token_cap=1000,
+                 month_cost_usd=0.0, monthly_cap_usd=0.0)
+    assert not check_caps(user_tokens_today=ledger.user_day_tokens(7, utc_day(last_moment)), **spent).allowed
+    assert check_caps(user_tokens_today=ledger.user_day_tokens(7, utc_day(first_moment)), **spent).allowed
+
+
+@pytest.mark.parametrize(("now", "daily", "monthly"), [
+    (at(2028, 2, 29, 23, 59, 30), "at 00:00 UTC (in 1 min)", "on 2028-03-01 at 00:00 UTC (in 1 min)"),
+    (at(2028, 2, 1), "at 00:00 UTC (in 1 d)", "on 2028-03-01 at 00:00 UTC (in 29 d)"),  # leap February
+    (at(2027, 2, 1), "at 00:00 UTC (in 1 d)", "on 2027-03-01 at 00:00 UTC (in 28 d)"),
+    (at(2027, 12, 31, 12), "at 00:00 UTC (in 12 h)", "on 2028-01-01 at 00:00 UTC (in 12 h)"),
+    (at(2028, 1, 31, 22, 30), "at 00:00 UTC (in 1 h 30 min)", "on 2028-02-01 at 00:00 UTC (in 1 h 30 min)"),
+])
+def test_refusals_name_the_next_period_start(now: datetime, daily: str, monthly: str) -> None:
+    day = format_refusal(CapDecision(False, "user_daily_tokens", limit=1000, left=0), now=now)
+    assert day == f"You have used your daily budget of 1,000 tokens. It resets {daily}."
+    month = format_refusal(CapDecision(False, "monthly_usd", limit=5.0, left=0.0), now=now)
+    assert month == f"This bot's monthly budget of $5.00 is used up. It resets {monthly}."
 
 
 # Caps ---------------------------------------------------------------------------------
@@ -231,7 +273,7 @@ NOW = at(2028, 2, 29, 20, 48)  # 3 h 12 min before midnight and before the month
 
 
 def caps(**overrides: object) -> CapDecision:
-    values: dict[str, object] = dict(now=NOW, is_operator=False, estimated_tokens=1000, estimated_cost_usd=0.01,
+    values: dict[str, object] = dict(is_operator=False, estimated_tokens=1000, estimated_cost_usd=0.01,
                                      user_tokens_today=0, user_daily_token_cap=200_000, month_cost_usd=0.0,
                                      monthly_cap_usd=10.0)
     values.update(overrides)
@@ -240,7 +282,8 @@ def caps(**overrides: object) -> CapDecision:
 
 def test_under_the_caps_is_allowed_without_warning() -> None:
     decision = caps()
-    assert decision.allowed and decision.cap is None and decision.message == "" and decision.warn == ()
+    assert decision.allowed and decision.cap is None and decision.warn == ()
+    assert format_refusal(decision, now=NOW) == ""
 
 
 def test_exactly_at_the_caps_is_allowed_and_warns() -> None:
@@ -252,18 +295,18 @@ def test_exactly_at_the_caps_is_allowed_and_warns() -> None:
 def test_over_the_daily_cap_says_what_is_left_and_when_it_resets() -> None:
     decision = caps(user_tokens_today=187_655, estimated_tokens=20_000)
     assert not decision.allowed and decision.cap == "user_daily_tokens"
-    assert decision.message == ("Your daily budget of 200,000 tokens would be exceeded by this request"
+    assert format_refusal(decision, now=NOW) == ("Your daily budget of 200,000 tokens would be exceeded by this request"
                                 " (12,345 left today). It resets at 00:00 UTC (in 3 h 12 min).")
     spent = caps(user_tokens_today=200_000, estimated_tokens=1)
-    assert spent.message.startswith("You have used your daily budget of 200,000 tokens.")
+    assert format_refusal(spent, now=NOW).startswith("You have used your daily budget of 200,000 tokens.")
 
 
 def test_over_the_monthly_cap_is_refused_even_for_the_operator() -> None:
     decision = caps(is_operator=True, month_cost_usd=9.95, estimated_cost_usd=0.1)
     assert not decision.allowed and decision.cap == "monthly_usd"
-    assert decision.message == ("This bot's monthly budget of $10.00 would be exceeded by this request"
+    assert format_refusal(decision, now=NOW) == ("This bot's monthly budget of $10.00 would be exceeded by this request"
                                 " ($0.0500 left this month). It resets on 2028-03-01 at 00:00 UTC (in 3 h 12 min).")
-    assert "is used up" in caps(month_cost_usd=10.0).message
+    assert "is used up" in format_refusal(caps(month_cost_usd=10.0), now=NOW)
 
 
 def test_monthly_cap_is_checked_before_the_daily_one() -> None:
@@ -278,8 +321,8 @@ def test_operator_is_exempt_from_the_daily_cap() -> None:
 def test_unknown_price_fails_closed_only_when_a_monthly_cap_is_set() -> None:
     decision = caps(estimated_cost_usd=None)
     assert not decision.allowed and decision.cap == "monthly_usd"
-    assert "unknown" in decision.message and "MONTHLY_BUDGET_USD=0" in decision.message
-    assert "config/prices.json" in decision.message
+    message = format_refusal(decision, now=NOW)
+    assert "unknown" in message and "MONTHLY_BUDGET_USD=0" in message and "config/prices.json" in message
     assert caps(estimated_cost_usd=None, monthly_cap_usd=0.0).allowed
 
 
@@ -310,7 +353,8 @@ def test_format_duration(seconds: float, text: str) -> None:
 
 def test_cap_warnings_read_well() -> None:
     daily = format_cap_warning(cap="user_daily_tokens", now=NOW, used=160_000, limit=200_000)
-    assert daily.startswith("You have used 80% of your daily budget of 200,000 tokens (40,000 tokens left).")
+    assert daily.startswith("Heads-up: with this message you have used up to 80% of your daily budget of"
+                            " 200,000 tokens (40,000 tokens left). It resets at 00:00 UTC (in 3 h 12 min).")
     monthly = format_cap_warning(cap="monthly_usd", now=NOW, used=8.5, limit=10.0)
     assert "85% of its monthly budget of $10.00 ($1.50 left)" in monthly and "2028-03-01" in monthly
 
@@ -360,4 +404,24 @@ def test_budget_texts() -> None:
         unknown_models=["mystery-model"], user_labels={42: "alice"})
     assert "$0.2500 + unknown of $10.00 (2%, $9.75 left)" in report
     assert "mystery-model" in report and "alice: 1,500 tok" in report and "unlimited" in report
-    assert "Wasted on failed attempts: 10 tokens, $0.0100." in report
+    assert "Wasted on failed attempts: 10 tokens, $0.0100 (1 attempt)." in report
+
+
+def test_running_totals_match_the_rows(ledger: UsageLedger) -> None:
+    """The per-turn reads (user's day tokens, bot's month cost) equal the sums over the rows."""
+    import random
+
+    rng = random.Random(7)
+    for index in range(200):
+        user = rng.choice([1, 2, 3])
+        moment = at(2028, 2, rng.choice([27, 28, 29]), rng.randrange(24))
+        prompt, completion = rng.randrange(500), rng.randrange(100)
+        cost = None if index % 17 == 0 else (prompt + completion) / 1e6
+        ledger.record(UsageRecord(at=moment, trace_id=f"{index:032x}", chat_id=user, user_id=user,
+                                  model="gpt-4o-mini", cost_usd=cost, wasted=index % 5 == 0,
+                                  usage=TokenUsage(input_tokens=prompt, output_tokens=completion,
+                                                   total_tokens=prompt + completion)))
+    for user in (1, 2, 3):
+        for day in ("2028-02-27", "2028-02-28", "2028-02-29"):
+            assert ledger.user_day_tokens(user, day) == ledger.user_day(user, day).total_tokens
+    assert ledger.month_cost_usd("2028-02") == pytest.approx(ledger.month_totals("2028-02").cost_usd)

@@ -1,0 +1,198 @@
+"""What tracing costs a turn: CPU per turn with tracing on vs off, through the real core pipeline.
+
+    .venv/bin/python bench/trace_overhead.py [--turns 200] [--rounds 15] [--profile on|off]
+
+Each turn runs as the bot runs it (bot/runtime.py): a root `turn` span, a `receive` span around
+the inbox journal, then `Pipeline.run_turn` with every stage (real SQLite storage, context
+assembly, budget checks, usage ledger), an LLM port that answers at once inside the same GenAI
+span as the real adapter (core/llm.py `chat_span`), and a channel that renders the answer like
+the Telegram channel (`render` and `send` spans) and records it instead of calling Telegram.
+Tracing on is the production setup (core/spans.py tracer, SQLite exporter on its background
+queue); off is `build_services(..., tracing=False)` (unsampled spans: ids for refs and
+traceparent, nothing recorded or exported).
+
+CPU is `time.process_time()` over a whole run of N turns, which counts every thread of the
+process, so the exporter's background thread is charged to tracing: each traced run ends with a
+flush of everything it queued. Runs alternate (off, on, on, off, ...) in one process so that
+drift (CPU frequency, other load) hits both modes alike, each on fresh storage after a few
+untimed turns. The spread between runs on a busy machine is larger than the effect, so the
+ratio is given three ways (medians, minimums, back-to-back pairs). Real turns also spend CPU
+on HTTP to Telegram and the LLM, which this leaves out, so the ratio here is an upper bound
+of what tracing adds to a real turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from opentelemetry import trace  # noqa: E402
+
+from bot.render import render_parts  # noqa: E402
+from config.settings import Settings  # noqa: E402
+from core.contracts import AgentRequest, InboundMessage, LLMResult, ReplyEvent, TokenUsage  # noqa: E402
+from core.llm import chat_span, record_result  # noqa: E402
+from core.pipeline import Pipeline  # noqa: E402
+from core.ports import DeltaSink  # noqa: E402
+from core.services import Services, build_services  # noqa: E402
+from core.tracing import current_trace_id, new_turn_span, traceparent_headers  # noqa: E402
+
+CHATS = 50  # turns rotate over this many chats: history grows a little, as in real use
+
+
+class InstantLLM:
+    """An LLM port that answers at once, inside the real adapter's GenAI span."""
+
+    def __init__(self) -> None:
+        self.tracer: trace.Tracer = trace.NoOpTracer()  # set once services (and their tracer) exist
+
+    async def complete(self, request: AgentRequest, *, on_delta: DeltaSink | None = None) -> LLMResult:
+        with chat_span(self.tracer, request, provider_name="openai") as span:
+            traceparent_headers()  # the real adapter builds the header for every request
+            text = f"Sure. Here is **the answer** to: {request.messages[-1].content}"
+            if on_delta is not None:
+                await on_delta(text)
+            result = LLMResult(producer="llm", trace_id=current_trace_id() or "0" * 32, text=text,
+                               finish_reason="stop", model=request.model,
+                               usage=TokenUsage(input_tokens=120, output_tokens=12, total_tokens=132))
+            record_result(span, result)
+            return result
+
+
+class RenderingChannel:
+    """A Channel that renders whole messages like bot/channel.py and records them."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.tracer = tracer
+        self.sent: list[int] = []
+
+    async def deliver(self, event: ReplyEvent) -> None:
+        if event.kind in ("typing", "draft"):
+            return
+        with self.tracer.start_as_current_span("render") as span:
+            parts = render_parts(event.text)
+            span.set_attributes({"reply.kind": event.kind, "reply.chars": len(event.text), "render.parts": len(parts)})
+        with self.tracer.start_as_current_span("send") as span:
+            span.set_attributes({"chat.id": event.chat_id, "send.parts": len(parts), "send.edits_draft": False})
+            self.sent.append(len(parts))
+
+    async def download(self, file_id: str, *, max_bytes: int) -> bytes:
+        raise NotImplementedError
+
+
+class Bench:
+    """One set of services (tracing on or off) and the turns run through it."""
+
+    def __init__(self, data_dir: Path, *, tracing: bool) -> None:
+        settings = Settings(_env_file=None, data_dir=data_dir, operator_chat_id=900, allowed_user_ids="*",
+                            user_messages_per_minute=0, user_daily_token_budget=0, retry_wait_scale=0.0)
+        self.llm = InstantLLM()
+        self.services: Services = build_services(settings, llm=self.llm, tracing=tracing)
+        self.llm.tracer = self.services.tracer
+        self.pipeline = Pipeline(self.services)
+        self.channel = RenderingChannel(self.services.tracer)
+        self.tracing = tracing
+        self.update_id = 0
+
+    async def turn(self) -> str:
+        """One message, the way bot/runtime.py handles it."""
+        services = self.services
+        self.update_id += 1
+        update_id, chat_id = self.update_id, 1000 + self.update_id % CHATS
+        with new_turn_span(services.tracer, "turn", {"update.id": update_id, "chat.id": chat_id}) as root:
+            trace_id = current_trace_id() or "0" * 32
+            with services.tracer.start_as_current_span("receive") as span:
+                services.journal.accept(update_id=update_id, chat_id=chat_id, user_id=chat_id, kind="update",
+                                        raw={"update_id": update_id}, trace_id=trace_id, now=services.clock.iso())
+                span.set_attributes({"update.kind": "message", "update.reason": ""})
+            services.journal.mark(update_id, "processing", now=services.clock.iso(), trace_id=trace_id)
+            inbound = InboundMessage(update_id=update_id, trace_id=trace_id, chat_id=chat_id, chat_type="private",
+                                     user_id=chat_id, message_id=update_id,
+                                     text=f"question number {update_id}: what is {update_id} squared?",
+                                     received_at=datetime.now(UTC))
+            outcome = await self.pipeline.run_turn(inbound, self.channel)
+            root.set_attribute("turn.outcome", outcome)
+            services.journal.mark(update_id, "replied", now=services.clock.iso())
+        return outcome
+
+    async def run(self, turns: int) -> float:
+        """CPU seconds per turn for `turns` turns, the exporter's work included."""
+        started = time.process_time()
+        for _ in range(turns):
+            outcome = await self.turn()
+            if outcome != "replied":
+                raise RuntimeError(f"a benchmark turn ended {outcome!r}: the setup is broken")
+        if self.tracing:
+            self.services.telemetry.force_flush(30_000)  # charge the export of these spans to this run
+        return (time.process_time() - started) / turns
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, default=200, help="timed turns per run (default 200)")
+    parser.add_argument("--rounds", type=int, default=15, help="runs per mode, alternating (default 15)")
+    parser.add_argument("--warmup", type=int, default=30, help="untimed turns first in each run (default 30)")
+    parser.add_argument("--profile", choices=("on", "off"), help="profile one run of that mode with pyinstrument")
+    args = parser.parse_args()
+    logging.disable(logging.INFO)  # as in production at LOG_LEVEL=WARNING: no log output in the figures
+
+    per_turn: dict[str, list[float]] = {"off": [], "on": []}
+    dropped = 0
+    with tempfile.TemporaryDirectory(prefix="trace-bench-") as tmp:
+        runs = itertools.count()
+
+        async def one_run(mode: str, *, profile: bool = False) -> float:
+            # Fresh storage per run: tables that grow over the benchmark (usage rows are summed
+            # every turn) would otherwise make later runs dearer than earlier ones.
+            nonlocal dropped
+            bench = Bench(Path(tmp) / f"{mode}-{next(runs)}", tracing=mode == "on")
+            try:
+                await bench.run(args.warmup)  # and its flush creates telemetry.db, which a bot does once
+                if not profile:
+                    return await bench.run(args.turns)
+                from pyinstrument import Profiler
+
+                profiler = Profiler(async_mode="enabled")
+                with profiler:
+                    cpu = await bench.run(args.turns)
+                print(profiler.output_text(unicode=True, color=False, show_all=False))
+                return cpu
+            finally:
+                dropped += bench.services.telemetry.dropped_spans
+                await bench.services.close()
+
+        if args.profile:
+            await one_run(args.profile, profile=True)
+        for round_number in range(args.rounds):
+            for mode in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
+                per_turn[mode].append(await one_run(mode))
+
+    print(f"{args.rounds} alternating runs of {args.turns} turns per mode (CPU time per turn, all threads, µs)")
+    for mode, values in per_turn.items():
+        shown = " ".join(f"{v * 1e6:.0f}" for v in values)
+        print(f"  tracing {mode:<3}: median {statistics.median(values) * 1e6:6.0f}  min {min(values) * 1e6:6.0f}   "
+              f"runs: {shown}")
+    # On a shared machine the run-to-run spread is larger than the effect, so three estimates:
+    # the ratio of the medians, of the minimums (the least disturbed runs), and the median of
+    # the ratios of runs taken back to back (which share whatever load there was).
+    off, on = statistics.median(per_turn["off"]), statistics.median(per_turn["on"])
+    paired = statistics.median(b / a for a, b in zip(per_turn["off"], per_turn["on"], strict=True))
+    fastest = min(per_turn["on"]) / min(per_turn["off"])
+    print(f"  on/off: medians {on / off:.3f} (+{(on - off) * 1e6:.0f} µs per turn), minimums {fastest:.3f}, "
+          f"back-to-back pairs (median) {paired:.3f}")
+    print(f"  spans dropped by the exporter: {dropped}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

@@ -1,0 +1,341 @@
+"""The write side of telemetry.db: finished spans, stored a trace's batch at a time.
+
+Layout: one row of `span_batches` per trace per export batch, holding that trace's spans as a
+JSON array, plus the few columns queries need without opening the JSON (the root span's
+name, times, status and chat, and the `chat {model}` calls). A turn is one to three rows (its
+spans end over a few export rounds) instead of fifteen: per span that is a list and a share
+of one JSON encoding instead of an index insert, which is most of what tracing costs a turn
+(bench/trace_overhead.py). The `spans` and `turns` views show them as one row per span / per
+turn for people browsing the file (Datasette); core/telemetry.py reads the table.
+
+It never raises: when SQLite fails (locked, read-only, disk full) the batch is dropped and
+counted in `dropped_spans`, with at most one warning a minute. The database opens lazily and
+is retried on the next batch, so an unwritable DATA_DIR at start degrades tracing, not the bot.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder as json_encoder
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind, StatusCode
+from sqlite_utils.migrations import Migrations
+
+from core.spans import Span
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTRIBUTE_CHARS = 4096  # applied after redaction, so a cut can never leave half a secret behind
+PRUNE_INTERVAL_S = 3600.0
+DROP_LOG_INTERVAL_S = 60.0
+# The order of a span inside `span_batches.spans` (and of the columns of the `spans` view).
+SPAN_FIELDS = ("span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status", "status_message",
+               "attributes", "events")
+Redact = Callable[[str], str]
+# Enum members read once: looking one up on its class goes through a descriptor, per span.
+_INTERNAL = SpanKind.INTERNAL
+_UNSET = StatusCode.UNSET
+
+
+def no_redaction(text: str) -> str:
+    return text
+
+
+def clean(value: Any, redact: Redact) -> Any:
+    """A value as stored: strings redacted, then cut to MAX_ATTRIBUTE_CHARS (lists item by item)."""
+    if isinstance(value, str):
+        return redact(value)[:MAX_ATTRIBUTE_CHARS]
+    if isinstance(value, list | tuple):
+        return [clean(item, redact) for item in value]
+    return value
+
+
+def clean_attributes(attributes: Mapping[str, Any] | None, redact: Redact) -> dict[str, Any]:
+    return {key: clean(value, redact) for key, value in (attributes or {}).items()}
+
+
+def _json_encoder() -> Callable[[Any], str]:
+    """Compact JSON (ensure_ascii off, unknown types as str), set up once: json.dumps with
+    options and JSONEncoder.encode build a new C encoder on every call."""
+    slow = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
+    make = getattr(json_encoder, "c_make_encoder", None)
+    if make is None:  # a Python without the C accelerator
+        return slow
+    fast = make(None, str, json_encoder.encode_basestring, None, ":", ",", False, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(fast(value, 0))
+
+    return encode if encode({"a": [1, "é", None]}) == slow({"a": [1, "é", None]}) else slow
+
+
+encode_json = _json_encoder()
+
+
+def _fits(attributes: dict[str, Any]) -> bool:
+    """No string (alone or in a list) longer than MAX_ATTRIBUTE_CHARS."""
+    for value in attributes.values():
+        if type(value) is str:
+            if len(value) > MAX_ATTRIBUTE_CHARS:
+                return False
+        elif type(value) is list or type(value) is tuple:
+            if any(type(item) is str and len(item) > MAX_ATTRIBUTE_CHARS for item in value):
+                return False
+    return True
+
+
+# Schema -------------------------------------------------------------------------------------
+migrations = Migrations("telemetry")
+
+
+@migrations()
+def m001_spans(db: sqlite_utils.Database) -> None:
+    db.execute("""CREATE TABLE spans (
+        trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL,
+        kind TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, status TEXT NOT NULL,
+        status_message TEXT, attributes TEXT NOT NULL, events TEXT NOT NULL)""")
+    db.execute("CREATE INDEX spans_trace ON spans(trace_id)")
+    db.execute("CREATE INDEX spans_start ON spans(start_ns)")
+    db.execute("""CREATE VIEW turns AS SELECT
+        datetime(start_ns / 1000000000, 'unixepoch') AS started_utc, substr(trace_id, 1, 8) AS ref,
+        json_extract(attributes, '$."chat.id"') AS chat_id, status, (end_ns - start_ns) / 1e6 AS duration_ms,
+        trace_id FROM spans WHERE parent_span_id IS NULL AND name = 'turn'""")
+
+
+_IS_ROOT = "parent_span_id IS NULL"
+_IS_CALL = "name LIKE 'chat %' AND json_extract(attributes, '$.\"gen_ai.request.model\"') IS NOT NULL"
+
+
+@migrations()
+def m002_span_batches(db: sqlite_utils.Database) -> None:
+    # A row per span cost an index insert per span: most of tracing's CPU per turn.
+    db.execute("""CREATE TABLE span_batches (
+        trace_id TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, span_count INTEGER NOT NULL,
+        root_name TEXT, root_start_ns INTEGER, root_end_ns INTEGER, root_status TEXT, chat_id INTEGER,
+        llm_calls TEXT, spans TEXT NOT NULL)""")
+    db.execute("CREATE INDEX span_batches_trace ON span_batches(trace_id)")
+    db.execute("CREATE INDEX span_batches_start ON span_batches(start_ns)")
+    db.execute("CREATE INDEX span_batches_roots ON span_batches(root_start_ns) WHERE root_name IS NOT NULL")
+    root = f"max(CASE WHEN {_IS_ROOT} THEN {{}} END)"
+    db.execute(f"""INSERT INTO span_batches SELECT trace_id, min(start_ns), max(end_ns), count(*),
+        {root.format('name')}, {root.format('start_ns')}, {root.format('end_ns')}, {root.format('status')},
+        {root.format('json_extract(attributes, ' + repr('$."chat.id"') + ')')},
+        CASE WHEN count(*) FILTER (WHERE {_IS_CALL}) > 0 THEN json_group_array(json_array(
+            json_extract(attributes, '$."gen_ai.request.model"'), start_ns, end_ns - start_ns, status))
+            FILTER (WHERE {_IS_CALL}) END,
+        json_group_array(json_array({", ".join(
+            f"json({field})" if field in ("attributes", "events") else field for field in SPAN_FIELDS)}))
+        FROM (SELECT * FROM spans ORDER BY rowid) GROUP BY trace_id""")
+    db.execute("DROP VIEW turns")
+    db.execute("DROP TABLE spans")
+    # For people browsing the file (Datasette); the code reads span_batches.
+    columns = ", ".join(f"json_extract(s.value, '$[{i}]') AS {field}" for i, field in enumerate(SPAN_FIELDS))
+    db.execute(f"CREATE VIEW spans AS SELECT b.trace_id, {columns} FROM span_batches b, json_each(b.spans) s")
+    db.execute("""CREATE VIEW turns AS SELECT
+        datetime(root_start_ns / 1000000000, 'unixepoch') AS started_utc, substr(trace_id, 1, 8) AS ref,
+        chat_id, root_status AS status, (root_end_ns - root_start_ns) / 1e6 AS duration_ms, trace_id
+        FROM span_batches WHERE root_name = 'turn'""")
+
+
+_INSERT = "INSERT INTO span_batches VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+
+
+# Exporter -----------------------------------------------------------------------------------
+class SQLiteSpanExporter(SpanExporter):
+    """Writes finished spans to `telemetry.db`, one transaction per batch (see the module doc)."""
+
+    def __init__(self, db_path: Path, *, retention_days: int = 30, max_db_bytes: int = 256 * 1024 * 1024,
+                 redact: Redact = no_redaction, busy_timeout_s: float = 1.0) -> None:
+        self.db_path = db_path
+        self.retention_days = retention_days
+        self.max_db_bytes = max_db_bytes
+        self.dropped_spans = 0
+        self._redact = redact
+        self._busy_timeout_s = busy_timeout_s
+        self._lock = threading.Lock()  # the worker thread and force_flush/prune callers share one connection
+        self._conn: sqlite3.Connection | None = None
+        self._shut_down = False
+        self._warned_at = -DROP_LOG_INTERVAL_S
+        self._pruned_at = -PRUNE_INTERVAL_S
+
+    def export(self, spans: Sequence[ReadableSpan | Span]) -> SpanExportResult:
+        if self._shut_down:
+            return SpanExportResult.FAILURE
+        try:
+            rows = self._rows(spans)
+            with self._lock:
+                conn = self._connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany(_INSERT, rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except Exception as error:  # anything at all: the export thread must not die, nor a turn wait
+            self._drop(len(spans), error)
+            return SpanExportResult.FAILURE
+        if time.monotonic() - self._pruned_at >= PRUNE_INTERVAL_S:
+            self.prune()
+        return SpanExportResult.SUCCESS
+
+    def _rows(self, spans: Sequence[ReadableSpan | Span]) -> list[tuple[Any, ...]]:
+        """One row per trace of the batch, redacted.
+
+        This runs for every span, so the common case is cheap: a list per span, one JSON
+        encoding per trace, one redaction pass over the whole batch. Only a trace holding a
+        secret, a value longer than MAX_ATTRIBUTE_CHARS or events (exception stack traces) is
+        rebuilt the exact way: every string redacted on its own, then cut.
+        """
+        redact = self._redact
+        traces: dict[int, list[list[Any]]] = {}
+        exact: set[int] = set()
+        for span in spans:
+            context, parent, status = span.context, span.parent, span.status
+            attributes = span.attributes
+            if type(attributes) is not dict:
+                attributes = dict(attributes or {})
+            code = status.status_code
+            item = [format(context.span_id, "016x"), format(parent.span_id, "016x") if parent else None, span.name,
+                    "INTERNAL" if span.kind is _INTERNAL else span.kind.name,
+                    span.start_time or 0, span.end_time or span.start_time or 0,
+                    "UNSET" if code is _UNSET else code.name, status.description, attributes, []]
+            trace_spans = traces.get(context.trace_id)
+            if trace_spans is None:
+                trace_spans = traces[context.trace_id] = []
+            trace_spans.append(item)
+            if span.events:
+                exact.add(context.trace_id)
+                item[9] = [{"name": event.name, "time_ns": event.timestamp,
+                            "attributes": dict(event.attributes or {})} for event in span.events]
+        texts = {trace_id: encode_json(items) for trace_id, items in traces.items()}
+        for trace_id, text in texts.items():  # a short text cannot hold a long value
+            if len(text) > MAX_ATTRIBUTE_CHARS and any(
+                    not _fits(item[8]) or (item[7] and len(item[7]) > MAX_ATTRIBUTE_CHARS) for item in traces[trace_id]):
+                exact.add(trace_id)
+        joined = "\x1f".join(texts.values())
+        if redact(joined) != joined:
+            exact.update(trace_id for trace_id, text in texts.items() if redact(text) != text)
+        for trace_id in exact:
+            for item in traces[trace_id]:
+                item[2] = redact(item[2])
+                item[7] = clean(item[7], redact) if item[7] else None
+                item[8] = clean_attributes(item[8], redact)
+                item[9] = [{"name": redact(event["name"]), "time_ns": event["time_ns"],
+                            "attributes": clean_attributes(event["attributes"], redact)} for event in item[9]]
+            texts[trace_id] = encode_json(traces[trace_id])
+        return [self._row(trace_id, items, texts[trace_id]) for trace_id, items in traces.items()]
+
+    @staticmethod
+    def _row(trace_id: int, items: list[list[Any]], text: str) -> tuple[Any, ...]:
+        root = next((item for item in items if item[1] is None), None)
+        calls = [[item[8]["gen_ai.request.model"], item[4], item[5] - item[4], item[6]] for item in items
+                 if item[2].startswith("chat ") and "gen_ai.request.model" in item[8]]
+        chat_id = root[8].get("chat.id") if root is not None else None
+        return (format(trace_id, "032x"), min(item[4] for item in items), max(item[5] for item in items), len(items),
+                root[2] if root else None, root[4] if root else None, root[5] if root else None,
+                root[6] if root else None, chat_id if type(chat_id) is int else None,
+                encode_json(calls) if calls else None, text)
+
+    def prune(self, *, now_ns: int | None = None) -> int:
+        """Delete spans past retention, then the oldest until the file fits `max_db_bytes`.
+
+        Returns the number of spans deleted (0 when the database cannot be opened). export() runs
+        it at most once an hour, so the file may overshoot the cap by one hour of spans.
+        """
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        self._pruned_at = time.monotonic()
+        try:
+            with self._lock:
+                return self._prune(self._connection(), now_ns)
+        except Exception as error:  # it also runs from export(), which must never raise
+            self._warn("telemetry prune failed: %s: %s", type(error).__name__, error)
+            return 0
+
+    def _prune(self, conn: sqlite3.Connection, now_ns: int) -> int:
+        def delete(where: str, value: int) -> int:
+            spans = conn.execute(f"SELECT COALESCE(SUM(span_count), 0) FROM span_batches WHERE {where}",
+                                 [value]).fetchone()[0]
+            conn.execute(f"DELETE FROM span_batches WHERE {where}", [value])
+            return spans
+
+        deleted = delete("start_ns < ?", now_ns - self.retention_days * 86_400 * 1_000_000_000)
+        for _ in range(16):  # bounded: each pass removes a share proportional to the excess
+            used = _used_bytes(conn)
+            total = conn.execute("SELECT count(*) FROM span_batches").fetchone()[0]
+            if used <= self.max_db_bytes or total == 0:
+                break
+            # Aim 10% under the cap so that the next few batches do not trigger another prune.
+            share = 1 - (self.max_db_bytes * 0.9) / used
+            offset = max(0, min(total - 1, int(total * share)))
+            cutoff = conn.execute("SELECT start_ns FROM span_batches ORDER BY start_ns LIMIT 1 OFFSET ?",
+                                  [offset]).fetchone()[0]
+            deleted += delete("start_ns <= ?", cutoff)
+        if deleted:
+            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+                # executescript steps the pragma to the end; execute() would free a single page.
+                conn.executescript("PRAGMA incremental_vacuum;")
+            else:  # a file created before auto_vacuum was set
+                conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # the main file shrinks only here
+        return deleted
+
+    def shutdown(self) -> None:
+        self._shut_down = True
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True  # every export commits before returning
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.db_path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
+                                   timeout=self._busy_timeout_s)
+            try:
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective only before the first table
+                db = sqlite_utils.Database(conn)
+                db.enable_wal()
+                conn.execute("PRAGMA synchronous=NORMAL")
+                migrations.apply(db)
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    def _drop(self, count: int, error: BaseException) -> None:
+        self.dropped_spans += count
+        with self._lock:
+            if self._conn is not None:  # reopen next time: the file may have been fixed or replaced
+                self._conn.close()
+                self._conn = None
+        self._warn("telemetry: dropped %d spans (%d so far) because %s: %s; turns are unaffected",
+                   count, self.dropped_spans, type(error).__name__, error)
+
+    def _warn(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= DROP_LOG_INTERVAL_S:
+            self._warned_at = now
+            logger.warning(message, *args)
+
+
+def _used_bytes(conn: sqlite3.Connection) -> int:
+    """Bytes held by live pages: what the file shrinks to once free pages are vacuumed."""
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return page_size * pages
