@@ -130,7 +130,25 @@ class Runtime:
         return "malformed"
 
     async def process_update(self, update: Update) -> str:
-        """Journal (unless already), trace, route and run one update; returns its outcome."""
+        """Journal (unless already), trace, route and run one update; returns its outcome.
+
+        Never raises: whatever breaks before the pipeline takes over (a span, routing, storage)
+        still ends with the journal row marked failed and, where there is a chat, a reply with a
+        ref, so an update can neither vanish nor crash every later start as a poison row."""
+        try:
+            return await self._process_update(update)
+        except Exception as failure:  # noqa: BLE001 - the last line of defence for one update
+            log.exception("update %s failed before or after its turn", getattr(update, "update_id", "?"))
+            chat_id, _ = update_ids(update)
+            with contextlib.suppress(Exception):
+                self.services.journal.mark(update.update_id, "failed", now=self.services.clock.iso(),
+                                           error=f"{type(failure).__name__}: {failure}"[:500])
+            if chat_id is not None:
+                await self._safe_notice(chat_id, "0" * 32, "Sorry, something went wrong on my side; your "
+                                        f"message (update {update.update_id}) is kept for the operator.")
+            return "error"
+
+    async def _process_update(self, update: Update) -> str:
         services = self.services
         chat_id, user_id = update_ids(update)
         attributes = {"update.id": update.update_id}

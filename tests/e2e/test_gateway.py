@@ -107,5 +107,6 @@ def test_crash_mid_turn_is_answered_after_restart(bot, fake_telegram, fake_llm) 
 
 def test_operator_sees_operator_commands_in_their_menu(bot, fake_telegram) -> None:
     bot()
-    scoped = fake_telegram.commands({"type": "chat", "chat_id": OPERATOR_ID})
+    # The operator's scope is registered just after the default one: wait for it.
+    scoped = fake_telegram.wait_for(lambda: fake_telegram.commands({"type": "chat", "chat_id": OPERATOR_ID}))
     assert {"dlq", "replay", "trace", "status"} <= {c["command"] for c in scoped}
