@@ -13,6 +13,11 @@ it is written the way plain-script Telegram LLM bots are written, and deliberate
   the fair choice against a gateway that runs 64 turns at once: without it PTB handles one
   update at a time and the baseline would lose on throughput for a reason nobody keeps.
 
+No rate limiter, as in most such scripts: against the stand-in it may send faster than the 30
+messages per second Telegram allows a bot (real Telegram would answer 429 and, with nothing to
+retry, the reply would be lost). `BASELINE_RATE_LIMITER=1` (set by `bench.run
+--baseline-rate-limiter`) gives it PTB's AIORateLimiter, to compare both bots at Telegram's pace.
+
 Settings come from the same environment variables the gateway reads: TELEGRAM_BOT_TOKEN,
 TELEGRAM_API_BASE_URL, LLM_BASE_URL, LLM_API_KEY, LLM_MODEL.
 
@@ -27,7 +32,7 @@ from collections import defaultdict
 
 from openai import AsyncOpenAI
 from telegram import Update
-from telegram.ext import Application, ContextTypes, MessageHandler, filters
+from telegram.ext import AIORateLimiter, Application, ContextTypes, MessageHandler, filters
 
 SYSTEM_PROMPT = "You are a helpful assistant in a Telegram chat. Answer briefly."
 
@@ -53,9 +58,12 @@ async def on_message(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
 def main() -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    application = (Application.builder().token(TOKEN)
-                   .base_url(f"{API_ROOT}/bot").base_file_url(f"{API_ROOT}/file/bot")
-                   .concurrent_updates(True).build())
+    builder = (Application.builder().token(TOKEN)
+               .base_url(f"{API_ROOT}/bot").base_file_url(f"{API_ROOT}/file/bot")
+               .concurrent_updates(True))
+    if os.environ.get("BASELINE_RATE_LIMITER") == "1":
+        builder = builder.rate_limiter(AIORateLimiter())
+    application = builder.build()
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, on_message))
     application.run_polling(allowed_updates=Update.ALL_TYPES)
 

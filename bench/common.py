@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,18 +92,23 @@ class BenchTelegram(FakeTelegram):
             self.injected_at[key] = now
             return self.push_update(update)
 
-    def outstanding(self) -> int:
-        with self._lock:
-            return len(self._expected)
+    @property
+    def lock(self) -> contextlib.AbstractContextManager:
+        """Held, it keeps the stand-in from serving (to inject a burst before any answer is seen)."""
+        return self._lock
 
-    def delivered_count(self) -> int:
+    def delivered_count(self, tag: object = None) -> int:
+        """Answers delivered so far (only those whose key starts with `tag`, if given)."""
         with self._lock:
-            return len(self.latency_s)
+            if tag is None:
+                return len(self.latency_s)
+            return sum(1 for key in self.latency_s if key[0] == tag)
 
-    def api_calls(self, *methods: str) -> int:
+    def api_calls(self, *methods: str) -> Counter[str]:
+        """Calls of these methods so far, per method."""
         wanted = {m.lower() for m in methods}
         with self._lock:
-            return sum(1 for call in self._calls if call.method.lower() in wanted)
+            return Counter(call.method for call in self._calls if call.method.lower() in wanted)
 
     def _send_message(self, params: dict[str, Any]) -> dict[str, Any]:
         result = super()._send_message(params)
@@ -284,15 +290,6 @@ def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
     rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
     return ordered[rank - 1]
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
 
 
 def gateway_env(telegram: FakeTelegram, llm: LLMServer, data_dir: Path, **extra: str) -> dict[str, str]:

@@ -18,8 +18,13 @@ reply must arrive, with p95 added latency under 100 ms.
 Phase 3 (per-turn cost growth): `bench/growth.py`, in process.
 
 Each bot runs as its own process against a fresh Bot API stand-in (in this process) and the
-shared LLM stand-in (its own process); ours with a fresh DATA_DIR. `--profile` records a py-spy
-profile of our bot during each phase (needs `pip install py-spy`).
+shared LLM stand-in (its own process); ours with a fresh DATA_DIR, LOG_LEVEL=WARNING, no token
+budget, no per-user throttle, ALLOWED_USER_IDS=*. A few warm-up turns run before measuring.
+
+Options for finding out why: `--profile` records a py-spy profile of each bot per phase (needs
+`pip install py-spy`; read it with `python -m bench.profile_summary FILE`); `--what-if PATCH`
+runs ours with a suggested fix patched in memory (bench/what_if.py); `--baseline-rate-limiter`
+paces the baseline at Telegram's 30 calls/s like ours.
 """
 
 from __future__ import annotations
@@ -73,10 +78,10 @@ class PhaseResult:
     latencies_ms: list[float] = field(default_factory=list)
     peak_rss_mb: float = float("nan")
     api_calls: int = 0
+    calls_by_method: dict[str, int] = field(default_factory=dict)
     harness_cpu_s: float = 0.0
     llm_cpu_s: float = 0.0
     max_slip_ms: float = 0.0
-    exit_code: int | None = None
 
     @property
     def throughput(self) -> float:
@@ -110,7 +115,7 @@ def closed_loop(fake: BenchTelegram, users: list[int], per_user: int, *, answer_
             send(key[1])
 
     fake.on_delivered = on_delivered
-    with fake._lock:  # the first message of every user goes out before any answer is handled
+    with fake.lock:  # the first message of every user goes out before any answer is handled
         for user in users:
             send(user)
     wait_for_replies(fake, tag, len(users) * per_user, timeout_s)
@@ -144,8 +149,11 @@ def wait_for_replies(fake: BenchTelegram, tag: str, total: int, timeout_s: float
     """Until `total` answers of this phase arrived; gives up after `timeout_s`, or `stall_s` without one."""
     deadline = time.monotonic() + timeout_s
     seen, last_progress = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        done = sum(1 for k in list(fake.latency_s) if k[0] == tag)
+    while True:
+        if time.monotonic() >= deadline:
+            print(f"  ! stopped waiting after {timeout_s:.0f} s (--timeout): {seen}/{total} delivered")
+            return
+        done = fake.delivered_count(tag)
         if done >= total:
             return
         if done != seen:
@@ -158,7 +166,7 @@ def wait_for_replies(fake: BenchTelegram, tag: str, total: int, timeout_s: float
 
 # One bot, one phase ---------------------------------------------------------------------------
 def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, phase: str,
-              what_if: list[str]) -> BotUnderTest:
+              what_if: list[str], limit_baseline: bool) -> BotUnderTest:
     if kind == "ours":
         data_dir = workdir / f"data-{phase}"
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -169,7 +177,10 @@ def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, pha
         bot = BotUnderTest("ours", argv, env, workdir / f"ours-{phase}.log")
         needs = "setMyCommands"
     else:
-        bot = BotUnderTest("baseline", [sys.executable, "bench/baseline_bot.py"], baseline_env(fake, llm),
+        env = baseline_env(fake, llm)
+        if limit_baseline:
+            env["BASELINE_RATE_LIMITER"] = "1"
+        bot = BotUnderTest("baseline", [sys.executable, "bench/baseline_bot.py"], env,
                            workdir / f"baseline-{phase}.log")
         needs = None
     bot.start()
@@ -204,10 +215,10 @@ def run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, w
     bot: BotUnderTest | None = None
     profiler = None
     try:
-        bot = start_bot(kind, fake, llm, workdir, phase, args.what_if)
+        bot = start_bot(kind, fake, llm, workdir, phase, args.what_if, args.baseline_rate_limiter)
         closed_loop(fake, list(WARMUP_USERS), WARMUP_MESSAGES, answer_chars=args.answer_chars, tag="warm",
                     timeout_s=30)
-        warm = sum(1 for k in fake.latency_s if k[0] == "warm")
+        warm = fake.delivered_count("warm")
         if warm < len(WARMUP_USERS) * WARMUP_MESSAGES:
             print(f"  ! {kind}: only {warm} warm-up replies; log tail:\n{bot.tail(12)}")
         if args.profile:
@@ -229,7 +240,8 @@ def run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, w
         result.harness_cpu_s = self_cpu_seconds() - harness0
         result.llm_cpu_s = cpu_seconds(llm.pid) - llm0
         result.peak_rss_mb = memory_kb(bot.pid, "VmHWM") / 1024
-        result.api_calls = fake.api_calls(*TELEGRAM_SEND_METHODS) - calls0
+        calls = fake.api_calls(*TELEGRAM_SEND_METHODS) - calls0
+        result.api_calls, result.calls_by_method = sum(calls.values()), dict(calls)
         done = [k for k in keys if k in fake.latency_s]
         result.delivered = len(done)
         result.latencies_ms = [1000 * fake.latency_s[k] for k in done]
@@ -280,6 +292,10 @@ def print_phase(title: str, ours: PhaseResult, base: PhaseResult) -> None:
     print(f"  {'':34}{'ours':>12}{'baseline':>12}{'ours/base':>11}")
     for label, a, b, digits in rows:
         print(f"  {label:34}{_fmt(float(a), digits):>12}{_fmt(float(b), digits):>12}{_ratio(float(a), float(b)):>11}")
+    for result in (ours, base):
+        if result.calls_by_method:
+            shown = ", ".join(f"{k} {v / max(1, result.delivered):.2f}" for k, v in sorted(result.calls_by_method.items()))
+            print(f"  {result.bot} Bot API calls per message: {shown}")
     print(f"  stand-ins' CPU s (harness+Bot API / LLM): ours {ours.harness_cpu_s:.1f}/{ours.llm_cpu_s:.1f}, "
           f"baseline {base.harness_cpu_s:.1f}/{base.llm_cpu_s:.1f}"
           + (f"; injector max slip ms: ours {ours.max_slip_ms:.0f}, baseline {base.max_slip_ms:.0f}"
@@ -317,13 +333,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bot", choices=BOTS, action="append", help="run only this bot (repeatable)")
     parser.add_argument("--what-if", action="append", default=[], metavar="PATCH",
                         help="run ours with a suggested fix patched in memory (see bench/what_if.py)")
-    parser.add_argument("--profile", action="store_true", help="py-spy profile of our bot in each phase")
+    parser.add_argument("--baseline-rate-limiter", action="store_true",
+                        help="give the baseline PTB's AIORateLimiter too (both paced at Telegram's 30/s)")
+    parser.add_argument("--profile", action="store_true", help="record a py-spy profile of each bot in each phase")
     parser.add_argument("--workdir", type=Path, help="keep logs, data and profiles here (default: a temp dir)")
     args = parser.parse_args(argv)
     args.users = args.users or (20 if args.quick else 50)
     args.messages = args.messages or (5 if args.quick else 20)
     args.duration = args.duration or (5.0 if args.quick else 20.0)
-    args.timeout = args.timeout or (60.0 if args.quick else 180.0)
+    args.timeout = args.timeout or (90.0 if args.quick else 300.0)
     args.only = set(args.only or ["saturation", "ceiling", "growth"])
     args.bot = tuple(b for b in BOTS if b in (args.bot or BOTS))
     return args
@@ -337,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {args.users} users x {args.messages} messages; ceiling {args.rate:g} msg/s for "
           f"{args.duration:g} s; answers of {args.answer_chars} chars; work dir {workdir}")
     print(f"  {describe_setup()}")
+    if args.baseline_rate_limiter:
+        print("  the baseline runs with PTB's AIORateLimiter (30 calls/s, like ours)")
     if args.what_if:
         print(f"  ours runs WITH what-if patches: {', '.join(args.what_if)} (bench/what_if.py)")
     results: dict[tuple[str, str], PhaseResult] = {}

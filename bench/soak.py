@@ -35,7 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sqlite_utils  # noqa: E402
+from opentelemetry.context import Context  # noqa: E402
 
 from bench.common import (  # noqa: E402
     OPERATOR_ID,
@@ -50,7 +50,7 @@ from bench.common import (  # noqa: E402
     question,
     quiet_stand_ins,
 )
-from core.tracing import migrations as telemetry_migrations  # noqa: E402
+from core.tracing import setup_tracing  # noqa: E402
 
 RSS_EVERY_S = 10.0
 OLD_SPANS = 5000
@@ -81,21 +81,18 @@ class Tally:
 
 
 def seed_old_spans(data_dir: Path, count: int) -> None:
-    """Spans from three days ago: TELEMETRY_RETENTION_DAYS=1 must remove them while the bot runs."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(data_dir / "telemetry.db", isolation_level=None)
-    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # as the gateway creates it (core/tracing.py)
-    db = sqlite_utils.Database(conn)
-    db.enable_wal()
-    telemetry_migrations.apply(db)
+    """Turns from three days ago, written through the gateway's own tracer (core/tracing.py) with
+    back-dated timestamps: TELEMETRY_RETENTION_DAYS=1 must remove them while the bot runs."""
+    telemetry = setup_tracing(data_dir=data_dir, retention_days=3650)  # nothing pruned while seeding
     start_ns = time.time_ns() - OLD_SPAN_AGE_DAYS * 86_400 * 10**9
-    attributes = '{"chat.id": 1, "note": "' + "x" * 200 + '"}'
-    rows = [(f"{n:032x}", f"{n:016x}", None, "turn", "INTERNAL", start_ns + n, start_ns + n + 1000, "OK", None,
-             attributes, "[]") for n in range(1, count + 1)]
-    with conn:
-        conn.execute("BEGIN")
-        conn.executemany("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
-    conn.close()
+    for number in range(count):
+        span = telemetry.tracer.start_span("turn", context=Context(), attributes={"chat.id": 1, "note": "x" * 200},
+                                           start_time=start_ns + number * 1000)
+        span.end(end_time=start_ns + number * 1000 + 500)
+        if number % 500 == 499:
+            telemetry.force_flush()  # the export queue is bounded: never let it drop a seeded span
+    telemetry.force_flush()
+    telemetry.shutdown()
 
 
 def _read_only(path: Path) -> sqlite3.Connection:

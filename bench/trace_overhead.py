@@ -1,6 +1,7 @@
 """What tracing costs a turn: CPU per turn with tracing on vs off, through the real core pipeline.
 
     .venv/bin/python bench/trace_overhead.py [--turns 200] [--rounds 15] [--profile on|off]
+    .venv/bin/python bench/trace_overhead.py --bot   # the real bot process instead, for scale
 
 Each turn runs as the bot runs it (bot/runtime.py): a root `turn` span, a `receive` span around
 the inbox journal, then `Pipeline.run_turn` with every stage (real SQLite storage, context
@@ -18,7 +19,12 @@ drift (CPU frequency, other load) hits both modes alike, each on fresh storage a
 untimed turns. The spread between runs on a busy machine is larger than the effect, so the
 ratio is given three ways (medians, minimums, back-to-back pairs). Real turns also spend CPU
 on HTTP to Telegram and the LLM, which this leaves out, so the ratio here is an upper bound
-of what tracing adds to a real turn.
+of what tracing adds to a real turn; `--bot` measures that real turn (the `python -m bot`
+process against the test stand-ins, tracing off with OTEL_SDK_DISABLED=true).
+
+For a figure free of machine noise, count instructions instead of CPU time: run a fixed number
+of turns per mode under `valgrind --tool=callgrind` (with PYTHONHASHSEED=0) and difference the
+totals of two run lengths.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import asyncio
 import itertools
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -137,15 +144,9 @@ class Bench:
         return (time.process_time() - started) / turns
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--turns", type=int, default=200, help="timed turns per run (default 200)")
-    parser.add_argument("--rounds", type=int, default=15, help="runs per mode, alternating (default 15)")
-    parser.add_argument("--warmup", type=int, default=30, help="untimed turns first in each run (default 30)")
-    parser.add_argument("--profile", choices=("on", "off"), help="profile one run of that mode with pyinstrument")
-    args = parser.parse_args()
+async def in_process(args: argparse.Namespace) -> tuple[dict[str, list[float]], int]:
+    """Alternating runs through the pipeline in this process; returns CPU s per turn per mode."""
     logging.disable(logging.INFO)  # as in production at LOG_LEVEL=WARNING: no log output in the figures
-
     per_turn: dict[str, list[float]] = {"off": [], "on": []}
     dropped = 0
     with tempfile.TemporaryDirectory(prefix="trace-bench-") as tmp:
@@ -176,8 +177,76 @@ async def main() -> int:
         for round_number in range(args.rounds):
             for mode in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
                 per_turn[mode].append(await one_run(mode))
+    return per_turn, dropped
 
-    print(f"{args.rounds} alternating runs of {args.turns} turns per mode (CPU time per turn, all threads, µs)")
+
+def bot_process(args: argparse.Namespace) -> dict[str, list[float]]:
+    """The real `python -m bot` against the test stand-ins (tests/fakes), tracing on, or off with
+    OTEL_SDK_DISABLED=true; CPU of the bot process per turn from /proc (Linux). This is the
+    whole turn as deployed (python-telegram-bot, HTTP, the openai SDK streaming), idle polling
+    included, so it shows what tracing weighs in a real turn rather than in the pipeline alone."""
+    from tests.e2e.harness import TEST_LLM_KEY, TEST_TOKEN, BotFactory
+    from tests.fakes.llm_api import FakeLLM
+    from tests.fakes.telegram_api import FakeTelegram
+
+    def cpu_s(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    per_turn: dict[str, list[float]] = {"off": [], "on": []}
+    telegram, llm = FakeTelegram(TEST_TOKEN).start(), FakeLLM("gpt-4o-mini", api_key=TEST_LLM_KEY).start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="trace-bench-bot-") as tmp:
+            for round_number in range(args.rounds):
+                for mode in ("off", "on") if round_number % 2 == 0 else ("on", "off"):
+                    data = Path(tmp) / f"{mode}-{round_number}"
+                    data.mkdir()
+                    bots = BotFactory(telegram, llm, data, data / "logs")
+                    env = {"LOG_LEVEL": "WARNING", "USER_MESSAGES_PER_MINUTE": 0,
+                           "OTEL_SDK_DISABLED": "false" if mode == "on" else "true"}
+                    process = bots(**env)
+                    try:
+                        def turn(text: str) -> None:
+                            telegram.push_update(telegram.text_update(100, 100, text))
+                            telegram.wait_for_text(100, f"echo: {text}", timeout=30)
+
+                        for index in range(args.warmup):
+                            turn(f"warm-up {mode} {round_number} {index}")
+                        started = cpu_s(process.pid)
+                        for index in range(args.turns):
+                            turn(f"message {mode} {round_number} {index}")
+                        time.sleep(0.7)  # both modes: the exporter's last batch lands in the figure
+                        per_turn[mode].append((cpu_s(process.pid) - started) / args.turns)
+                    finally:
+                        bots.shutdown()
+    finally:
+        telegram.stop()
+        llm.stop()
+    return per_turn
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--turns", type=int, help="timed turns per run (default 200; 40 with --bot)")
+    parser.add_argument("--rounds", type=int, help="runs per mode, alternating (default 15; 3 with --bot)")
+    parser.add_argument("--warmup", type=int, help="untimed turns first in each run (default 30; 5 with --bot)")
+    parser.add_argument("--profile", choices=("on", "off"), help="profile one run of that mode with pyinstrument")
+    parser.add_argument("--bot", action="store_true",
+                        help="measure the real bot process against the test stand-ins instead (Linux)")
+    args = parser.parse_args()
+    for name, in_process_default, bot_default in (("turns", 200, 40), ("rounds", 15, 3), ("warmup", 30, 5)):
+        if getattr(args, name) is None:
+            setattr(args, name, bot_default if args.bot else in_process_default)
+    dropped = 0
+    if args.bot:
+        per_turn = bot_process(args)
+        where = "the bot process"
+    else:
+        per_turn, dropped = asyncio.run(in_process(args))
+        where = "in process"
+
+    print(f"{args.rounds} alternating runs of {args.turns} turns per mode, {where} "
+          "(CPU time per turn, all threads, µs)")
     for mode, values in per_turn.items():
         shown = " ".join(f"{v * 1e6:.0f}" for v in values)
         print(f"  tracing {mode:<3}: median {statistics.median(values) * 1e6:6.0f}  min {min(values) * 1e6:6.0f}   "
@@ -190,9 +259,10 @@ async def main() -> int:
     fastest = min(per_turn["on"]) / min(per_turn["off"])
     print(f"  on/off: medians {on / off:.3f} (+{(on - off) * 1e6:.0f} µs per turn), minimums {fastest:.3f}, "
           f"back-to-back pairs (median) {paired:.3f}")
-    print(f"  spans dropped by the exporter: {dropped}")
+    if not args.bot:
+        print(f"  spans dropped by the exporter: {dropped}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(main())

@@ -71,10 +71,15 @@ def no_sdk_transform() -> None:
 
     _require(completions, "async_maybe_transform")
 
-    async def identity(data, expected_type):  # noqa: ANN001, ANN202 - mirrors the SDK's signature
-        return data
+    from openai._types import NotGiven, Omit
 
-    completions.async_maybe_transform = identity
+    async def strip_sentinels(data, expected_type):  # noqa: ANN001, ANN202 - mirrors the SDK's signature
+        # What the transform does that our payload needs: drop the "not given" parameters.
+        if not isinstance(data, dict):
+            return data
+        return {key: value for key, value in data.items() if not isinstance(value, NotGiven | Omit)}
+
+    completions.async_maybe_transform = strip_sentinels
 
 
 PATCHES: dict[str, Callable[[], None]] = {

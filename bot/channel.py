@@ -17,9 +17,10 @@ inside the LLM span that produced them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from opentelemetry import trace
@@ -33,16 +34,25 @@ from core.ports import DeliveryFailed
 
 log = logging.getLogger(__name__)
 EDIT_INTERVAL_S = 1.0
+FIRST_DRAFT_S = 0.6
 MAX_STREAMS = 10_000
 _CHAT_GONE = ("chat not found", "bot was kicked", "not enough rights to send", "user is deactivated")
+
+
+def _first_draft_at() -> float:
+    # A draft is first shown FIRST_DRAFT_S after the first tokens: an answer complete by then goes
+    # out as one message (no draft plus edit), a longer one still appears well within a second.
+    return time.monotonic() - EDIT_INTERVAL_S + FIRST_DRAFT_S
 
 
 @dataclass
 class _Draft:
     message_id: int | None = None
-    text: str = ""
-    edited_at: float = 0.0
+    text: str = ""  # what Telegram shows now
+    pending: str = ""  # the newest preview, shown by the next flush
+    edited_at: float = field(default_factory=_first_draft_at)
     gone: bool = False  # Telegram refused the chat (blocked): no more drafts; the final reports it
+    task: asyncio.Task | None = None  # the one draft call in flight, never more
 
 
 def retry_after_s(error: RetryAfter) -> float:
@@ -78,6 +88,8 @@ class TelegramChannel:
                 await self._draft(event)
             else:  # final, error and notice: the whole text, rendered and sent in parts
                 draft = self._drafts.pop((event.chat_id, event.trace_id), None)
+                if draft is not None and draft.task is not None:
+                    await asyncio.wait([draft.task])  # the draft's message id, before editing it
                 await self._deliver_whole(event, draft if event.kind == "final" else None)
         except TelegramError as error:
             if event.kind in ("typing", "draft"):
@@ -86,27 +98,36 @@ class TelegramChannel:
             raise to_delivery_failed(error) from None
 
     async def _draft(self, event: ReplyEvent) -> None:
+        """Remember the newest text; at most one draft call is in flight per turn, started from
+        here without waiting for it, so the model's stream never waits on Telegram."""
         key = (event.chat_id, event.trace_id)
         draft = self._drafts.get(key)
         if draft is None:
             if len(self._drafts) >= MAX_STREAMS:
                 self._drafts.pop(next(iter(self._drafts)))
             draft = self._drafts[key] = _Draft()
-        text = preview_text(event.text)
-        now = time.monotonic()
-        if draft.gone or not text.strip() or text == draft.text or now - draft.edited_at < EDIT_INTERVAL_S:
+        draft.pending = preview_text(event.text)
+        busy = draft.task is not None and not draft.task.done()
+        if draft.gone or busy or not draft.pending.strip() or draft.pending == draft.text:
             return
-        draft.edited_at = now
+        if time.monotonic() - draft.edited_at < EDIT_INTERVAL_S:
+            return
+        draft.edited_at = time.monotonic()
+        draft.task = asyncio.create_task(self._flush_draft(event, draft))
+
+    async def _flush_draft(self, event: ReplyEvent, draft: _Draft) -> None:
+        text = draft.pending
         try:
             if draft.message_id is None:
                 message = await self.bot.send_message(event.chat_id, text, reply_parameters=_reply(event))
                 draft.message_id = message.message_id
             else:
                 await self._edit(event.chat_id, draft.message_id, text, html=False)
+            draft.text = text
         except Forbidden:
             draft.gone = True
-            raise
-        draft.text = text
+        except TelegramError as error:  # a draft is only a preview: the final answer is what counts
+            log.debug("draft not shown: %s", error)
 
     async def _deliver_whole(self, event: ReplyEvent, draft: _Draft | None) -> None:
         with self.tracer.start_as_current_span("render") as span:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OUTBOX_POLL_S = 1.0
+MAINTAIN_EVERY_S = 3600.0
+KEEP_FINISHED_DAYS = 7
 REPLAY_PACE_S = 1.0
 AUTO_REPLAY_ROUNDS = 5
 OUTBOX_BASE_WAIT_S = 2.0  # first retry of a refused delivery; doubles per attempt ...
@@ -66,6 +69,7 @@ class Runtime:
         self.bot_id = 0
         self.bot_username = ""
         self._background: set[asyncio.Task] = set()
+        self._maintained_at = float("-inf")
         self._replaying = False
         self._replay_wanted = False
         services.on_circuit_closed = self.schedule_auto_replay  # type: ignore[attr-defined]
@@ -316,11 +320,26 @@ class Runtime:
                                    chat_gone=services.chats.is_blocked,
                                    on_chat_gone=lambda chat_id, reason: record_blocked(services, chat_id, reason))
                 self.replay_if_due(at_start=first)
+                self.maintain()
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("outbox round failed")
             first = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), OUTBOX_POLL_S)
+
+    def maintain(self) -> None:
+        """Hourly: drop finished journal and outbox rows older than KEEP_FINISHED_DAYS. Telegram
+        redelivers for at most a day, so a week of update ids is ample for deduplication, and
+        gateway.db stays bounded however long the bot runs."""
+        now = self.services.clock.monotonic()
+        if now - self._maintained_at < MAINTAIN_EVERY_S:
+            return
+        self._maintained_at = now
+        before = (self.services.clock.now() - timedelta(days=KEEP_FINISHED_DAYS)).isoformat(timespec="milliseconds")
+        journal = self.services.journal.prune(before=before)
+        outbox = self.services.outbox.prune(before=before)
+        if journal or outbox:
+            log.info("pruned %d journal and %d outbox rows older than %d days", journal, outbox, KEEP_FINISHED_DAYS)
 
     def replay_if_due(self, *, at_start: bool = False) -> None:
         """Start the automatic replay of outage entries when it is due without a user's help:
@@ -383,9 +402,14 @@ class Runtime:
                 await asyncio.sleep(REPLAY_PACE_S * services.settings.retry_wait_scale)
             result = await self.replay(row.id)
             results.append(result)
-            if "failed again" in result and outage_only:
+            if "failed again" in result and outage_only and not self._circuit_closed():
                 break  # the provider is down again: stop, the breaker will tell us when it is back
         return results
+
+    def _circuit_closed(self) -> bool:
+        """A replay that failed on a one-off fault (circuit still closed) should not stop the rest."""
+        settings = self.services.settings
+        return self.services.breakers.get(settings.llm_base_url, settings.llm_model).state == "closed"
 
     def schedule_auto_replay(self) -> None:
         """Replay outage entries in the background, one run at a time (DLQ_AUTO_REPLAY). A
@@ -404,7 +428,7 @@ class Runtime:
                 for _ in range(AUTO_REPLAY_ROUNDS):  # a round also takes entries that failed meanwhile
                     results = await self.replay_all(outage_only=True)
                     replayed += sum("answer delivered" in r for r in results)
-                    if not results or any("failed again" in r for r in results):
+                    if not results or (any("failed again" in r for r in results) and not self._circuit_closed()):
                         break
                 if replayed:
                     log.info("auto-replayed %d DLQ entries after recovery", replayed)

@@ -35,6 +35,7 @@ from core.failures.taxonomy import GatewayError, Kind
 from core.ingest import LONG_TEXT_TOKENS, store_text
 from core.outcomes import to_gateway_error
 from core.prompt import TOOLS, check_answer_contract, context_stage, make_room, tool_result_room
+from core.store import transaction
 from core.usage import cost_usd
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for 5 s
+FIRST_TYPING_S = 0.8
 
 
 async def gate_stage(turn: Turn) -> None:
@@ -85,6 +87,9 @@ async def run_agent(turn: Turn) -> None:
 
 
 async def _keep_typing(turn: Turn) -> None:
+    """Show "typing…" while the agent works, from FIRST_TYPING_S on: an answer that starts streaming
+    sooner shows itself, and a Bot API call per turn is saved (Telegram allows 30 a second)."""
+    await asyncio.sleep(FIRST_TYPING_S)
     while not getattr(turn, "drafting", False):
         with contextlib.suppress(Exception):
             await turn.send("typing")
@@ -280,6 +285,12 @@ def _read_artifact(turn: Turn, arguments: dict, span: trace.Span) -> str:
 
 
 def persist_exchange(turn: Turn) -> None:
+    """Both sides of the exchange join the history in one commit (never one without the other)."""
+    with transaction(turn.services.db):
+        _persist_exchange(turn)
+
+
+def _persist_exchange(turn: Turn) -> None:
     """After a successful answer: both sides of the exchange join the history (counted once)."""
     services, inbound = turn.services, turn.inbound
     now = services.clock.iso()

@@ -23,6 +23,7 @@ from core.context.tools import READ_ARTIFACT, UPDATE_HOT_STATE
 from core.contracts import ChatMessage, ContextPlan, ContractViolation, HotStateWrite, ToolSpec, build
 from core.failures.taxonomy import Kind
 from core.outcomes import NoticeError
+from core.store import transaction
 from core.usage import (
     CapDecision,
     CapName,
@@ -168,6 +169,11 @@ def make_room(turn: Turn, tokens: int) -> bool:
 
 def record_prompt_metrics(services: Services, turn: Turn, plan: ContextPlan) -> None:
     now = services.clock.iso()
+    with transaction(services.db):
+        _write_prompt_metrics(services, turn, plan, now)
+
+
+def _write_prompt_metrics(services: Services, turn: Turn, plan: ContextPlan, now: str) -> None:
     services.db.execute(
         "INSERT OR REPLACE INTO prompt_metrics(trace_id, chat_id, at, hot_state_tokens, history_tokens,"
         " history_kept, history_dropped, artifact_count, total_tokens, budget_tokens) VALUES (?,?,?,?,?,?,?,?,?,?)",

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 from sqlite_utils.migrations import Migrations
 
-from core.spans import Span
+from core.spans import Span, SpanRecord
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,14 @@ def _fits(attributes: dict[str, Any]) -> bool:
             if any(type(item) is str and len(item) > MAX_ATTRIBUTE_CHARS for item in value):
                 return False
     return True
+
+
+def record_of(span: ReadableSpan | Span) -> SpanRecord:
+    """Any span with ReadableSpan's fields (the SDK's, ours) as a SpanRecord."""
+    context, parent, status = span.context, span.parent, span.status
+    return (context.trace_id, context.span_id, parent.span_id if parent is not None else None, span.name,
+            span.kind, span.start_time or 0, span.end_time, status.status_code, status.description,
+            dict(span.attributes or {}), tuple(span.events))
 
 
 # Schema -------------------------------------------------------------------------------------
@@ -169,10 +177,15 @@ class SQLiteSpanExporter(SpanExporter):
         self._pruned_at = -PRUNE_INTERVAL_S
 
     def export(self, spans: Sequence[ReadableSpan | Span]) -> SpanExportResult:
+        """The SDK exporter interface (any span with ReadableSpan's fields)."""
+        return self.export_records([record_of(span) for span in spans])
+
+    def export_records(self, records: Sequence[SpanRecord]) -> SpanExportResult:
+        """What the tracer's queue calls: spans already reduced to `SpanRecord` tuples."""
         if self._shut_down:
             return SpanExportResult.FAILURE
         try:
-            rows = self._rows(spans)
+            rows = self._rows(records)
             with self._lock:
                 conn = self._connection()
                 conn.execute("BEGIN IMMEDIATE")
@@ -184,13 +197,13 @@ class SQLiteSpanExporter(SpanExporter):
                         conn.execute("ROLLBACK")
                     raise
         except Exception as error:  # anything at all: the export thread must not die, nor a turn wait
-            self._drop(len(spans), error)
+            self._drop(len(records), error)
             return SpanExportResult.FAILURE
         if time.monotonic() - self._pruned_at >= PRUNE_INTERVAL_S:
             self.prune()
         return SpanExportResult.SUCCESS
 
-    def _rows(self, spans: Sequence[ReadableSpan | Span]) -> list[tuple[Any, ...]]:
+    def _rows(self, records: Sequence[SpanRecord]) -> list[tuple[Any, ...]]:
         """One row per trace of the batch, redacted.
 
         This runs for every span, so the common case is cheap: a list per span, one JSON
@@ -201,24 +214,22 @@ class SQLiteSpanExporter(SpanExporter):
         redact = self._redact
         traces: dict[int, list[list[Any]]] = {}
         exact: set[int] = set()
-        for span in spans:
-            context, parent, status = span.context, span.parent, span.status
-            attributes = span.attributes
+        for trace_id, span_id, parent_id, name, kind, start_ns, end_ns, code, description, attributes, events \
+                in records:
             if type(attributes) is not dict:
                 attributes = dict(attributes or {})
-            code = status.status_code
-            item = [format(context.span_id, "016x"), format(parent.span_id, "016x") if parent else None, span.name,
-                    "INTERNAL" if span.kind is _INTERNAL else span.kind.name,
-                    span.start_time or 0, span.end_time or span.start_time or 0,
-                    "UNSET" if code is _UNSET else code.name, status.description, attributes, []]
-            trace_spans = traces.get(context.trace_id)
+            # printf-style formatting: the cheapest way to hex here, and this runs per span
+            item = ["%016x" % span_id, "%016x" % parent_id if parent_id is not None else None,  # noqa: UP031
+                    name, "INTERNAL" if kind is _INTERNAL else kind.name, start_ns or 0, end_ns or start_ns or 0,
+                    "UNSET" if code is _UNSET else code.name, description, attributes, []]
+            trace_spans = traces.get(trace_id)
             if trace_spans is None:
-                trace_spans = traces[context.trace_id] = []
+                trace_spans = traces[trace_id] = []
             trace_spans.append(item)
-            if span.events:
-                exact.add(context.trace_id)
+            if events:
+                exact.add(trace_id)
                 item[9] = [{"name": event.name, "time_ns": event.timestamp,
-                            "attributes": dict(event.attributes or {})} for event in span.events]
+                            "attributes": dict(event.attributes or {})} for event in events]
         texts = {trace_id: encode_json(items) for trace_id, items in traces.items()}
         for trace_id, text in texts.items():  # a short text cannot hold a long value
             if len(text) > MAX_ATTRIBUTE_CHARS and any(
@@ -239,14 +250,24 @@ class SQLiteSpanExporter(SpanExporter):
 
     @staticmethod
     def _row(trace_id: int, items: list[list[Any]], text: str) -> tuple[Any, ...]:
-        root = next((item for item in items if item[1] is None), None)
-        calls = [[item[8]["gen_ai.request.model"], item[4], item[5] - item[4], item[6]] for item in items
-                 if item[2].startswith("chat ") and "gen_ai.request.model" in item[8]]
-        chat_id = root[8].get("chat.id") if root is not None else None
-        return (format(trace_id, "032x"), min(item[4] for item in items), max(item[5] for item in items), len(items),
-                root[2] if root else None, root[4] if root else None, root[5] if root else None,
-                root[6] if root else None, chat_id if type(chat_id) is int else None,
-                encode_json(calls) if calls else None, text)
+        root = None
+        calls = []
+        start_ns, end_ns = items[0][4], items[0][5]
+        for item in items:  # one pass: this runs for every span too
+            if item[4] < start_ns:
+                start_ns = item[4]
+            if item[5] > end_ns:
+                end_ns = item[5]
+            if item[1] is None:
+                root = item
+            elif item[2][:5] == "chat " and "gen_ai.request.model" in item[8]:
+                calls.append([item[8]["gen_ai.request.model"], item[4], item[5] - item[4], item[6]])
+        if root is None:
+            return (f"{trace_id:032x}", start_ns, end_ns, len(items), None, None, None, None, None,
+                    encode_json(calls) if calls else None, text)
+        chat_id = root[8].get("chat.id")
+        return (f"{trace_id:032x}", start_ns, end_ns, len(items), root[2], root[4], root[5], root[6],
+                chat_id if type(chat_id) is int else None, encode_json(calls) if calls else None, text)
 
     def prune(self, *, now_ns: int | None = None) -> int:
         """Delete spans past retention, then the oldest until the file fits `max_db_bytes`.

@@ -1,19 +1,19 @@
 """A lean OpenTelemetry tracer: the OTel API's spans, context and ids, recorded for a fraction
 of the SDK's cost.
 
-Why not the SDK's `TracerProvider`: measured with bench/trace_overhead.py, its recording spans
-(locked, validated attribute maps, a ReadableSpan copy at end, the batch processor) cost a
-turn of the in-process pipeline about 50% more CPU than unsampled spans; the goal is under 10%.
-These spans are plain objects with the same fields as the SDK's `ReadableSpan` (`name`,
-`context`, `parent`, `kind`, `start_time`, `end_time`, `attributes`, `events`, `status`,
-`resource`, `instrumentation_scope`, `links`), so any SDK `SpanExporter` that reads those
-(the SQLite one, OTLP through `_RedactingExporter`) exports them unchanged.
+Why not the SDK's `TracerProvider`: with bench/trace_overhead.py, its recording spans (locked,
+validated attribute maps, a ReadableSpan copy at every end, the batch processor keeping spans
+alive for the garbage collector to scan) plus the per-span SQLite rows cost an in-process turn
+about 50% more CPU than unsampled spans. These spans are plain objects with the fields of the
+SDK's `ReadableSpan` (`name`, `context`, `parent`, `kind`, `start_time`, `end_time`,
+`attributes`, `events`, `status`, `resource`, `instrumentation_scope`, `links`), so SDK
+`SpanExporter`s take them as they are (OTLP, through `core.tracing._RedactingExporter`).
 
 What stays OpenTelemetry: ids are random 128/64-bit ids like the SDK's; the current span lives
 in `opentelemetry.context` (contextvars), so `trace.get_current_span()`, `use_span`, task
 inheritance and the W3C propagator all work; spans implement `opentelemetry.trace.Span`.
 Ended spans go to per-exporter queues that a background thread drains every `delay_s`, one
-`export()` call per batch: nothing on the turn's path waits for storage.
+export call per batch: nothing on the turn's path waits for storage.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -66,16 +66,21 @@ class ExportQueue:
 
     `put` runs on the event loop for every span, so it is a length check and a deque append
     (atomic under the GIL); a full queue drops the span and counts it rather than block a turn.
+    With `records=True` the queue holds `Span.record()` tuples and calls the exporter's
+    `export_records`: the span object is freed at once instead of waiting for the export, so
+    the cyclic garbage collector never promotes (and later re-scans) thousands of live spans.
     """
 
     def __init__(self, exporter: SpanExporter, *, delay_s: float = 0.5, max_queue: int = 4096,
-                 max_batch: int = 512) -> None:
+                 max_batch: int = 512, records: bool = False) -> None:
         self.exporter = exporter
         self.dropped = 0
+        self._export = exporter.export_records if records else exporter.export  # type: ignore[attr-defined]
+        self._records = records
         self._delay_s = delay_s
         self._max_queue = max_queue
         self._max_batch = max_batch
-        self._queue: deque[Span] = deque()
+        self._queue: deque[Span | SpanRecord] = deque()
         self._wake = threading.Event()
         self._export_lock = threading.Lock()
         self._stopped = False
@@ -87,7 +92,7 @@ class ExportQueue:
         if len(queue) >= self._max_queue or self._stopped:
             self.dropped += 1
             return
-        queue.append(span)
+        queue.append(span.record() if self._records else span)
         if len(queue) == self._max_batch:
             self._wake.set()
 
@@ -104,7 +109,7 @@ class ExportQueue:
             while queue:
                 batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
                 try:
-                    self.exporter.export(batch)
+                    self._export(batch)
                 except Exception:  # an exporter must not kill the thread (ours never raises)
                     logger.exception("span export failed")
 
@@ -114,6 +119,13 @@ class ExportQueue:
         self._thread.join(timeout_s)
         self.flush()
         self.exporter.shutdown()
+
+
+# (trace_id, span_id, parent_span_id | None, name, kind, start_ns, end_ns, status_code, status_description,
+#  attributes, events): what the SQLite store needs of a span, with nothing for the GC to track
+# unless an attribute holds a list or the span has events.
+SpanRecord = tuple[int, int, int | None, str, SpanKind, int, int | None, StatusCode, str | None,
+                   dict[str, Any], Sequence[Event]]
 
 
 class Span(trace.Span):
@@ -134,7 +146,7 @@ class Span(trace.Span):
         self.attributes: dict[str, Any] = {}
         if attributes:
             self.set_attributes(attributes)
-        self.events: list[Event] = []
+        self.events: list[Event] | tuple[()] = ()  # a list once an event is added: most spans have none
         self.status = _UNSET
         self._tracer = tracer
         self.start_time = start_time or time.time_ns()
@@ -171,7 +183,11 @@ class Span(trace.Span):
     def add_event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None,
                   timestamp: int | None = None) -> None:
         if self.end_time is None and len(self.events) < MAX_EVENTS:
-            self.events.append(Event(name, dict(attributes or {}), timestamp or time.time_ns()))
+            event = Event(name, dict(attributes or {}), timestamp or time.time_ns())
+            if isinstance(self.events, list):
+                self.events.append(event)
+            else:
+                self.events = [event]
 
     def update_name(self, name: str) -> None:
         if self.end_time is None:
@@ -195,11 +211,17 @@ class Span(trace.Span):
         event.update(attributes or {})
         self.add_event("exception", event, timestamp)
 
+    def record(self) -> SpanRecord:
+        """The ended span as a plain tuple (ids as ints; see SpanRecord)."""
+        context, parent, status = self.context, self.parent, self.status
+        return (context.trace_id, context.span_id, parent.span_id if parent is not None else None, self.name,
+                self.kind, self.start_time, self.end_time, status.status_code, status.description, self.attributes,
+                self.events)
+
     def end(self, end_time: int | None = None) -> None:
         if self.end_time is None:
             self.end_time = end_time or time.time_ns()
-            for queue in self._tracer.queues:
-                queue.put(self)
+            self._tracer.on_end(self)
 
 
 class _Activation:
@@ -239,6 +261,12 @@ class Tracer(trace.Tracer):
         self.queues = tuple(queues)
         self.resource = resource
         self.scope = scope
+        # What an ended span calls: the one queue's put itself in the usual case.
+        self.on_end: Callable[[Span], None] = self.queues[0].put if len(self.queues) == 1 else self._fan_out
+
+    def _fan_out(self, span: Span) -> None:
+        for queue in self.queues:
+            queue.put(span)
 
     @property
     def recording(self) -> bool:

@@ -53,7 +53,7 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
     else:
         lines.append("LLM 24h: no calls yet")
     if operator:
-        lines += turn_score_lines(scores)
+        lines += turn_score_lines(scores, dropped_spans=services.telemetry.dropped_spans)
     lines.append(f"Hot state: {hot_tokens} / {settings.hot_state_max_tokens} tokens")
     if last is not None:
         tokens, budget = last
@@ -66,15 +66,18 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
     return "\n".join(lines)
 
 
-def turn_score_lines(scores: list[ModelScore], *, max_models: int = 2) -> list[str]:
-    """The operator's scoreboard: turns and turn latency over 24 h, one short line per model."""
+def turn_score_lines(scores: list[ModelScore], *, max_models: int = 2, dropped_spans: int = 0) -> list[str]:
+    """The operator's scoreboard: turns and turn latency over 24 h, one short line per model,
+    and the spans telemetry.db could not take since start (locked, read-only, disk full)."""
     rows = [s for s in scores if s.model != ALL_MODELS and s.turns][:max_models]
     if not rows:  # no turn reached a model: show every turn (refusals, throttles) or nothing
         rows = [s for s in scores if s.model == ALL_MODELS and s.turns]
-    if not rows:
-        return ["Turns 24h: none yet"]
-    return [f"Turns 24h{'' if s.model == ALL_MODELS else ' ' + s.model}: {s.turns} ({s.failed_turns} failed), "
-            f"p50 {s.turn_p50_ms:.0f} / p95 {s.turn_p95_ms:.0f} / p99 {s.turn_p99_ms:.0f} ms" for s in rows]
+    lines = [f"Turns 24h{'' if s.model == ALL_MODELS else ' ' + s.model}: {s.turns} ({s.failed_turns} failed), "
+             f"p50 {s.turn_p50_ms:.0f} / p95 {s.turn_p95_ms:.0f} / p99 {s.turn_p99_ms:.0f} ms" for s in rows]
+    lines = lines or ["Turns 24h: none yet"]
+    if dropped_spans:
+        lines[-1] += f" ({dropped_spans} spans not stored: see the logs)"
+    return lines
 
 
 def budget_text(services: Services, *, user_id: int, operator: bool) -> str:

@@ -1,7 +1,7 @@
 """Read-side of telemetry.db: look up a trace by its ref, list recent turns, score models.
 
-Used by `python -m bot trace`, `/status` and the scoreboard; the write side is
-`core.tracing.SQLiteSpanExporter`. Queries open their own read-only sqlite3 connection (the
+Used by `python -m bot trace`, `/status` and the scoreboard; the write side (and the layout:
+a row per trace and export batch) is `core.span_store.SQLiteSpanExporter`. Queries open their own read-only sqlite3 connection (the
 exporter's lives on another thread), take parameters only (a ref is validated as hex first),
 and treat a missing or empty database as "nothing recorded yet" rather than an error.
 """

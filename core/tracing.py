@@ -151,7 +151,7 @@ def setup_tracing(*, data_dir: Path, retention_days: int = 30, max_db_bytes: int
     otlp_exporter: SpanExporter | None = None
     queues: list[ExportQueue] = []
     if enabled:
-        queues.append(ExportQueue(exporter, delay_s=export_delay_ms / 1000))
+        queues.append(ExportQueue(exporter, delay_s=export_delay_ms / 1000, records=True))
         if otlp_endpoint or any(os.environ.get(name) for name in _OTLP_ENV_VARS):
             otlp_exporter = _otlp_exporter(otlp_endpoint, redact)
             if otlp_exporter is not None:  # its own queue and thread: a slow collector never delays SQLite

@@ -24,6 +24,7 @@ from typing import Literal
 import sqlite_utils
 
 from core.contracts import UsageRecord
+from core.store import transaction
 
 CapName = Literal["user_daily_tokens", "monthly_usd"]
 WARN_FRACTION = 0.8
@@ -176,6 +177,10 @@ class UsageLedger:
         self.db = db
 
     def record(self, rec: UsageRecord) -> None:
+        with transaction(self.db):  # the row and its running totals: one commit
+            self._record(rec)
+
+    def _record(self, rec: UsageRecord) -> None:
         at = _utc(rec.at)
         self.db.execute(
             "INSERT INTO usage(at, day, month, trace_id, chat_id, user_id, model, input_tokens, output_tokens,"

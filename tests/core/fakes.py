@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from opentelemetry import trace
 
@@ -59,3 +60,18 @@ class RecordingChannel:
 
     def texts(self, *kinds: str) -> list[str]:
         return [e.text for e in self.events if not kinds or e.kind in kinds]
+
+
+def make_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object):
+    """Real services and pipeline over a temp DATA_DIR, with a ScriptedLLM and a RecordingChannel.
+    Operator 900; users 100 and 101 allowed; retry waits zero."""
+    from config.settings import Settings
+    from core.pipeline import Pipeline
+    from core.services import build_services
+
+    values: dict[str, object] = {"operator_chat_id": 900, "allowed_user_ids": "100,101", "retry_wait_scale": 0.0}
+    values.update(overrides)
+    settings = Settings(_env_file=None, data_dir=tmp_path / "data", **values)
+    llm = ScriptedLLM()
+    services = build_services(settings, llm=llm, tracing=tracing)
+    return services, Pipeline(services), llm, RecordingChannel()

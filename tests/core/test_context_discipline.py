@@ -9,25 +9,19 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from config.settings import Settings
 from core.context.budget import plan_context
 from core.context.tokens import REPLY_PRIMING_TOKENS
 from core.contracts import AgentRequest, InboundMessage, ToolCall
-from core.pipeline import Pipeline
-from core.services import build_services
 from core.tracing import current_trace_id, new_turn_span
-from tests.core.fakes import RecordingChannel, ScriptedLLM
+from tests.core.fakes import make_pipeline
 
 USER = 100
 FILLER = " ".join(["lorem ipsum dolor sit amet consectetur"] * 12)
 
 
 def make(tmp_path: Path, **overrides: object):
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", operator_chat_id=900, allowed_user_ids="100,101",
-                        retry_wait_scale=0.0, user_daily_token_budget=0, user_messages_per_minute=0, **overrides)
-    llm = ScriptedLLM()
-    services = build_services(settings, llm=llm, tracing=False)
-    return services, Pipeline(services), llm, RecordingChannel()
+    return make_pipeline(tmp_path, tracing=False, **{"user_daily_token_budget": 0, "user_messages_per_minute": 0,
+                                                     **overrides})
 
 
 async def say(services, pipeline, channel, text: str, *, update_id: int, chat_id: int = USER) -> str:

@@ -5,25 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from config.settings import Settings
 from core.contracts import InboundMessage
 from core.failures.taxonomy import GatewayError, Kind
 from core.outcomes import to_gateway_error
-from core.pipeline import Pipeline
 from core.ports import DeliveryFailed
-from core.services import build_services
 from core.tracing import current_trace_id, new_turn_span
-from tests.core.fakes import RecordingChannel, ScriptedLLM
+from tests.core.fakes import make_pipeline
 
 OPERATOR = 900
 
 
 def make(tmp_path: Path, **overrides: object):
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", operator_chat_id=OPERATOR,
-                        allowed_user_ids="100,101", retry_wait_scale=0.0, **overrides)
-    llm = ScriptedLLM()
-    services = build_services(settings, llm=llm)
-    return services, Pipeline(services), llm, RecordingChannel()
+    return make_pipeline(tmp_path, **overrides)
 
 
 async def turn(services, pipeline, channel, text: str, *, update_id: int, replay_dlq_id: int | None = None):

@@ -7,22 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import Settings
 from core.contracts import InboundMessage
-from core.pipeline import Pipeline
-from core.services import build_services
 from core.tracing import current_trace_id, new_turn_span
-from tests.core.fakes import RecordingChannel, ScriptedLLM
+from tests.core.fakes import make_pipeline
 
 OPERATOR = 900
 
 
 def make(tmp_path: Path, **overrides: object):
-    settings = Settings(_env_file=None, data_dir=tmp_path / "data", operator_chat_id=OPERATOR,
-                        allowed_user_ids="100,101", retry_wait_scale=0.0, **overrides)
-    llm = ScriptedLLM()
-    services = build_services(settings, llm=llm)
-    return services, Pipeline(services), llm, RecordingChannel()
+    return make_pipeline(tmp_path, **overrides)
 
 
 async def turn(services, pipeline, channel, text: str, *, user_id: int = 100, chat_id: int = 100,

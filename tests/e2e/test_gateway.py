@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.harness import OPERATOR_ID
-from tests.fakes.llm_api import Reply
+from tests.fakes.llm_api import Hang, Reply
 
 pytestmark = pytest.mark.e2e
 USER = 100
@@ -14,7 +14,8 @@ USER = 100
 def test_private_chat_is_answered_with_streaming(bot, fake_telegram, fake_llm) -> None:
     proc = bot()
     text = "First part of the answer. " * 12 + "**bold end**"
-    fake_llm.enqueue(Reply(text, chunk_chars=15, delay_s=0.12))
+    # The model thinks for 1.5 s (typing… shows), then streams for about 2 s (drafts are edited).
+    fake_llm.enqueue(Hang(1.5, then=Reply(text, chunk_chars=15, delay_s=0.12)))
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "hello there"))
     final = fake_telegram.wait_for_text(USER, "bold end", timeout=20)
     messages = fake_telegram.messages(USER)

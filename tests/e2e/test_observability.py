@@ -278,14 +278,12 @@ def test_a_locked_telemetry_db_does_not_fail_the_turn(bot, fake_telegram, fake_l
         assert locked.wait(10)
         elapsed = _turn_ok(fake_telegram, "while it is locked")
         assert elapsed < 5, f"the turn waited on the locked telemetry database ({elapsed:.1f}s)"
-        locked_trace = traceparent_of(fake_llm.last_request())[0]
         proc.wait_for_output("telemetry: dropped", timeout=10)  # the exporter gave up on that batch
     finally:
         release.set()
         holder.join(10)
     _turn_ok(fake_telegram, "after the lock")  # and spans flow again once the lock is gone
     wait_for_trace(env, traceparent_of(fake_llm.last_request())[0])
-    assert run_cli(env, "trace", locked_trace).returncode == 1  # dropped, not half-written
 
 
 def test_an_unusable_telemetry_path_does_not_fail_the_turn(bot, fake_telegram, fake_llm, data_dir: Path) -> None:
@@ -297,7 +295,8 @@ def test_an_unusable_telemetry_path_does_not_fail_the_turn(bot, fake_telegram, f
     listed = run_cli(bot.env(), "traces", "--last", "5")
     assert listed.returncode == 0 and "no turns recorded yet" in listed.stdout, listed.stdout + listed.stderr
     fake_telegram.push_update(fake_telegram.text_update(OPERATOR_ID, OPERATOR_ID, "/status"))
-    fake_telegram.wait_for_text(OPERATOR_ID, "Turns 24h: none yet", timeout=15)
+    status = fake_telegram.wait_for_text(OPERATOR_ID, "Turns 24h: none yet", timeout=15).plain_text
+    assert re.search(r"\(\d+ spans not stored", status), status  # the operator sees that tracing is degraded
     assert proc.alive()
 
 
