@@ -323,6 +323,8 @@ class FakeLLM(BackgroundServer):
             return web.json_response(_err(exc.reason, "invalid_request_error"), status=exc.status)
         except asyncio.CancelledError:
             raise
+        except ConnectionResetError:  # the client went away mid-answer (a timeout, a killed bot)
+            return web.Response(status=499)
         except Exception as exc:  # answer 500 rather than leave the client hanging
             self._record_server_error(f"{request.method} {request.path}", exc)
             return web.json_response(

@@ -1049,6 +1049,10 @@ class FakeTelegram(BackgroundServer):
             )
         except asyncio.CancelledError:
             raise
+        except ConnectionResetError:
+            # The client went away mid-request (a bot killed or stopped during a long poll):
+            # what real Telegram sees too, not a bug in the fake.
+            return web.json_response({"ok": False, "error_code": 499, "description": "client gone"}, status=499)
         except Exception as exc:
             self._record_server_error(f"{request.method} {request.path}", exc)
             return web.json_response(
