@@ -22,7 +22,7 @@ from opentelemetry import trace
 from telegram import Bot, InputFile, Update
 from telegram.error import NetworkError
 
-from bot.channel import TelegramChannel, to_delivery_failed
+from bot.channel import TelegramChannel
 from bot.commands import BY_NAME, CommandContext, Reply, may_use
 from bot.handlers import (
     Parsed,
@@ -44,7 +44,7 @@ from core.services import Services
 from core.tracing import current_trace_id, new_turn_span, short_ref
 
 if TYPE_CHECKING:
-    from telegram.error import TelegramError
+    pass
 
 log = logging.getLogger(__name__)
 OUTBOX_POLL_S = 1.0
@@ -90,8 +90,6 @@ class Runtime:
             self.pre_accepted.add(update.update_id)
             failpoints.hit("journal.after")
         return accepted
-
-    accept_for_webhook = accept
 
     async def process_raw(self, data: object) -> str:
         """One raw update body (what the webhook receives): parse, journal, process; never raises.
@@ -441,9 +439,6 @@ class Runtime:
         if self._background:
             await asyncio.wait(list(self._background), timeout=timeout_s)
 
-
-def describe_telegram_error(error: TelegramError) -> str:
-    return to_delivery_failed(error).reason
 
 
 class JournalingQueue(asyncio.Queue):

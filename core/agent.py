@@ -62,7 +62,7 @@ async def gate_stage(turn: Turn) -> None:
 async def run_agent(turn: Turn) -> None:
     """Call the model until it answers, executing at most MAX_TOOL_ROUNDS rounds of tool calls."""
     typing = asyncio.create_task(_keep_typing(turn))
-    turn.drafting = False  # type: ignore[attr-defined]
+    turn.drafting = False
     try:
         for round_number in range(MAX_TOOL_ROUNDS + 1):
             offer_tools = round_number < MAX_TOOL_ROUNDS
@@ -90,7 +90,7 @@ async def _keep_typing(turn: Turn) -> None:
     """Show "typing…" while the agent works, from FIRST_TYPING_S on: an answer that starts streaming
     sooner shows itself, and a Bot API call per turn is saved (Telegram allows 30 a second)."""
     await asyncio.sleep(FIRST_TYPING_S)
-    while not getattr(turn, "drafting", False):
+    while not turn.drafting:
         with contextlib.suppress(Exception):
             await turn.send("typing")
         await asyncio.sleep(TYPING_EVERY_S)
@@ -104,7 +104,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
 
     async def on_delta(text: str) -> None:
         failpoints.hit("llm.during")
-        turn.drafting = True  # type: ignore[attr-defined]
+        turn.drafting = True
         await turn.send("draft", text)
 
     async def attempt(number: int, shrink_context: bool) -> LLMResult:
@@ -202,8 +202,7 @@ def record_attempt(services: Services, turn: Turn, request: AgentRequest, result
     if result is not None:
         usage = result.usage
     else:
-        streamed = getattr(turn, "drafting", False)
-        input_tokens = turn.plan.total_tokens if streamed and turn.plan is not None else 0  # type: ignore[attr-defined]
+        input_tokens = turn.plan.total_tokens if turn.drafting and turn.plan is not None else 0
         # Refused before anything streamed: providers bill nothing, a known zero, not an estimate.
         usage = TokenUsage(input_tokens=input_tokens, output_tokens=0, total_tokens=input_tokens,
                            estimated=input_tokens > 0)
@@ -294,7 +293,7 @@ def _persist_exchange(turn: Turn) -> None:
     """After a successful answer: both sides of the exchange join the history (counted once)."""
     services, inbound = turn.services, turn.inbound
     now = services.clock.iso()
-    user_tokens = getattr(turn, "user_tokens", None) or services.counter.count_message(turn.user_text)
+    user_tokens = turn.user_tokens or services.counter.count_message(turn.user_text)
     services.history.append(chat_id=inbound.chat_id, role="user", content=turn.user_text, tokens=user_tokens,
                             trace_id=inbound.trace_id, update_id=inbound.update_id, now=now)
     stored = turn.answer

@@ -27,7 +27,7 @@ from opentelemetry.trace import Status, StatusCode
 from core.context.tokens import TokenCounter
 from core.contracts import AgentRequest, ContractViolation, LLMResult, TokenUsage, ToolCall, build
 from core.ports import DeltaSink
-from core.tracing import traceparent_headers
+from core.tracing import current_trace_id, traceparent_headers
 
 
 def _direct_post() -> tuple[Any, Any, Any] | None:
@@ -116,7 +116,7 @@ class OpenAICompatibleLLM:
                                     detail="the provider returned no choices")
         text = "".join(text_parts)
         tool_calls = tuple(self._tool_call(index, slot) for index, slot in sorted(calls.items()))
-        return build(LLMResult, "llm_result_valid", "llm", producer="llm", trace_id=_trace_id(),
+        return build(LLMResult, "llm_result_valid", "llm", producer="llm", trace_id=current_trace_id() or "0" * 32,
                      text=text, tool_calls=tool_calls, finish_reason=finish_reason or "stop",
                      usage=self._usage(usage, request, text, tool_calls), model=model,
                      latency_s=time.monotonic() - started)
@@ -196,8 +196,3 @@ def record_result(span: trace.Span, result: LLMResult) -> None:
         "gen_ai.usage.estimated": result.usage.estimated,
         "gen_ai.response.finish_reasons": [result.finish_reason],
     })
-
-
-def _trace_id() -> str:
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x")

@@ -75,7 +75,7 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
         now = services.clock.now()
         if gateway_error.kind not in (Kind.budget_exhausted, Kind.throttled):
             services.last_error = {"kind": str(gateway_error.kind), "ref": turn.ref, "at": now.isoformat()}
-        spent = mark_turn_wasted(services, inbound.trace_id)
+        spent = services.ledger.mark_wasted(inbound.trace_id)
         dlq_id = None
         if info.dlq and turn.replay_dlq_id is None:
             attempts = [a._asdict() if hasattr(a, "_asdict") else dict(a) for a in gateway_error.attempts]
@@ -108,14 +108,6 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
     if gateway_error.kind in (Kind.budget_exhausted, Kind.context_too_large):
         return "notice"
     return "dlq" if dlq_id is not None else "failed"
-
-
-def mark_turn_wasted(services: Services, trace_id: str) -> int:
-    """Every attempt of a failed turn was wasted spend; returns the tokens it used."""
-    services.db.execute("UPDATE usage SET wasted = 1 WHERE trace_id = ?", [trace_id])
-    row = services.db.execute("SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE trace_id = ?",
-                              [trace_id]).fetchone()
-    return int(row[0])
 
 
 def keep_undelivered(services: Services, *, chat_id: int, text: str, trace_id: str, failed: DeliveryFailed) -> None:

@@ -27,7 +27,7 @@ from typing import Literal
 from opentelemetry import trace
 
 from core.agent import gate_stage, run_agent
-from core.contracts import InboundMessage, ReplyEvent, TurnGuard
+from core.contracts import ChatMessage, ContextPlan, InboundMessage, ReplyEvent, TurnGuard
 from core.ingest import ingest_stage
 from core.outcomes import TurnEnded, fail_turn, keep_undelivered
 from core.ports import Channel, DeliveryFailed
@@ -50,8 +50,12 @@ class Turn:
     user_text: str = ""
     late_of: str | None = None  # set when a DLQ entry is replayed: the answer comes late
     replay_dlq_id: int | None = None
-    plan: object | None = None
-    messages: list = field(default_factory=list)
+    plan: ContextPlan | None = None
+    messages: list[ChatMessage] = field(default_factory=list)
+    user_tokens: int = 0  # the current message's tokens, counted once by the context stage
+    current_message: ChatMessage | None = None
+    history_in_prompt: list[int] = field(default_factory=list)  # tokens of the history messages sent
+    drafting: bool = False  # the answer has started streaming (no more "typing…")
     answer: str = ""
     tokens_spent: int = 0
     history_share: float = 1.0

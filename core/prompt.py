@@ -19,8 +19,8 @@ from opentelemetry import trace
 from core.context.budget import HISTORY_SHRINK_FACTOR, ContextTooLarge, plan_context
 from core.context.hot_state import render
 from core.context.tokens import REPLY_PRIMING_TOKENS
-from core.context.tools import READ_ARTIFACT, UPDATE_HOT_STATE
-from core.contracts import ChatMessage, ContextPlan, ContractViolation, HotStateWrite, ToolSpec, build
+from core.context.tools import TOOLS, tools_tokens
+from core.contracts import ChatMessage, ContextPlan, ContractViolation, HotStateWrite, build
 from core.failures.taxonomy import Kind
 from core.outcomes import NoticeError
 from core.store import transaction
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from core.services import Services
     from core.store import HistoryMessage
 
-TOOLS: tuple[ToolSpec, ...] = (UPDATE_HOT_STATE, READ_ARTIFACT)
 HISTORY_KIND = "history_archive"
 # Messages moved out of the active conversation per turn at most (the rest follow next turn).
 ARCHIVE_BATCH_LIMIT = 5000
@@ -51,13 +50,10 @@ ARCHIVE_BATCH_LIMIT = 5000
 
 def static_token_costs(services: Services) -> tuple[int, int]:
     """Tokens of the base system prompt and of the tool definitions, counted once per process."""
-    cached = getattr(services, "_static_tokens", None)
-    if cached is None:
+    if services.static_tokens is None:
         system = services.counter.count_message(services.system_prompt) + REPLY_PRIMING_TOKENS
-        tools = services.counter.count(json.dumps([t.to_openai() for t in TOOLS]))
-        cached = (system, tools)
-        services._static_tokens = cached  # type: ignore[attr-defined]
-    return cached
+        services.static_tokens = (system, tools_tokens(counter=services.counter, tools=TOOLS))
+    return services.static_tokens
 
 
 async def context_stage(turn: Turn) -> None:
@@ -65,7 +61,7 @@ async def context_stage(turn: Turn) -> None:
     span = trace.get_current_span()
     base_system_tokens, tools_tokens = static_token_costs(services)
     current_tokens = services.counter.count_message(turn.user_text)
-    turn.user_tokens = current_tokens  # type: ignore[attr-defined]
+    turn.user_tokens = current_tokens
     prompt_budget = settings.llm_context_tokens - settings.llm_max_output_tokens
     shrinking = turn.history_share < 1.0
     history_cap = None
@@ -104,8 +100,8 @@ async def context_stage(turn: Turn) -> None:
     current = ChatMessage(role="user", content=turn.user_text)
     turn.messages = [system, *(ChatMessage(role=m.role, content=m.content) for m in kept), current]
     # What tool rounds need to keep the prompt within the budget (see `make_room`).
-    turn.current_message = current  # type: ignore[attr-defined]
-    turn.history_in_prompt = [m.tokens for m in kept]  # type: ignore[attr-defined]
+    turn.current_message = current
+    turn.history_in_prompt = [m.tokens for m in kept]
     span.set_attributes({f"context.{k}": v for k, v in context_plan.model_dump().items() if k != "producer"})
     record_prompt_metrics(services, turn, context_plan)
 
@@ -129,7 +125,7 @@ def tool_rounds_tokens(turn: Turn) -> int:
 
 
 def _current_index(turn: Turn) -> int:
-    current = turn.current_message  # type: ignore[attr-defined]
+    current = turn.current_message
     return next(i for i, m in enumerate(turn.messages) if m is current)
 
 
@@ -149,7 +145,7 @@ def make_room(turn: Turn, tokens: int) -> bool:
     plan = turn.plan
     assert isinstance(plan, ContextPlan)
     counter = turn.services.counter
-    history: list[int] = turn.history_in_prompt  # type: ignore[attr-defined]
+    history = turn.history_in_prompt
     used = plan.total_tokens - plan.history_tokens + sum(history) + tool_rounds_tokens(turn)
     while used + tokens > plan.budget_tokens and history:
         used -= history.pop(0)

@@ -59,6 +59,7 @@ class Services:
     retry_policy: RetryPolicy
     throttle: Throttle
     system_prompt: str
+    static_tokens: tuple[int, int] | None = None  # base system prompt and tool specs, counted once
     started_monotonic: float = field(default_factory=Clock.monotonic)
     mode: str = "console"
     last_error: dict[str, str] = field(default_factory=dict)

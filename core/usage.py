@@ -199,6 +199,13 @@ class UsageLedger:
         row = self.db.execute(f"SELECT {_TOTALS_SQL} FROM usage WHERE {where}", list(params)).fetchone()
         return PeriodTotals(*row)
 
+    def mark_wasted(self, trace_id: str) -> int:
+        """Every attempt of a failed turn was wasted spend; returns the tokens the turn used."""
+        self.db.execute("UPDATE usage SET wasted = 1 WHERE trace_id = ?", [trace_id])
+        row = self.db.execute("SELECT COALESCE(SUM(total_tokens), 0) FROM usage WHERE trace_id = ?",
+                              [trace_id]).fetchone()
+        return int(row[0])
+
     def user_day_tokens(self, user_id: int, day: str) -> int:
         """From the running totals: one row read, however busy the day (checked every turn)."""
         row = self.db.execute("SELECT total_tokens FROM usage_totals WHERE scope = ? AND period = ?",

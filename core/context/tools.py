@@ -169,7 +169,8 @@ def to_hot_state_write(arguments: dict[str, Any], *, trace_id: str, chat_id: int
 
 
 def tools_tokens(*, counter: TokenCounter, tools: tuple[ToolSpec, ...] = TOOLS) -> int:
-    """An estimate of what the tool specs cost in the prompt (their JSON, counted once)."""
+    """An estimate of what the tool specs cost in the prompt (their JSON, counted once). Spaced
+    JSON, not compact: it counts a few more tokens, so the budget errs on the safe side."""
     if not tools:
         return 0
-    return counter.count(json.dumps([t.to_openai() for t in tools], sort_keys=True, separators=(",", ":")))
+    return counter.count(json.dumps([t.to_openai() for t in tools]))

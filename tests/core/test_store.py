@@ -59,3 +59,10 @@ def test_history_recent_is_bounded_by_tokens_and_ordered() -> None:
     recent = history.recent(1, max_tokens=95)
     assert [m.content for m in recent] == [f"m{i}" for i in range(41, 50)]
     assert history.recent(2, max_tokens=1000) == []
+
+
+def test_failed_turns_find_their_usage_rows_by_index() -> None:
+    db = open_database(":memory:")
+    plan = [row[3] for row in db.execute(
+        "EXPLAIN QUERY PLAN UPDATE usage SET wasted = 1 WHERE trace_id = 'x'").fetchall()]
+    assert any("USING INDEX usage_trace" in step for step in plan), plan
