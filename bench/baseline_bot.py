@@ -16,7 +16,7 @@ it is written the way plain-script Telegram LLM bots are written, and deliberate
 No rate limiter, as in most such scripts: against the stand-in it may send faster than the 30
 messages per second Telegram allows a bot (real Telegram would answer 429 and, with nothing to
 retry, the reply would be lost). `BASELINE_RATE_LIMITER=1` (set by `bench.run
---baseline-rate-limiter`) gives it PTB's AIORateLimiter, to compare both bots at Telegram's pace.
+--paced`) gives it PTB's AIORateLimiter, to compare both bots at Telegram's pace.
 
 Settings come from the same environment variables the gateway reads: TELEGRAM_BOT_TOKEN,
 TELEGRAM_API_BASE_URL, LLM_BASE_URL, LLM_API_KEY, LLM_MODEL.

@@ -23,8 +23,14 @@ budget, no per-user throttle, ALLOWED_USER_IDS=*. A few warm-up turns run before
 
 Options for finding out why: `--profile` records a py-spy profile of each bot per phase (needs
 `pip install py-spy`; read it with `python -m bench.profile_summary FILE`); `--what-if PATCH`
-runs ours with a suggested fix patched in memory (bench/what_if.py); `--baseline-rate-limiter`
-paces the baseline at Telegram's 30 calls/s like ours.
+runs ours with a suggested fix patched in memory (bench/what_if.py).
+
+Pacing: the gateway paces its Bot API calls at Telegram's 30 per second
+(TELEGRAM_SENDS_PER_SECOND); the baseline, like most scripts, does not pace at all. Phase 1
+measures capacity, so by default neither bot is paced there (ours with
+TELEGRAM_SENDS_PER_SECOND=0) and the stand-in, which enforces no flood limit, is the same for
+both; `--paced` runs phase 1 with both bots at Telegram's 30/s instead (the baseline with PTB's
+AIORateLimiter). Phase 2 runs ours with its default pacing.
 """
 
 from __future__ import annotations
@@ -166,11 +172,13 @@ def wait_for_replies(fake: BenchTelegram, tag: str, total: int, timeout_s: float
 
 # One bot, one phase ---------------------------------------------------------------------------
 def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, phase: str,
-              what_if: list[str], limit_baseline: bool) -> BotUnderTest:
+              what_if: list[str], paced: bool) -> BotUnderTest:
     if kind == "ours":
         data_dir = workdir / f"data-{phase}"
         shutil.rmtree(data_dir, ignore_errors=True)
         env = gateway_env(fake, llm, data_dir, USER_DAILY_TOKEN_BUDGET="0", USER_MESSAGES_PER_MINUTE="0")
+        if not paced:
+            env["TELEGRAM_SENDS_PER_SECOND"] = "0"
         argv = [sys.executable, "-m", "bot", "run"]
         if what_if:  # the same bot with suggested fixes patched in memory (bench/what_if.py)
             argv = [sys.executable, "-m", "bench.what_if", *(f"--patch={p}" for p in what_if), "run"]
@@ -178,7 +186,7 @@ def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, pha
         needs = "setMyCommands"
     else:
         env = baseline_env(fake, llm)
-        if limit_baseline:
+        if paced:
             env["BASELINE_RATE_LIMITER"] = "1"
         bot = BotUnderTest("baseline", [sys.executable, "bench/baseline_bot.py"], env,
                            workdir / f"baseline-{phase}.log")
@@ -215,7 +223,8 @@ def run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, w
     bot: BotUnderTest | None = None
     profiler = None
     try:
-        bot = start_bot(kind, fake, llm, workdir, phase, args.what_if, args.baseline_rate_limiter)
+        paced = args.paced if phase == "saturation" else kind == "ours" or args.paced
+        bot = start_bot(kind, fake, llm, workdir, phase, args.what_if, paced)
         closed_loop(fake, list(WARMUP_USERS), WARMUP_MESSAGES, answer_chars=args.answer_chars, tag="warm",
                     timeout_s=30)
         warm = fake.delivered_count("warm")
@@ -333,8 +342,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bot", choices=BOTS, action="append", help="run only this bot (repeatable)")
     parser.add_argument("--what-if", action="append", default=[], metavar="PATCH",
                         help="run ours with a suggested fix patched in memory (see bench/what_if.py)")
-    parser.add_argument("--baseline-rate-limiter", action="store_true",
-                        help="give the baseline PTB's AIORateLimiter too (both paced at Telegram's 30/s)")
+    parser.add_argument("--paced", action="store_true",
+                        help="phase 1 with both bots paced at Telegram's 30 calls/s (default: neither)")
     parser.add_argument("--profile", action="store_true", help="record a py-spy profile of each bot in each phase")
     parser.add_argument("--workdir", type=Path, help="keep logs, data and profiles here (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -355,8 +364,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {args.users} users x {args.messages} messages; ceiling {args.rate:g} msg/s for "
           f"{args.duration:g} s; answers of {args.answer_chars} chars; work dir {workdir}")
     print(f"  {describe_setup()}")
-    if args.baseline_rate_limiter:
-        print("  the baseline runs with PTB's AIORateLimiter (30 calls/s, like ours)")
+    if args.paced:
+        print("  paced: both bots at Telegram's 30 calls/s in every phase (the baseline with PTB's AIORateLimiter)")
+    else:
+        print("  saturation unpaced (ours with TELEGRAM_SENDS_PER_SECOND=0, the baseline has no limiter);"
+              " ceiling: ours paced at 30/s")
     if args.what_if:
         print(f"  ours runs WITH what-if patches: {', '.join(args.what_if)} (bench/what_if.py)")
     results: dict[tuple[str, str], PhaseResult] = {}

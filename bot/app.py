@@ -46,7 +46,7 @@ def build_application(settings: Settings, token: str, *, webhook: bool,
         builder = builder.get_updates_request(updates_request)
     builder = (builder.token(token)
                .base_url(f"{root}/bot").base_file_url(f"{root}/file/bot")
-               .rate_limiter(AIORateLimiter(max_retries=2))
+               .rate_limiter(AIORateLimiter(overall_max_rate=settings.telegram_sends_per_second, max_retries=2))
                .concurrent_updates(CONCURRENT_UPDATES)
                .connect_timeout(10).read_timeout(20).write_timeout(20).pool_timeout(10)
                .connection_pool_size(CONCURRENT_UPDATES))

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     escalation_cooldown_seconds: float = Field(default=300.0, ge=0)
     user_daily_token_budget: int = Field(default=200000, ge=0)
     user_messages_per_minute: int = Field(default=60, ge=0)
+    telegram_sends_per_second: float = Field(default=30.0, ge=0)
     monthly_budget_usd: float = Field(default=0.0, ge=0)
     dlq_auto_replay: bool = True
     telemetry_retention_days: int = Field(default=30, ge=1)

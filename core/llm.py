@@ -20,34 +20,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx2
 from openai import AsyncOpenAI
+from openai._base_client import make_request_options
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from core.context.tokens import TokenCounter
 from core.contracts import AgentRequest, ContractViolation, LLMResult, TokenUsage, ToolCall, build
+from core.llm_stream import stream_events
 from core.ports import DeltaSink
 from core.tracing import current_trace_id, traceparent_headers
 
 
-def _direct_post() -> tuple[Any, Any, Any] | None:
-    try:
-        from openai import AsyncStream
-        from openai._base_client import make_request_options
-        from openai.types.chat import ChatCompletion, ChatCompletionChunk
-    except ImportError:
-        return None
-
-    def options(*, extra_headers: dict[str, str]) -> Any:
-        try:  # newer SDKs name the auth scheme per request; older ones have no such option
-            return make_request_options(extra_headers=extra_headers, security={"bearer_auth": True})
-        except TypeError:
-            return make_request_options(extra_headers=extra_headers)
-
-    return options, AsyncStream[ChatCompletionChunk], ChatCompletion
-
-
-_DIRECT_POST = _direct_post()
+def _request_options(headers: dict[str, str]) -> Any:
+    try:  # newer SDKs name the auth scheme per request; older ones have no such option
+        return make_request_options(extra_headers=headers, security={"bearer_auth": True})
+    except TypeError:
+        return make_request_options(extra_headers=headers)
 
 
 class OpenAICompatibleLLM:
@@ -83,34 +73,42 @@ class OpenAICompatibleLLM:
         }
         if request.tools:
             body["tools"] = [t.to_openai() for t in request.tools]
-        stream = await self._open_stream(body, headers=traceparent_headers())
+        response = await self._open_stream(body, headers=traceparent_headers())
         text_parts: list[str] = []
         calls: dict[int, dict[str, str]] = {}
         finish_reason: str | None = None
         usage: Any = None
         model = request.model
         saw_choice = False
-        async for chunk in stream:
-            if getattr(chunk, "usage", None):
-                usage = chunk.usage
-            if getattr(chunk, "model", None):
-                model = chunk.model
-            for choice in chunk.choices or ():
+        async for chunk in stream_events(response):
+            if not isinstance(chunk, dict):
+                raise ContractViolation("llm_chunk_is_object", field="chunk", producer="llm",
+                                        detail=f"a streamed chunk is {type(chunk).__name__}, not an object")
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            if isinstance(chunk.get("model"), str) and chunk["model"]:
+                model = chunk["model"]
+            for choice in _objects(chunk.get("choices"), "choices"):
                 saw_choice = True
-                delta = choice.delta
-                if delta is not None and delta.content:
-                    text_parts.append(delta.content)
+                delta = choice.get("delta")
+                delta = delta if isinstance(delta, dict) else {}
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    text_parts.append(content)
                     if on_delta is not None:
                         await on_delta("".join(text_parts))
-                for call in (delta.tool_calls or ()) if delta is not None else ():
-                    slot = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
-                    if call.id:
-                        slot["id"] = call.id
-                    if call.function is not None:
-                        slot["name"] += call.function.name or ""
-                        slot["arguments"] += call.function.arguments or ""
-                if choice.finish_reason:
-                    finish_reason = choice.finish_reason
+                for call in _objects(delta.get("tool_calls"), "tool_calls"):
+                    index = call.get("index", 0)
+                    slot = calls.setdefault(index if isinstance(index, int) else 0,
+                                            {"id": "", "name": "", "arguments": ""})
+                    if isinstance(call.get("id"), str) and call["id"]:
+                        slot["id"] = call["id"]
+                    function = call.get("function")
+                    if isinstance(function, dict):
+                        slot["name"] += _text(function.get("name"))
+                        slot["arguments"] += _text(function.get("arguments"))
+                if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
+                    finish_reason = choice["finish_reason"]
         if not saw_choice:
             raise ContractViolation("llm_response_has_choices", field="choices", producer="llm",
                                     detail="the provider returned no choices")
@@ -121,17 +119,16 @@ class OpenAICompatibleLLM:
                      usage=self._usage(usage, request, text, tool_calls), model=model,
                      latency_s=time.monotonic() - started)
 
-    async def _open_stream(self, body: dict[str, Any], *, headers: dict[str, str]) -> Any:
-        """POST the body as it is. `chat.completions.create` first walks the whole payload with
-        TypedDict introspection (about 0.3 ms per message, 1 ms for the tools, blocking the event
-        loop); our contracts already made it plain JSON, so we send it through the same client
-        (auth, base URL, timeouts, error mapping, SSE parsing) without that walk. Falls back to
-        `create` if this SDK version lacks the pieces."""
-        if _DIRECT_POST is None:
-            return await self.client.chat.completions.create(**body, extra_headers=headers)
-        make_options, stream_cls, cast_to = _DIRECT_POST
-        return await self.client.post("/chat/completions", body=body, cast_to=cast_to, stream=True,
-                                      stream_cls=stream_cls, options=make_options(extra_headers=headers))
+    async def _open_stream(self, body: dict[str, Any], *, headers: dict[str, str]) -> httpx2.Response:
+        """POST the body as it is and return the open response; `stream_events` reads it.
+
+        `chat.completions.create` first walks the whole payload with TypedDict introspection
+        (about 0.3 ms per message, 1 ms for the tools, blocking the event loop), then builds a
+        pydantic object per streamed chunk. Our contracts already made the body plain JSON, so it
+        goes through the same client (auth, base URL, timeouts, HTTP error mapping to
+        `openai.APIStatusError`) without either."""
+        return await self.client.post("/chat/completions", body=body, cast_to=httpx2.Response, stream=True,
+                                      options=_request_options(headers))
 
     @staticmethod
     def _tool_call(index: int, slot: dict[str, str]) -> ToolCall:
@@ -150,14 +147,32 @@ class OpenAICompatibleLLM:
                      arguments=arguments)
 
     def _usage(self, usage: Any, request: AgentRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> TokenUsage:
-        if usage is not None and isinstance(getattr(usage, "prompt_tokens", None), int):
-            prompt = max(0, usage.prompt_tokens)
-            completion = max(0, int(getattr(usage, "completion_tokens", 0) or 0))
+        if isinstance(usage, dict) and _is_int(usage.get("prompt_tokens")):
+            prompt = max(0, usage["prompt_tokens"])
+            completion = max(0, usage["completion_tokens"]) if _is_int(usage.get("completion_tokens")) else 0
             return TokenUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion)
         prompt = sum(self.counter.count_message(m.content or "") for m in request.messages)
         completion = self.counter.count(text) + sum(self.counter.count(json.dumps(c.arguments)) for c in tool_calls)
         return TokenUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion,
                           estimated=True)
+
+
+def _objects(value: Any, field: str) -> list[dict[str, Any]]:
+    """A list of JSON objects from the stream, or a ContractViolation naming the field."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ContractViolation("llm_chunk_shape", field=field, producer="llm",
+                                detail=f"{field} must be a list of objects")
+    return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # The GenAI span, shared by every LLM port (the benchmark's in-process one too) -----------------

@@ -111,3 +111,19 @@ def test_operator_sees_operator_commands_in_their_menu(bot, fake_telegram) -> No
     # The operator's scope is registered just after the default one: wait for it.
     scoped = fake_telegram.wait_for(lambda: fake_telegram.commands({"type": "chat", "chat_id": OPERATOR_ID}))
     assert {"dlq", "replay", "trace", "status"} <= {c["command"] for c in scoped}
+
+
+def test_bot_api_sends_are_paced_at_the_configured_rate(bot, fake_telegram, fake_llm) -> None:
+    """TELEGRAM_SENDS_PER_SECOND paces every Bot API call (PTB's AIORateLimiter): 8 answers at 2/s
+    take at least 3 s however fast the bot is; nothing is dropped on the way."""
+    users = list(range(200, 208))
+    proc = bot(TELEGRAM_SENDS_PER_SECOND="2", ALLOWED_USER_IDS="*")
+    fake_llm.set_default(lambda body: Reply("paced answer"))
+    for user in users:
+        fake_telegram.push_update(fake_telegram.text_update(user, user, "hi"))
+    for user in users:
+        fake_telegram.wait_for_text(user, "paced answer", timeout=30)
+    sends = sorted(c.at for c in fake_telegram.calls("sendMessage") if c.params.get("chat_id") in users)
+    assert len(sends) == len(users)
+    assert sends[-1] - sends[0] >= 2.5, [round(t - sends[0], 2) for t in sends]
+    assert proc.stop() == 0

@@ -1,0 +1,142 @@
+"""The adapter reads the event stream itself (core/llm_stream.py): SSE framing, provider error
+events, junk shapes and connection reuse, against a server that sends exactly the bytes given."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+from aiohttp import web
+from opentelemetry import trace
+
+from core.context.tokens import counter_for_model
+from core.contracts import AgentRequest, ChatMessage, ContractViolation
+from core.failures.taxonomy import Kind, classify_llm_error
+from core.llm import OpenAICompatibleLLM
+
+TRACE = "0123456789abcdef0123456789abcdef"
+
+
+def chunk(content: str | None = None, *, finish: str | None = None, usage: Any = None, **extra: Any) -> str:
+    delta = {} if content is None else {"content": content}
+    body = {"id": "c1", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+    if usage is not None:
+        body = {**body, "choices": [], "usage": usage}
+    return json.dumps(body)
+
+
+class RawSSE:
+    """Answers every completion with the next body in `bodies`; records each request's peer port."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.peers: list[int] = []
+        self.base_url = ""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.peers.append(request.transport.get_extra_info("peername")[1])
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(self.bodies.pop(0))
+        await response.write_eof()
+        return response
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[RawSSE]:
+    raw = RawSSE()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", raw.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    raw.base_url = f"http://127.0.0.1:{port}/v1"
+    yield raw
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def llm(server: RawSSE) -> AsyncIterator[OpenAICompatibleLLM]:
+    adapter = OpenAICompatibleLLM(base_url=server.base_url, api_key="sk-test", model="gpt-4o-mini", timeout_s=5,
+                                  tracer=trace.get_tracer("test"), counter=counter_for_model("gpt-4o-mini"))
+    yield adapter
+    await adapter.close()
+
+
+def request() -> AgentRequest:
+    return AgentRequest(producer="pipeline", trace_id=TRACE, chat_id=1, user_id=1, model="gpt-4o-mini", max_output_tokens=64,
+                        messages=(ChatMessage(role="system", content="s"), ChatMessage(role="user", content="hi")))
+
+
+async def test_sse_framing_comments_crlf_and_multiline_data(server: RawSSE, llm: OpenAICompatibleLLM) -> None:
+    first, second = chunk("Hel"), chunk("lo")
+    half = second.index(', "object"') + 1  # the data lines are joined by a newline: split between tokens
+    server.bodies.append((
+        ": keep-alive comment\r\n\r\n"
+        f"event: message\r\nid: 1\r\ndata: {first}\r\n\r\n"
+        f"data:{second[:half]}\ndata:{second[half:]}\n\n"  # one event over two data lines, no space
+        f"data: {chunk(finish='stop')}\n\n"
+        f"data: {chunk(usage={'prompt_tokens': 7, 'completion_tokens': 2, 'total_tokens': 9})}\n\n"
+        "data: [DONE]\n\n").encode())
+    result = await llm.complete(request())
+    assert (result.text, result.finish_reason, result.model) == ("Hello", "stop", "gpt-4o-mini-2024")
+    assert (result.usage.input_tokens, result.usage.output_tokens, result.usage.estimated) == (7, 2, False)
+
+
+async def test_a_last_event_without_its_blank_line_still_counts(server: RawSSE, llm: OpenAICompatibleLLM) -> None:
+    server.bodies.append(f"data: {chunk('whole')}\n\ndata: {chunk(finish='length')}".encode())
+    result = await llm.complete(request())
+    assert (result.text, result.finish_reason, result.usage.estimated) == ("whole", "length", True)
+
+
+async def test_an_error_event_is_the_providers_api_error(server: RawSSE, llm: OpenAICompatibleLLM) -> None:
+    error = {"error": {"message": "upstream overloaded", "type": "server_error"}}
+    server.bodies.append(f"data: {chunk('par')}\n\ndata: {json.dumps(error)}\n\n".encode())
+    with pytest.raises(openai.APIError) as caught:
+        await llm.complete(request())
+    assert caught.value.message == "upstream overloaded"
+    assert caught.value.body == error["error"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('data: [1, 2]\n\n', "chunk"),
+    ('data: {"choices": {"delta": 1}}\n\n', "choices"),
+    ('data: {"choices": [{"delta": {"tool_calls": "x"}}]}\n\n', "tool_calls"),
+])
+async def test_junk_shapes_are_contract_violations(server: RawSSE, llm: OpenAICompatibleLLM, body: str,
+                                                  field: str) -> None:
+    server.bodies.append(body.encode())
+    with pytest.raises(ContractViolation) as caught:
+        await llm.complete(request())
+    assert (caught.value.producer, caught.value.field) == ("llm", field)
+    assert classify_llm_error(caught.value).kind is Kind.llm_malformed
+
+
+async def test_a_data_line_that_is_not_json_is_malformed(server: RawSSE, llm: OpenAICompatibleLLM) -> None:
+    server.bodies.append(b"data: {not json\n\n")
+    with pytest.raises(json.JSONDecodeError) as caught:
+        await llm.complete(request())
+    assert classify_llm_error(caught.value).kind is Kind.llm_malformed
+
+
+async def test_wrong_typed_fields_are_skipped_not_crashed_on(server: RawSSE, llm: OpenAICompatibleLLM) -> None:
+    odd = {"model": 5, "usage": {"prompt_tokens": "7"},
+           "choices": [{"delta": {"content": 3}, "finish_reason": 1}, {"delta": "x"}]}
+    server.bodies.append(f"data: {chunk('ok')}\n\ndata: {json.dumps(odd)}\n\ndata: [DONE]\n\n".encode())
+    result = await llm.complete(request())
+    assert (result.text, result.finish_reason, result.model, result.usage.estimated) == (
+        "ok", "stop", "gpt-4o-mini-2024", True)
+
+
+async def test_the_connection_is_reused_after_done(server: RawSSE, llm: OpenAICompatibleLLM) -> None:
+    for _ in range(3):
+        server.bodies.append(f"data: {chunk('a')}\n\ndata: [DONE]\n\n".encode())
+        await llm.complete(request())
+    assert len(server.peers) == 3 and len(set(server.peers)) == 1, server.peers
