@@ -136,8 +136,15 @@ async def serve(settings: Settings) -> int:
         await application.updater.start_polling(allowed_updates=ALLOWED_UPDATES, error_callback=_polling_error,
                                                 bootstrap_retries=-1)
     services.dlq.release_stale_replays(before=services.clock.iso())  # replays a crash interrupted
-    for update in runtime.recover():
-        queue.put_recovered(update)
+
+    def resume() -> int:  # unfinished journal rows (a crash, a storage failure) go round again
+        updates = runtime.recover()
+        for update in updates:
+            queue.put_recovered(update)
+        return len(updates)
+
+    resume()
+    runtime.storage_alarm.resume = resume
     outbox = asyncio.create_task(runtime.outbox_loop(stop))
     await register_commands(application, settings)
     log.info("gateway running (%s mode) as @%s with model %s", settings.mode, application.bot.username,

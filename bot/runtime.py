@@ -34,9 +34,11 @@ from bot.handlers import (
     to_inbound,
     update_ids,
 )
+from bot.storage_alarm import StorageAlarm
 from core import failpoints
 from core.contracts import ContractViolation, ReplyEvent
 from core.failures.escalation import drain_outbox
+from core.failures.taxonomy import is_storage_failure
 from core.outcomes import record_blocked
 from core.pipeline import Pipeline, refusal_text
 from core.ports import DeliveryFailed
@@ -72,6 +74,9 @@ class Runtime:
         self._maintained_at = float("-inf")
         self._replaying = False
         self._replay_wanted = False
+        self.in_flight: set[int] = set()
+        self.storage_alarm = StorageAlarm(self)
+        services.on_storage_failure = self.storage_alarm.note
         services.on_circuit_closed = self.schedule_auto_replay  # type: ignore[attr-defined]
         services.on_llm_success = self._provider_answered  # type: ignore[attr-defined]
 
@@ -136,10 +141,17 @@ class Runtime:
 
         Never raises: whatever breaks before the pipeline takes over (a span, routing, storage)
         still ends with the journal row marked failed and, where there is a chat, a reply with a
-        ref, so an update can neither vanish nor crash every later start as a poison row."""
+        ref, so an update can neither vanish nor crash every later start as a poison row. A storage
+        failure is the exception: the row stays unfinished and runs again once storage takes
+        writes (bot/storage_alarm.py)."""
+        self.in_flight.add(update.update_id)
         try:
             return await self._process_update(update)
         except Exception as failure:  # noqa: BLE001 - the last line of defence for one update
+            if is_storage_failure(failure):  # the row stays unfinished: it runs again once storage works
+                log.error("update %s deferred: storage refused a write (%s)", update.update_id, failure)
+                self.storage_alarm.failed(update, failure)
+                return "deferred"
             log.exception("update %s failed before or after its turn", getattr(update, "update_id", "?"))
             chat_id, _ = update_ids(update)
             with contextlib.suppress(Exception):
@@ -149,6 +161,8 @@ class Runtime:
                 await self._safe_notice(chat_id, "0" * 32, "Sorry, something went wrong on my side; your "
                                         f"message (update {update.update_id}) is kept for the operator.")
             return "error"
+        finally:
+            self.in_flight.discard(update.update_id)
 
     async def _process_update(self, update: Update) -> str:
         services = self.services
@@ -196,6 +210,8 @@ class Runtime:
                     await self._safe_notice(chat_id, trace_id, "Sorry, something went wrong on my side. "
                                             f"The operator can look it up.\n\nref: {short_ref(trace_id)}")
             failpoints.hit("reply.after")
+            if outcome == "deferred":  # unfinished on purpose: resumed once storage takes writes
+                return outcome
             services.journal.mark(update.update_id, state, now=services.clock.iso(), error=error)
             return outcome
 
@@ -284,9 +300,13 @@ class Runtime:
 
     # Start-up and background work ---------------------------------------------------
     def recover(self) -> list[Update]:
-        """Updates a crash left in received/processing: processed again (documented at-least-once)."""
+        """Updates a crash (or a storage failure) left in received/processing, except those queued
+        or running now: processed again (documented at-least-once)."""
         updates = []
+        busy = self.pre_accepted | self.in_flight
         for entry in self.services.journal.unfinished(limit=RECOVER_LIMIT):
+            if entry.update_id in busy:
+                continue
             try:
                 update = Update.de_json(entry.raw, self.bot)
             except Exception as error:  # noqa: BLE001 - a row we cannot parse is marked, not retried forever
@@ -313,12 +333,16 @@ class Runtime:
         first = True
         while not stop.is_set():
             try:
+                if not self.storage_alarm.probe():  # storage refuses writes: nothing below can work
+                    raise _StorageStillFailing
                 await drain_outbox(services.outbox, self.channel, now=services.clock.now,
                                    base_wait_s=OUTBOX_BASE_WAIT_S * scale, max_wait_s=OUTBOX_MAX_WAIT_S * scale,
                                    chat_gone=services.chats.is_blocked,
                                    on_chat_gone=lambda chat_id, reason: record_blocked(services, chat_id, reason))
                 self.replay_if_due(at_start=first)
                 self.maintain()
+            except _StorageStillFailing:
+                pass
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("outbox round failed")
             first = False
@@ -441,6 +465,10 @@ class Runtime:
 
 
 
+class _StorageStillFailing(Exception):
+    pass
+
+
 class JournalingQueue(asyncio.Queue):
     """PTB's update queue, journaling each update as it is put (before Telegram is told)."""
 
@@ -463,9 +491,12 @@ class JournalingQueue(asyncio.Queue):
         if self.runtime is None or not isinstance(item, Update):
             return True
         try:
-            return self.runtime.accept(item)
+            accepted = self.runtime.accept(item)
         except sqlite3.Error as error:
             # Not journaled, so not acknowledged: PTB's poller retries getUpdates with the same
             # offset (Telegram redelivers), the webhook answers 503 (Telegram retries).
             log.error("cannot journal update %s (%s); it will be redelivered", item.update_id, error)
+            self.runtime.storage_alarm.failed(item, error)
             raise NetworkError(f"journal unavailable: {error}") from None
+        self.runtime.storage_alarm.recovered()
+        return accepted

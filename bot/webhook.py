@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from aiohttp import web
+from telegram.error import NetworkError
 
 from bot.handlers import parse_update
 
@@ -73,5 +74,8 @@ class WebhookServer:
             outcome = self.runtime.record_unparsable(parsed)  # kept (failed) in the journal if it has an id
             error = "not a Telegram update" if outcome == "rejected" else f"malformed update: {parsed.problem}"
             return web.json_response({"ok": False, "error": error[:200]}, status=400)
-        await self.application.update_queue.put(parsed.update)  # journals it (or drops a duplicate) first
+        try:
+            await self.application.update_queue.put(parsed.update)  # journals it (or drops a duplicate) first
+        except NetworkError as error:  # not journaled (storage refuses writes): Telegram retries later
+            return web.json_response({"ok": False, "error": str(error)[:200]}, status=503)
         return web.json_response({"ok": True})

@@ -67,6 +67,9 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
     with services.tracer.start_as_current_span("failure") as failure_span:
         failure_span.set_attributes({"error.type": str(gateway_error.kind), "failure.severity": info.severity,
                                      "failure.detail": gateway_error.detail[:300]})
+        if gateway_error.kind == Kind.storage_unavailable:
+            span.set_attribute("error.type", str(gateway_error.kind))
+            return await _defer_for_storage(turn, gateway_error)
         if gateway_error.kind == Kind.internal:
             log.error("internal error in turn %s", turn.ref, exc_info=error)
         else:
@@ -108,6 +111,23 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
     if gateway_error.kind in (Kind.budget_exhausted, Kind.context_too_large):
         return "notice"
     return "dlq" if dlq_id is not None else "failed"
+
+
+async def _defer_for_storage(turn: Turn, error: GatewayError) -> Outcome:
+    """Storage refused a write: nothing more is written (the DLQ, the usage ledger and the
+    outbox would fail the same way). The journal row stays unfinished, so the message runs again
+    once storage takes writes (or at the next start); the user is told so once, with the ref;
+    the runtime's storage alarm tells the operator directly."""
+    services = turn.services
+    log.error("turn %s deferred: storage refused a write (%s)", turn.ref, error.detail)
+    services.last_error = {"kind": str(error.kind), "ref": turn.ref, "at": services.clock.now().isoformat()}
+    notify = services.on_storage_failure
+    if notify is None or notify(turn.inbound.update_id, error.detail):
+        try:
+            await turn.send("error", user_reply(error, ref=turn.ref, dlq_id=None, auto_replay=False))
+        except DeliveryFailed as failed:
+            log.warning("storage notice to chat %s not delivered: %s", turn.inbound.chat_id, failed.reason)
+    return "deferred"
 
 
 def keep_undelivered(services: Services, *, chat_id: int, text: str, trace_id: str, failed: DeliveryFailed) -> None:

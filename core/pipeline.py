@@ -36,7 +36,9 @@ from core.services import Services
 from core.tracing import short_ref
 
 log = logging.getLogger(__name__)
-Outcome = Literal["replied", "failed", "refused", "throttled", "notice", "dlq"]
+# "deferred": storage refused a write mid-turn; the journal row stays unfinished and the update
+# runs again once storage takes writes (bot/storage_alarm.py), or at the next start.
+Outcome = Literal["replied", "failed", "refused", "throttled", "notice", "dlq", "deferred"]
 
 
 @dataclass

@@ -6,7 +6,11 @@ No module-level singletons: the bot, the console, the CLI and the tests all call
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +28,7 @@ from core.failures.retry import RetryPolicy
 from core.llm import OpenAICompatibleLLM
 from core.logs import redactor
 from core.ports import LLM
-from core.store import GATEWAY_DB, Chats, History, Journal, open_database
+from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
 from core.usage import PriceTable, UsageLedger, WarningLog
@@ -63,6 +67,9 @@ class Services:
     started_monotonic: float = field(default_factory=Clock.monotonic)
     mode: str = "console"
     last_error: dict[str, str] = field(default_factory=dict)
+    # Storage refused a write mid-turn: (update_id, reason) -> True the first time for that update.
+    # Set by the bot's runtime (bot/storage_alarm.py); without it every such turn tells its user.
+    on_storage_failure: Callable[[int, str], bool] | None = None
 
     @property
     def tracer(self):  # noqa: ANN201 - opentelemetry Tracer
@@ -90,11 +97,13 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
     """Open storage (running migrations), tracing and the LLM client for these settings."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
+    probe_writable(data_dir)
     clock = Clock(settings.gateway_clock_offset_file)
     db = open_database(data_dir / GATEWAY_DB)
-    # Fail at start, not at the first turn, if another process holds the write lock.
-    db.execute("BEGIN IMMEDIATE")
-    db.execute("ROLLBACK")
+    # Fail at start, not at the first turn, if another process holds the write lock or the
+    # database cannot take a write: one real commit (a count of opens, harmless to keep).
+    with transaction(db):
+        bump_counter(db, "storage_opened")
     counter = counter_for_model(settings.llm_model)
     redact = redactor(settings.secrets())
     telemetry = setup_tracing(data_dir=data_dir, retention_days=settings.telemetry_retention_days,
@@ -131,6 +140,23 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
     )
 
 
+PROBE_BYTES = 64 * 1024
+
+
+def probe_writable(data_dir: Path) -> None:
+    """Write, sync and remove a small file in DATA_DIR: a read-only or full disk raises the
+    OSError that names it (SQLite would only say "unable to open database file")."""
+    probe = data_dir / ".write-probe"
+    try:
+        with open(probe, "wb") as out:
+            out.write(b"\0" * PROBE_BYTES)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 class StorageUnavailable(Exception):
     """DATA_DIR cannot be used: a clear, one-line reason for the operator."""
 
@@ -142,11 +168,12 @@ def open_services(settings: Settings, **kwargs: object) -> Services:
     try:
         return build_services(settings, **kwargs)  # type: ignore[arg-type]
     except (OSError, sqlite3.Error) as error:
-        reason = str(error) or type(error).__name__
+        reason = (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) or type(error).__name__
         if "locked" in reason:
             reason += " (another process holds the database: is a second instance running?)"
-        elif "readonly" in reason or "read-only" in reason or isinstance(error, PermissionError):
+        elif (isinstance(error, PermissionError) or getattr(error, "errno", None) == errno.EROFS
+              or "readonly" in reason or "read-only" in reason.lower()):
             reason += " (DATA_DIR must be writable)"
-        elif "disk" in reason or "No space" in reason:
+        elif getattr(error, "errno", None) == errno.ENOSPC or "full" in reason or "No space" in reason:
             reason += " (free some disk space)"
         raise StorageUnavailable(f"cannot use DATA_DIR={settings.data_dir}: {reason}") from error

@@ -8,7 +8,9 @@ timeouts, broken JSON, contract violations) into a `GatewayError` carrying its `
 
 from __future__ import annotations
 
+import errno
 import json
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -48,6 +50,7 @@ class Kind(StrEnum):
     throttled = "throttled"
     circuit_open = "circuit_open"
     context_too_large = "context_too_large"
+    storage_unavailable = "storage_unavailable"
     internal = "internal"
 
 
@@ -151,6 +154,11 @@ TAXONOMY: dict[Kind, KindInfo] = {info.kind: info for info in (
     _info(Kind.context_too_large, retryable=False, changed=True,
           user="That message is too large for the model. Please send something shorter.",
           severity="info", escalates="never", action="raise LLM_CONTEXT_TOKENS if the model allows it"),
+    _info(Kind.storage_unavailable, retryable=False, dlq=False,
+          user="I can't save messages right now, so I can't answer yet. Yours is kept and will be answered "
+               "as soon as I can.",
+          severity="error", escalates="now",
+          action="free disk space in DATA_DIR or make it writable again; waiting updates are then answered"),
     _info(Kind.internal, retryable=False,
           user="Something went wrong on my side. The operator has been told.",
           severity="error", escalates="now", action="a gateway bug: see the logs and python -m bot trace {ref}"),
@@ -247,6 +255,17 @@ def _status_kind(error: openai.APIStatusError) -> Kind:
     return Kind.llm_bad_request
 
 
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+
+
+def is_storage_failure(error: BaseException) -> bool:
+    """The disk or the database refused (full, read-only, I/O error, locked): not a bug of the turn,
+    and nothing more can be written until it is fixed."""
+    if isinstance(error, sqlite3.OperationalError):
+        return True
+    return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
+
+
 def classify_llm_error(error: BaseException, *, secrets: Iterable[str] = (),
                        now_s: float | None = None) -> GatewayError:
     """Map what an LLM call raised to a GatewayError; the detail is short and secret-free.
@@ -278,6 +297,9 @@ def classify_llm_error(error: BaseException, *, secrets: Iterable[str] = (),
         return GatewayError(Kind.llm_refusal, "the provider's content filter stopped the answer")
     if isinstance(error, openai.LengthFinishReasonError):
         return GatewayError(Kind.llm_malformed, "the answer was cut off at the output token limit")
+    if is_storage_failure(error):  # a write inside the attempt (usage, artifacts) failed
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return GatewayError(Kind.storage_unavailable, short(reason or type(error).__name__))
     if isinstance(error, TimeoutError | httpx2.TimeoutException):  # asyncio.TimeoutError is TimeoutError
         return GatewayError(Kind.llm_timeout, f"timed out ({type(error).__name__})")
     if isinstance(error, httpx2.TransportError):  # raised unwrapped while a stream is being read

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
+import sqlite3
 from typing import Any
 
 import httpx2
@@ -19,6 +21,7 @@ from core.failures.taxonomy import (
     GatewayError,
     Kind,
     classify_llm_error,
+    is_storage_failure,
     taxonomy_markdown,
 )
 
@@ -50,7 +53,8 @@ def test_table_follows_the_rules() -> None:
     assert OUTAGE_KINDS == {Kind.llm_timeout, Kind.llm_connection, Kind.llm_rate_limit, Kind.llm_server,
                             Kind.circuit_open}
     no_dlq = {k for k, info in TAXONOMY.items() if not info.dlq}
-    assert no_dlq == {Kind.budget_exhausted, Kind.throttled, Kind.llm_refusal} | {k for k in Kind if k.startswith("tg_")}
+    assert no_dlq == {Kind.budget_exhausted, Kind.throttled, Kind.llm_refusal, Kind.storage_unavailable} | {
+        k for k in Kind if k.startswith("tg_")}
     for info in TAXONOMY.values():
         assert info.max_retries >= 0 or info.max_retries == PER_SETTINGS
         assert info.retryable or info.max_retries == 0
@@ -175,3 +179,21 @@ def test_gateway_error_surface() -> None:
     assert error.info.action_text(dlq_id=7) == "add credit at the provider, then /replay 7"
     assert error.attempts == [] and error.gave_up is None
     assert GatewayError(Kind.throttled, user_message="Slow down, please.").user_message == "Slow down, please."
+
+
+@pytest.mark.parametrize(("error", "storage"), [
+    (sqlite3.OperationalError("database or disk is full"), True),
+    (sqlite3.OperationalError("attempt to write a readonly database"), True),
+    (sqlite3.OperationalError("database is locked"), True),
+    (OSError(errno.ENOSPC, "No space left on device"), True),
+    (OSError(errno.EROFS, "Read-only file system"), True),
+    (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), False),
+    (TimeoutError(), False),
+    (sqlite3.IntegrityError("UNIQUE constraint failed"), False),
+])
+def test_storage_failures_are_their_own_kind(error: BaseException, storage: bool) -> None:
+    assert is_storage_failure(error) is storage
+    kind = classify_llm_error(error).kind
+    assert (kind == Kind.storage_unavailable) is storage, kind
+    if storage:
+        assert TAXONOMY[kind].dlq is False  # the DLQ lives in the same database

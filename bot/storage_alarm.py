@@ -1,0 +1,132 @@
+"""When storage refuses writes (disk full, read-only, I/O error, locked), nothing is lost, and
+people are told.
+
+- An update that cannot be journaled is not acknowledged: Telegram keeps it and redelivers it
+  (the poller retries getUpdates from the same offset; the webhook answers with an error).
+- A turn whose write fails midway ends "deferred" (core/outcomes.py): its journal row stays
+  unfinished.
+- Either way the sender hears once per update that the message waits (only a person the bot
+  would answer), and the operator hears it directly through the Bot API, at most once per
+  ESCALATION_COOLDOWN_SECONDS: the outbox and the escalator live in the same database.
+- Once a second (the outbox loop) `probe()` checks that DATA_DIR has MIN_FREE_BYTES free and
+  tries one small write; when both pass, the operator is told, and the journal's unfinished
+  updates that are neither queued nor running are queued again (`resume`), so the deferred
+  messages are answered without a restart. (A write alone is not proof: SQLite reuses its
+  write-ahead log, so a small commit can succeed on a full disk.) Senders already told are
+  remembered across recoveries, and the operator cooldown is not reset by one, so a disk that
+  flaps cannot turn into a stream of messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from telegram import Update
+
+from bot.handlers import route, update_ids
+from core.failures.parsing import redact
+from core.failures.taxonomy import TAXONOMY, Kind, is_storage_failure
+from core.store import bump_counter, transaction
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+
+log = logging.getLogger(__name__)
+REMEMBERED_UPDATES = 10_000
+MIN_FREE_BYTES = 1024 * 1024
+INFO = TAXONOMY[Kind.storage_unavailable]
+
+
+class StorageAlarm:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.failing_since: float | None = None
+        self.noted: dict[int, None] = {}  # update ids whose sender was told (oldest first)
+        self.alerted_at = float("-inf")
+        self.alerted_this_time = False
+        self.resume: Callable[[], int] | None = None  # queues unfinished updates again; set by bot.app
+
+    @property
+    def failing(self) -> bool:
+        return self.failing_since is not None
+
+    def note(self, update_id: int, reason: str) -> bool:
+        """Storage failed for this update; alert the operator (with a cooldown). True the first
+        time this update is noted: its sender has not been told yet."""
+        services = self.runtime.services
+        now = services.clock.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        operator = services.settings.operator_chat_id
+        if operator is not None and now - self.alerted_at >= services.settings.escalation_cooldown_seconds:
+            self.alerted_at, self.alerted_this_time = now, True
+            reason = redact(reason, secrets=services.settings.secrets())
+            self._send(operator, f"🚨 storage: DATA_DIR={services.settings.data_dir} refuses writes ({reason}). "
+                                 "Incoming messages wait, nothing is lost; they are answered once it takes writes "
+                                 f"again. To do: {INFO.action}.")
+        if update_id in self.noted:
+            return False
+        self.noted[update_id] = None
+        if len(self.noted) > REMEMBERED_UPDATES:
+            del self.noted[next(iter(self.noted))]
+        return True
+
+    def failed(self, update: Update, error: BaseException) -> None:
+        """An update could not be journaled or failed outside its turn because of storage."""
+        if not self.note(update.update_id, _reason(error)):
+            return
+        runtime = self.runtime
+        chat_id, user_id = update_ids(update)
+        routed = route(update, bot_id=runtime.bot_id, bot_username=runtime.bot_username)
+        if chat_id is not None and user_id is not None and routed.kind in ("message", "command") \
+                and runtime.services.is_allowed(user_id):
+            self._send(chat_id, INFO.user_message)
+
+    def probe(self) -> bool:
+        """While failing: try one small write; on success, recover. True when storage works."""
+        if self.failing_since is None:
+            return True
+        try:
+            if shutil.disk_usage(self.runtime.services.settings.data_dir).free < MIN_FREE_BYTES:
+                return False
+            with transaction(self.runtime.services.db):
+                bump_counter(self.runtime.services.db, "storage_probe")
+        except (sqlite3.Error, OSError) as error:
+            if not is_storage_failure(error):
+                raise
+            return False
+        self.recovered()
+        return True
+
+    def recovered(self) -> None:
+        if self.failing_since is None:
+            return
+        services = self.runtime.services
+        waited = services.clock.monotonic() - self.failing_since
+        told, self.failing_since, self.alerted_this_time = self.alerted_this_time, None, False
+        queued = self.resume() if self.resume is not None else 0
+        log.warning("storage takes writes again after %.0f s; %d unfinished update(s) queued again", waited,
+                    queued)
+        if told and services.settings.operator_chat_id is not None:
+            self._send(services.settings.operator_chat_id,
+                       f"✅ storage: writes work again after {waited:.0f} s; the messages that waited are being "
+                       "answered now.")
+
+    def _send(self, chat_id: int, text: str) -> None:
+        async def send() -> None:
+            try:
+                await self.runtime.bot.send_message(chat_id, text)
+            except Exception as error:  # noqa: BLE001 - best effort: the update itself is not lost
+                log.warning("storage notice to %s not delivered: %s", chat_id, type(error).__name__)
+
+        self.runtime.spawn(send())
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
