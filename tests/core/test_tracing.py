@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,17 +270,24 @@ def test_unwritable_data_dir_drops_and_counts(tmp_path: Path) -> None:
     telemetry.shutdown()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
 def test_read_only_data_dir_drops_and_counts(tmp_path: Path) -> None:
     data = tmp_path / "ro"
     data.mkdir()
-    data.chmod(0o500)
+    if os.geteuid() == 0:  # root ignores permissions: a read-only tmpfs is read-only for root too
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(data)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            pytest.skip(f"root ignores permissions and cannot mount a read-only tmpfs: {mounted.stderr.strip()}")
+        undo = ["umount", "-l", str(data)]
+    else:
+        data.chmod(0o500)
+        undo = ["chmod", "700", str(data)]
     try:
         exporter = SQLiteSpanExporter(data / "telemetry.db")
         assert exporter.export([make_span(1, 1, "turn", NOW_NS)]) is SpanExportResult.FAILURE
         assert exporter.dropped_spans == 1
     finally:
-        data.chmod(0o700)
+        subprocess.run(undo, capture_output=True)
 
 
 def test_locked_database_drops_then_recovers(tmp_path: Path) -> None:
