@@ -209,9 +209,12 @@ def check_message_list(messages: Sequence[ChatMessage], *, producer: str = "pipe
         fail(0, "the first message must be the system message")
     pending: set[str] = set()
     answered: set[str] = set()
+    # One pass; the common message (a user or assistant turn without tool calls) costs a few
+    # attribute reads, as a prompt carries up to 400 history messages every call.
     for index, message in enumerate(messages):
         role = message.role
-        if message.tool_calls and role != "assistant":
+        calls = message.tool_calls
+        if calls and role != "assistant":
             fail(index, f"a {role} message cannot carry tool calls")
         if message.tool_call_id is not None and role != "tool":
             fail(index, f"a {role} message cannot answer a tool call")
@@ -228,17 +231,19 @@ def check_message_list(messages: Sequence[ChatMessage], *, producer: str = "pipe
             continue
         if pending:
             fail(index, f"tool calls {sorted(pending)} were not answered")
-        if index and role == "system":
-            fail(index, "only one system message is allowed")
-        elif role == "user" and not (message.content or "").strip():
-            fail(index, "empty user turn")
+        if role == "user":
+            if not (message.content or "").strip():
+                fail(index, "empty user turn")
         elif role == "assistant":
-            ids = [call.id for call in message.tool_calls]
-            if len(set(ids)) != len(ids):
-                fail(index, "tool call ids must be unique")
-            if not ids and not (message.content or "").strip():
+            if calls:
+                ids = [call.id for call in calls]
+                if len(set(ids)) != len(ids):
+                    fail(index, "tool call ids must be unique")
+                pending = set(ids)
+            elif not (message.content or "").strip():
                 fail(index, "an assistant message needs content or tool calls")
-            pending = set(ids)
+        elif index and role == "system":
+            fail(index, "only one system message is allowed")
     if pending:
         fail(len(messages), f"tool calls {sorted(pending)} were not answered")
 

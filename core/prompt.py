@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -69,6 +70,8 @@ async def context_stage(turn: Turn) -> None:
         # The provider refused the last prompt: carry at most half of its history this time.
         history_cap = math.floor(turn.plan.history_tokens * HISTORY_SHRINK_FACTOR)
     candidates = services.history.recent(inbound.chat_id, max_tokens=max(0, prompt_budget))
+    candidate_tokens = list(map(attrgetter("tokens"), candidates))
+    newest_first = candidate_tokens[::-1]
     active = services.history.count_active(inbound.chat_id)
     # Archiving links the archive in the hot state, which changes its size: plan again (at most
     # twice more; the archive is written ahead of need, so the second round archives nothing).
@@ -79,7 +82,7 @@ async def context_stage(turn: Turn) -> None:
         try:
             plan = plan_context(system_tokens=system_tokens, current_tokens=current_tokens,
                                 tools_tokens=tools_tokens,
-                                history_tokens_newest_first=[m.tokens for m in reversed(candidates)],
+                                history_tokens_newest_first=newest_first,
                                 context_tokens=settings.llm_context_tokens,
                                 reserve_output_tokens=settings.llm_max_output_tokens,
                                 history_share=turn.history_share, max_history_tokens=history_cap)
@@ -88,7 +91,8 @@ async def context_stage(turn: Turn) -> None:
         kept = candidates[len(candidates) - plan.history_kept:] if plan.history_kept else []
         if shrinking or len(kept) == active or not archive_dropped(turn, kept=kept):
             break
-    history_tokens = sum(m.tokens for m in kept)
+    kept_tokens = candidate_tokens[len(candidates) - len(kept):]
+    history_tokens = sum(kept_tokens)
     context_plan = build(
         ContextPlan, "context_plan_sane", "pipeline", system_tokens=system_tokens, hot_state_tokens=hot_tokens,
         hot_state_cap=settings.hot_state_max_tokens, history_tokens=history_tokens, history_kept=len(kept),
@@ -98,10 +102,11 @@ async def context_stage(turn: Turn) -> None:
     turn.plan = context_plan
     system = ChatMessage(role="system", content=f"{services.system_prompt}\n\n{render(state)}")
     current = ChatMessage(role="user", content=turn.user_text)
-    turn.messages = [system, *(ChatMessage(role=m.role, content=m.content) for m in kept), current]
+    # Each stored message's ChatMessage is validated once and shared by later turns (it is frozen).
+    turn.messages = [system, *(m.chat_message for m in kept), current]
     # What tool rounds need to keep the prompt within the budget (see `make_room`).
     turn.current_message = current
-    turn.history_in_prompt = [m.tokens for m in kept]
+    turn.history_in_prompt = kept_tokens
     span.set_attributes({f"context.{k}": v for k, v in context_plan.model_dump().items() if k != "producer"})
     record_prompt_metrics(services, turn, context_plan)
 

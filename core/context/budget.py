@@ -10,7 +10,9 @@ conversation has no holes).
 from __future__ import annotations
 
 import math
+from bisect import bisect_right
 from dataclasses import dataclass
+from itertools import accumulate
 
 # After the provider says context_length_exceeded (our count was off), retry once with this
 # share of the history budget, and at most this share of the history the failed call carried
@@ -59,7 +61,7 @@ def plan_context(*, system_tokens: int, current_tokens: int, tools_tokens: int,
     for name, value in named.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in history_tokens_newest_first):
+    if not _non_negative_ints(history_tokens_newest_first):
         raise ValueError("history token counts must be non-negative integers")
     if not (isinstance(history_share, int | float) and math.isfinite(history_share) and 0 <= history_share <= 1):
         raise ValueError(f"history_share must be within 0..1, got {history_share!r}")
@@ -77,11 +79,18 @@ def plan_context(*, system_tokens: int, current_tokens: int, tools_tokens: int,
     history_budget_tokens = math.floor(history_share * (budget_tokens - minimum_tokens))
     if max_history_tokens is not None:
         history_budget_tokens = min(history_budget_tokens, max_history_tokens)
-    kept = used = 0
-    for tokens in history_tokens_newest_first:
-        if used + tokens > history_budget_tokens:
-            break
-        kept, used = kept + 1, used + tokens
+    # Counts are non-negative, so the running totals only grow: the newest messages kept are
+    # those whose running total fits.
+    totals = list(accumulate(history_tokens_newest_first))
+    kept = bisect_right(totals, history_budget_tokens)
+    used = totals[kept - 1] if kept else 0
     return BudgetPlan(history_kept=kept, history_dropped=len(history_tokens_newest_first) - kept,
                       history_tokens=used, history_budget_tokens=history_budget_tokens,
                       minimum_tokens=minimum_tokens, total_tokens=minimum_tokens + used, budget_tokens=budget_tokens)
+
+
+def _non_negative_ints(values: list[int]) -> bool:
+    """Every value an int (not a bool) and not negative: at C speed when all are plain ints."""
+    if set(map(type, values)) <= {int}:
+        return min(values, default=0) >= 0
+    return not any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in values)

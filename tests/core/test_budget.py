@@ -41,7 +41,8 @@ def test_context_too_large() -> None:
 
 @pytest.mark.parametrize("overrides", [
     {"system_tokens": -1}, {"current_tokens": -5}, {"tools_tokens": True}, {"context_tokens": 1.5},
-    {"history_tokens_newest_first": [1, -1]}, {"history_share": 1.5}, {"history_share": float("nan")},
+    {"history_tokens_newest_first": [1, -1]}, {"history_tokens_newest_first": [1, True]},
+    {"history_tokens_newest_first": [2.0]}, {"history_share": 1.5}, {"history_share": float("nan")},
     {"reserve_output_tokens": 1000}, {"reserve_output_tokens": -1},
 ])
 def test_bad_inputs_fail_closed(overrides: dict) -> None:

@@ -157,3 +157,46 @@ async def test_a_missing_artifact_file_is_reported_to_the_model(tmp_path: Path) 
     result = json.loads([m for m in llm.requests[-1].messages if m.role == "tool"][-1].content)
     assert result["ok"] is False and "missing" in result["error"]
     await services.close()
+
+
+async def test_prompts_from_cached_history_equal_prompts_read_cold(tmp_path: Path) -> None:
+    """History keeps each chat's recent messages, validated once as ChatMessages, in memory: a
+    conversation (archived in batches, set aside by /new, a tool round making room by dropping
+    history from one prompt) gets the very prompts it gets when every turn reads the table."""
+    from core.contracts import Attachment
+    from core.store import History
+
+    document = "\n".join(f"Line {n:05d}: the quick brown fox jumps over the lazy dog." for n in range(2000))
+    runs = []
+    for name, cache_chats in (("warm", 256), ("cold", 0)):
+        services, pipeline, llm, channel = make(tmp_path / name, llm_context_tokens=2048, llm_max_output_tokens=256)
+        services.history = History(services.db, cache_chats=cache_chats)
+        channel.files["doc1"] = document.encode()
+        for number in range(40):
+            chat_id = USER if number % 4 else USER + 1
+            if number == 25:
+                services.history.start_new(USER)
+            if number == 30:
+                with new_turn_span(services.tracer, "turn"):
+                    inbound = InboundMessage(
+                        update_id=1000, trace_id=current_trace_id() or "3" * 32, chat_id=USER, chat_type="private",
+                        user_id=USER, text="", received_at=datetime.now(UTC),
+                        attachment=Attachment(file_id="doc1", file_name="lines.txt", mime_type="text/plain",
+                                              size_bytes=len(document)))
+                    assert await pipeline.run_turn(inbound, channel) == "replied"
+                ref = re.search(r"artifact://[0-9a-f]{16}", llm.requests[-1].messages[-1].content).group(0)
+                llm.enqueue((ToolCall(id="c1", name="read_artifact", arguments={"ref": ref, "offset": 0}),), "done")
+            text = f"msg {number:03d}: {FILLER}"
+            assert await say(services, pipeline, channel, text, update_id=number + 1, chat_id=chat_id) == "replied"
+        runs.append((services, llm))
+    (warm, warm_llm), (cold, cold_llm) = runs
+    assert [r.messages for r in warm_llm.requests] == [r.messages for r in cold_llm.requests]
+    [tool_round] = [r for r in warm_llm.requests if r.messages[-1].role == "tool"]
+    before = warm_llm.requests[warm_llm.requests.index(tool_round) - 1]
+    assert len(tool_round.messages) < len(before.messages) + 2  # history made room for the result
+    assert warm.history._windows and not cold.history._windows
+    # The warm run reused the ChatMessages of the messages still in the prompt from turn to turn.
+    previous, last = warm_llm.requests[-3].messages, warm_llm.requests[-1].messages
+    assert any(message is earlier for message in last[1:-1] for earlier in previous[1:-1])
+    await warm.close()
+    await cold.close()

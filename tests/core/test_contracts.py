@@ -7,7 +7,8 @@ model validator, from `TurnGuard`, or from the LLM adapter checking what a provi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +34,7 @@ from core.contracts import (
     TurnGuard,
     UsageRecord,
     build,
+    check_message_list,
 )
 from core.llm import OpenAICompatibleLLM
 from tests.fakes.llm_api import FakeLLM, Malformed, Reply, ToolCalls
@@ -181,6 +183,81 @@ def test_a_well_formed_tool_round_is_accepted() -> None:
                 USER, assistant_calls("c1", "c2"), tool_result("c2"), tool_result("c1"),
                 assistant_calls("c3"), tool_result("c3"))
     assert len(request(*messages).messages) == 9
+
+
+def reference_check_message_list(messages: Sequence[ChatMessage]) -> None:
+    """`check_message_list` as first written (a plain loop), kept to compare the faster one with."""
+
+    def fail(index: int, detail: str) -> None:
+        raise ContractViolation("message_list_well_formed", field=f"messages[{index}]", producer="pipeline",
+                                detail=detail)
+
+    if not messages or messages[0].role != "system":
+        fail(0, "the first message must be the system message")
+    pending: set[str] = set()
+    answered: set[str] = set()
+    for index, message in enumerate(messages):
+        role = message.role
+        if message.tool_calls and role != "assistant":
+            fail(index, f"a {role} message cannot carry tool calls")
+        if message.tool_call_id is not None and role != "tool":
+            fail(index, f"a {role} message cannot answer a tool call")
+        if role == "tool":
+            call_id = message.tool_call_id
+            if call_id is None:
+                fail(index, "a tool result needs the tool_call_id it answers")
+            elif call_id in answered:
+                fail(index, f"tool call {call_id!r} answered twice")
+            elif call_id not in pending:
+                fail(index, f"tool result {call_id!r} answers no call of the assistant message before it")
+            pending.discard(call_id)  # type: ignore[arg-type]
+            answered.add(call_id)  # type: ignore[arg-type]
+            continue
+        if pending:
+            fail(index, f"tool calls {sorted(pending)} were not answered")
+        if index and role == "system":
+            fail(index, "only one system message is allowed")
+        elif role == "user" and not (message.content or "").strip():
+            fail(index, "empty user turn")
+        elif role == "assistant":
+            ids = [call.id for call in message.tool_calls]
+            if len(set(ids)) != len(ids):
+                fail(index, "tool call ids must be unique")
+            if not ids and not (message.content or "").strip():
+                fail(index, "an assistant message needs content or tool calls")
+            pending = set(ids)
+    if pending:
+        fail(len(messages), f"tool calls {sorted(pending)} were not answered")
+
+
+def outcome(check: Any, messages: tuple[ChatMessage, ...]) -> tuple[str, str] | None:
+    try:
+        check(messages)
+    except ContractViolation as error:
+        return error.field, error.detail
+    return None
+
+
+def test_message_list_check_agrees_with_the_plain_loop_on_every_short_list() -> None:
+    """Every list of up to 4 messages from an alphabet of well- and ill-formed ones: the same
+    verdict, the same field and the same detail as the straightforward loop."""
+    alphabet = [
+        SYSTEM, USER, ChatMessage(role="user", content=" \n"), ChatMessage(role="user"),
+        ChatMessage(role="assistant", content="a"), ChatMessage(role="assistant", content=""),
+        ChatMessage(role="assistant", content=" "),
+        assistant_calls("c1"), assistant_calls("c1", "c2"), assistant_calls("c1", "c1"),
+        tool_result("c1"), tool_result("c2"), tool_result(None),
+        ChatMessage(role="user", content="x", tool_calls=(call(),)),
+        ChatMessage(role="assistant", content="a", tool_call_id="c1"),
+        ChatMessage(role="system", content="s", tool_calls=(call(),)),
+        ChatMessage.model_construct(role="narrator", content="x", tool_calls=(), tool_call_id=None),
+    ]
+    checked = 0
+    for length in range(5):
+        for messages in itertools.product(alphabet, repeat=length):
+            assert outcome(check_message_list, messages) == outcome(reference_check_message_list, messages), messages
+            checked += 1
+    assert checked == sum(len(alphabet) ** n for n in range(5))
 
 
 # one_turn_identity ------------------------------------------------------------------------------

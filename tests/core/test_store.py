@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import random
 from pathlib import Path
 
-from core.store import History, Journal, migrations, open_database
+import pytest
+import sqlite_utils
+
+from core.contracts import ChatMessage
+from core.store import History, HistoryMessage, Journal, migrations, open_database, transaction
 
 EXPECTED = {
     "journal": {"update_id", "chat_id", "user_id", "kind", "state", "raw", "trace_id", "attempts", "error",
@@ -66,3 +72,206 @@ def test_failed_turns_find_their_usage_rows_by_index() -> None:
     plan = [row[3] for row in db.execute(
         "EXPLAIN QUERY PLAN UPDATE usage SET wasted = 1 WHERE trace_id = 'x'").fetchall()]
     assert any("USING INDEX usage_trace" in step for step in plan), plan
+
+
+# History's per-chat cache ----------------------------------------------------------------------
+
+NOW = "2026-01-01T00:00:00"
+
+
+def uncached_recent(db: sqlite_utils.Database, chat_id: int, *, max_tokens: int,
+                    max_messages: int = 400) -> list[HistoryMessage]:
+    """What `History.recent` answered before it cached anything: straight from the table."""
+    rows = db.execute("SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0"
+                      " ORDER BY id DESC LIMIT ?", [chat_id, max_messages]).fetchall()
+    kept, used = [], 0
+    for row in rows:
+        if used + row[3] > max_tokens:
+            break
+        used += row[3]
+        kept.append(HistoryMessage(*row))
+    return kept[::-1]
+
+
+def add(history: History, chat_id: int, count: int, *, tokens: int = 10) -> list[int]:
+    return [history.append(chat_id=chat_id, role="user" if n % 2 == 0 else "assistant", content=f"c{chat_id} m{n}",
+                           tokens=tokens, trace_id=None, update_id=None, now=NOW) for n in range(count)]
+
+
+def assert_exact(history: History, chat_id: int, *, max_tokens: int = 10_000, max_messages: int = 400) -> None:
+    expected = uncached_recent(history.db, chat_id, max_tokens=max_tokens, max_messages=max_messages)
+    assert history.recent(chat_id, max_tokens=max_tokens, max_messages=max_messages) == expected
+    # And once more from the window the first call left.
+    assert history.recent(chat_id, max_tokens=max_tokens, max_messages=max_messages) == expected
+
+
+def full_reads(history: History, chat_id: int, **limits: int) -> int:
+    """How many times `recent` read the chat's active rows from the start (not only the new ones)."""
+    statements: list[str] = []
+    history.db.conn.set_trace_callback(statements.append)
+    try:
+        history.recent(chat_id, **limits)
+    finally:
+        history.db.conn.set_trace_callback(None)
+    reads = [s for s in statements if s.startswith("SELECT id, role, content, tokens FROM messages")]
+    return sum("AND id > " not in s for s in reads)
+
+
+def test_history_cache_reads_only_new_rows_and_stays_exact_across_appends() -> None:
+    db = open_database(":memory:")
+    history = History(db)
+    add(history, 1, 30)
+    assert_exact(history, 1, max_messages=20)
+    add(history, 1, 2)
+    assert full_reads(history, 1, max_tokens=10_000, max_messages=20) == 0
+    assert_exact(history, 1, max_messages=20)
+    assert_exact(history, 1, max_tokens=95)  # cut by tokens: the window keeps the first that did not fit
+    assert full_reads(history, 1, max_tokens=95) == 0
+    add(history, 1, 1)
+    assert full_reads(history, 1, max_tokens=95) == 0
+    assert_exact(history, 1, max_tokens=95)
+    assert_exact(history, 1, max_messages=25)  # further back than the window holds: read again
+    assert_exact(history, 1, max_tokens=-1)
+    assert history.recent(1, max_tokens=10_000, max_messages=0) == []
+    assert history.recent(1, max_tokens=10_000, max_messages=-1) == uncached_recent(db, 1, max_tokens=10_000,
+                                                                                     max_messages=-1)
+    # More new rows than one call takes: the rows it skipped are not taken for read later.
+    assert_exact(history, 2)
+    add(history, 2, 5)
+    assert_exact(history, 2, max_messages=3)
+    assert_exact(history, 2)
+
+
+def test_history_cache_stays_exact_across_archive_through_and_start_new() -> None:
+    history = History(open_database(":memory:"))
+    ids = add(history, 1, 40)
+    assert_exact(history, 1, max_messages=30)
+    history.archive_through(1, ids[4])  # older than the window
+    assert_exact(history, 1, max_messages=30)
+    history.archive_through(1, ids[15])  # into the window: what stays is every active message
+    assert full_reads(history, 1, max_tokens=10_000, max_messages=30) == 0
+    assert_exact(history, 1, max_messages=30)
+    more = add(history, 1, 3)
+    history.archive_through(1, more[0])  # past the window, into rows it has not read yet
+    assert_exact(history, 1, max_messages=30)
+    assert [m.id for m in history.recent(1, max_tokens=10_000)] == more[1:]
+    assert history.start_new(1) == 2
+    assert_exact(history, 1)
+    assert history.recent(1, max_tokens=10_000) == []
+    fresh = add(history, 1, 2)
+    assert [m.id for m in history.recent(1, max_tokens=10_000)] == fresh
+
+
+def test_history_cache_is_not_ahead_of_a_rolled_back_transaction() -> None:
+    db = open_database(":memory:")
+    history = History(db)
+    ids = add(history, 1, 20)
+    assert_exact(history, 1)
+    with pytest.raises(RuntimeError), transaction(db):
+        add(history, 1, 2)
+        history.archive_through(1, ids[9])
+        # Inside the transaction the uncommitted state is what a read sees...
+        assert [m.id for m in history.recent(1, max_tokens=10_000)][:1] == [ids[10]]
+        assert len(history.recent(1, max_tokens=10_000)) == 12
+        raise RuntimeError("roll back")
+    # ...and after the rollback, neither the archive nor the two rows it read are remembered.
+    assert [m.id for m in history.recent(1, max_tokens=10_000)] == ids
+    assert_exact(history, 1)
+    with pytest.raises(RuntimeError), transaction(db):
+        history.start_new(1)
+        raise RuntimeError("roll back")
+    assert [m.id for m in history.recent(1, max_tokens=10_000)] == ids
+    with transaction(db):  # committed: the same writes count
+        history.archive_through(1, ids[9])
+        add(history, 1, 1)
+    assert_exact(history, 1)
+    assert len(history.recent(1, max_tokens=10_000)) == 11
+
+
+def assert_accounted(history: History) -> None:
+    windows = history._windows.values()
+    assert history._cached_tokens == sum(m.tokens for w in windows for m in w.messages)
+    assert history._cached_tokens == sum(w.tokens for w in windows)
+    assert history._cached_messages == sum(len(w.messages) for w in windows)
+
+
+def test_history_cache_evicts_the_least_recently_read_chats() -> None:
+    db = open_database(":memory:")
+    history = History(db, cache_chats=3, cache_tokens=250)
+    by_count = History(db, cache_messages=12)
+    for chat_id in range(1, 11):
+        add(history, chat_id, 6)
+    for chat_id in range(1, 11):
+        assert_exact(history, chat_id)
+        assert len(history._windows) <= 3
+    assert list(history._windows) == [8, 9, 10]
+    assert_exact(history, 8)
+    assert list(history._windows) == [9, 10, 8]
+    for chat_id in (1, 2, 3):
+        assert_exact(by_count, chat_id)
+    assert list(by_count._windows) == [2, 3] and by_count._cached_messages == 12
+    add(history, 5, 20)  # 26 messages of 10 tokens: more than the whole cache may hold
+    assert_exact(history, 5)
+    assert 5 not in history._windows and history._cached_tokens <= 250
+    assert_accounted(history)
+    for chat_id in range(1, 11):  # evicted chats are read again, exactly
+        add(history, chat_id, 1)
+        assert_exact(history, chat_id)
+        assert_accounted(history)
+        assert history._cached_tokens <= 250
+
+
+def test_history_cache_sees_commits_of_other_connections(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    ours, theirs = History(open_database(path)), History(open_database(path))  # e.g. `python -m bot dlq replay`
+    ids = add(ours, 1, 20)
+    assert_exact(ours, 1)
+    theirs.archive_through(1, ids[9])
+    assert_exact(ours, 1)
+    assert len(ours.recent(1, max_tokens=10_000)) == 10
+    theirs.start_new(1)
+    assert ours.recent(1, max_tokens=10_000) == []
+    add(theirs, 1, 3)
+    assert_exact(ours, 1)
+    assert len(ours.recent(1, max_tokens=10_000)) == 3
+
+
+def test_history_cache_matches_the_table_under_random_operations() -> None:
+    rng = random.Random(20260101)
+    db = open_database(":memory:")
+    history = History(db, cache_chats=2, cache_messages=30, cache_tokens=400)
+    chats = (1, 2, 3)
+    for _ in range(3000):
+        chat_id = rng.choice(chats)
+        action = rng.random()
+        if action < 0.35:
+            history.append(chat_id=chat_id, role="user", content="x", tokens=rng.choice((0, 1, 5, 20, 60)),
+                           trace_id=None, update_id=None, now=NOW)
+        elif action < 0.45:
+            active = [m.id for m in uncached_recent(db, chat_id, max_tokens=10**9, max_messages=-1)]
+            if active:
+                history.archive_through(chat_id, rng.choice(active))
+        elif action < 0.47:
+            history.start_new(chat_id)
+        elif action < 0.52:
+            with contextlib.suppress(RuntimeError), transaction(db):
+                add(history, chat_id, rng.randint(0, 3))
+                if rng.random() < 0.5:
+                    history.archive_through(chat_id, rng.randint(0, 10**4))
+                history.recent(chat_id, max_tokens=100)
+                if rng.random() < 0.5:
+                    raise RuntimeError("roll back")
+        else:
+            max_tokens, max_messages = rng.choice((100, 150, 10**6)), rng.choice((3, 8, 400))
+            assert history.recent(chat_id, max_tokens=max_tokens, max_messages=max_messages) == uncached_recent(
+                db, chat_id, max_tokens=max_tokens, max_messages=max_messages)
+        assert_accounted(history)
+        assert history._cached_tokens <= 400 and history._cached_messages <= 30
+
+
+def test_history_messages_are_validated_once_for_the_prompt() -> None:
+    history = History(open_database(":memory:"))
+    add(history, 1, 4)
+    first, again = history.recent(1, max_tokens=10_000), history.recent(1, max_tokens=10_000)
+    assert [m.chat_message for m in first] == [ChatMessage(role=m.role, content=m.content) for m in first]
+    assert all(a.chat_message is b.chat_message for a, b in zip(first, again, strict=True))
