@@ -333,16 +333,13 @@ class Runtime:
         first = True
         while not stop.is_set():
             try:
-                if not self.storage_alarm.probe():  # storage refuses writes: nothing below can work
-                    raise _StorageStillFailing
-                await drain_outbox(services.outbox, self.channel, now=services.clock.now,
-                                   base_wait_s=OUTBOX_BASE_WAIT_S * scale, max_wait_s=OUTBOX_MAX_WAIT_S * scale,
-                                   chat_gone=services.chats.is_blocked,
-                                   on_chat_gone=lambda chat_id, reason: record_blocked(services, chat_id, reason))
-                self.replay_if_due(at_start=first)
-                self.maintain()
-            except _StorageStillFailing:
-                pass
+                if self.storage_alarm.probe():  # while storage refuses writes, nothing below can work
+                    await drain_outbox(services.outbox, self.channel, now=services.clock.now,
+                                       base_wait_s=OUTBOX_BASE_WAIT_S * scale, max_wait_s=OUTBOX_MAX_WAIT_S * scale,
+                                       chat_gone=services.chats.is_blocked,
+                                       on_chat_gone=lambda chat_id, reason: record_blocked(services, chat_id, reason))
+                    self.replay_if_due(at_start=first)
+                    self.maintain()
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("outbox round failed")
             first = False
@@ -463,10 +460,6 @@ class Runtime:
         if self._background:
             await asyncio.wait(list(self._background), timeout=timeout_s)
 
-
-
-class _StorageStillFailing(Exception):
-    pass
 
 
 class JournalingQueue(asyncio.Queue):

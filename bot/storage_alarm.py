@@ -29,7 +29,7 @@ from telegram import Update
 
 from bot.handlers import route, update_ids
 from core.failures.parsing import redact
-from core.failures.taxonomy import TAXONOMY, Kind, is_storage_failure
+from core.failures.taxonomy import TAXONOMY, Kind, is_storage_failure, storage_reason
 from core.store import bump_counter, transaction
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class StorageAlarm:
 
     def failed(self, update: Update, error: BaseException) -> None:
         """An update could not be journaled or failed outside its turn because of storage."""
-        if not self.note(update.update_id, _reason(error)):
+        if not self.note(update.update_id, storage_reason(error)):
             return
         runtime = self.runtime
         chat_id, user_id = update_ids(update)
@@ -125,8 +125,3 @@ class StorageAlarm:
 
         self.runtime.spawn(send())
 
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error) or type(error).__name__

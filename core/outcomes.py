@@ -67,9 +67,6 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
     with services.tracer.start_as_current_span("failure") as failure_span:
         failure_span.set_attributes({"error.type": str(gateway_error.kind), "failure.severity": info.severity,
                                      "failure.detail": gateway_error.detail[:300]})
-        if gateway_error.kind == Kind.storage_unavailable:
-            span.set_attribute("error.type", str(gateway_error.kind))
-            return await _defer_for_storage(turn, gateway_error)
         if gateway_error.kind == Kind.internal:
             log.error("internal error in turn %s", turn.ref, exc_info=error)
         else:
@@ -78,6 +75,8 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
         now = services.clock.now()
         if gateway_error.kind not in (Kind.budget_exhausted, Kind.throttled):
             services.last_error = {"kind": str(gateway_error.kind), "ref": turn.ref, "at": now.isoformat()}
+        if gateway_error.kind == Kind.storage_unavailable:  # nothing below could be written
+            return await _defer_for_storage(turn, gateway_error)
         spent = services.ledger.mark_wasted(inbound.trace_id)
         dlq_id = None
         if info.dlq and turn.replay_dlq_id is None:
@@ -119,8 +118,6 @@ async def _defer_for_storage(turn: Turn, error: GatewayError) -> Outcome:
     once storage takes writes (or at the next start); the user is told so once, with the ref;
     the runtime's storage alarm tells the operator directly."""
     services = turn.services
-    log.error("turn %s deferred: storage refused a write (%s)", turn.ref, error.detail)
-    services.last_error = {"kind": str(error.kind), "ref": turn.ref, "at": services.clock.now().isoformat()}
     notify = services.on_storage_failure
     if notify is None or notify(turn.inbound.update_id, error.detail):
         try:

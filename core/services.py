@@ -25,6 +25,7 @@ from core.failures.breaker import BreakerRegistry
 from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Escalator, Outbox
 from core.failures.retry import RetryPolicy
+from core.failures.taxonomy import storage_reason
 from core.llm import OpenAICompatibleLLM
 from core.logs import redactor
 from core.ports import LLM
@@ -168,7 +169,7 @@ def open_services(settings: Settings, **kwargs: object) -> Services:
     try:
         return build_services(settings, **kwargs)  # type: ignore[arg-type]
     except (OSError, sqlite3.Error) as error:
-        reason = (error.strerror if isinstance(error, OSError) and error.strerror else str(error)) or type(error).__name__
+        reason = storage_reason(error)
         if "locked" in reason:
             reason += " (another process holds the database: is a second instance running?)"
         elif (isinstance(error, PermissionError) or getattr(error, "errno", None) == errno.EROFS

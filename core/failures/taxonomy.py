@@ -266,6 +266,14 @@ def is_storage_failure(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
 
 
+def storage_reason(error: BaseException) -> str:
+    """What a storage failure says, in a few words ("No space left on device", "database is
+    locked"), without the file name an OSError carries."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
 def classify_llm_error(error: BaseException, *, secrets: Iterable[str] = (),
                        now_s: float | None = None) -> GatewayError:
     """Map what an LLM call raised to a GatewayError; the detail is short and secret-free.
@@ -298,8 +306,7 @@ def classify_llm_error(error: BaseException, *, secrets: Iterable[str] = (),
     if isinstance(error, openai.LengthFinishReasonError):
         return GatewayError(Kind.llm_malformed, "the answer was cut off at the output token limit")
     if is_storage_failure(error):  # a write inside the attempt (usage, artifacts) failed
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
-        return GatewayError(Kind.storage_unavailable, short(reason or type(error).__name__))
+        return GatewayError(Kind.storage_unavailable, short(storage_reason(error)))
     if isinstance(error, TimeoutError | httpx2.TimeoutException):  # asyncio.TimeoutError is TimeoutError
         return GatewayError(Kind.llm_timeout, f"timed out ({type(error).__name__})")
     if isinstance(error, httpx2.TransportError):  # raised unwrapped while a stream is being read
