@@ -16,15 +16,16 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property, partial
-from itertools import accumulate, compress, count, islice
-from operator import attrgetter, lt
+from functools import cached_property
+from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
+from core.context.budget import newest_that_fit
 from core.contracts import ChatMessage
 
 GATEWAY_DB = "gateway.db"
@@ -428,11 +429,9 @@ def _fit(window: _Window, *, max_tokens: int, max_messages: int) -> tuple[int | 
     """Where the newest messages that fit start in `window.messages`, and their tokens; None
     when the window ends (it is not the whole active conversation) before the limits are met."""
     messages = window.messages
-    totals = list(accumulate(map(_TOKENS, islice(reversed(messages), max_messages))))  # newest first
-    # How many fit: up to the first running total over the limit (a loop in C, not in Python).
-    fit = next(compress(count(), map(partial(lt, max_tokens), totals)), len(totals))
-    used = totals[fit - 1] if fit else 0
-    if fit < len(totals) or fit == max_messages or fit == len(messages) and window.complete:
+    considered = min(len(messages), max_messages)
+    fit, used = newest_that_fit(map(_TOKENS, islice(reversed(messages), max_messages)), max_tokens)
+    if fit < considered or fit == max_messages or fit == len(messages) and window.complete:
         return len(messages) - fit, used
     return None, used
 

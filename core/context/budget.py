@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -79,14 +80,19 @@ def plan_context(*, system_tokens: int, current_tokens: int, tools_tokens: int,
     history_budget_tokens = math.floor(history_share * (budget_tokens - minimum_tokens))
     if max_history_tokens is not None:
         history_budget_tokens = min(history_budget_tokens, max_history_tokens)
-    # Counts are non-negative, so the running totals only grow: the newest messages kept are
-    # those whose running total fits.
-    totals = list(accumulate(history_tokens_newest_first))
-    kept = bisect_right(totals, history_budget_tokens)
-    used = totals[kept - 1] if kept else 0
+    kept, used = newest_that_fit(history_tokens_newest_first, history_budget_tokens)
     return BudgetPlan(history_kept=kept, history_dropped=len(history_tokens_newest_first) - kept,
                       history_tokens=used, history_budget_tokens=history_budget_tokens,
                       minimum_tokens=minimum_tokens, total_tokens=minimum_tokens + used, budget_tokens=budget_tokens)
+
+
+def newest_that_fit(tokens_newest_first: Iterable[int], budget_tokens: int) -> tuple[int, int]:
+    """How many of the newest messages fit `budget_tokens` together, and their tokens: the
+    longest prefix of `tokens_newest_first` whose sum fits. Counts are non-negative, so the
+    running totals only grow and the cut is a binary search (the loop runs in C)."""
+    totals = list(accumulate(tokens_newest_first))
+    kept = bisect_right(totals, budget_tokens)
+    return kept, totals[kept - 1] if kept else 0
 
 
 def _non_negative_ints(values: list[int]) -> bool:
