@@ -915,12 +915,7 @@ class FakeTelegram(BackgroundServer):
         found = entities if entities is not None else self._auto_entities(text)
         if found:
             message["entities"] = found
-        with self._lock:
-            self._register_incoming(message)  # it exists once "sent", however delivered
-        update: dict[str, Any] = {"message": message}
-        if update_id is not None:
-            update["update_id"] = update_id
-        return update
+        return self._incoming_update(message, update_id)
 
     def document_update(
         self,
@@ -958,8 +953,13 @@ class FakeTelegram(BackgroundServer):
             found = self._auto_entities(caption)
             if found:
                 message["caption_entities"] = found
+        return self._incoming_update(message, update_id)
+
+    def _incoming_update(self, message: dict[str, Any], update_id: int | None) -> dict[str, Any]:
+        """The update carrying a message a user sent; the message exists once "sent", however
+        the update is then delivered."""
         with self._lock:
-            self._register_incoming(message)  # it exists once "sent", however delivered
+            self._register_incoming(message)
         update: dict[str, Any] = {"message": message}
         if update_id is not None:
             update["update_id"] = update_id
