@@ -21,6 +21,7 @@ from typing import Literal, Protocol
 import sqlite_utils
 
 from core.contracts import Escalation
+from core.failures.backoff_schedule import ceiling_wait_s
 from core.failures.taxonomy import TAXONOMY, GatewayError, Kind
 from core.store import bump_counter
 
@@ -150,8 +151,8 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
                        on_chat_gone: Callable[[int, str], None] | None = None) -> int:
     """Send what is due, in id order; returns how many were sent.
 
-    A temporary refusal schedules the row again (after Telegram's retry_after, else
-    base_wait_s * 2**attempts up to max_wait_s) and skips that chat's later rows this round: a
+    A temporary refusal schedules the row again (after Telegram's retry_after, else the shared
+    backoff schedule's ceiling: base_wait_s * 2**attempts up to max_wait_s) and skips that chat's later rows this round: a
     row is retried until it is delivered (an alert raised during a long Telegram outage still
     arrives), unless it failed for good: a permanent refusal, a failure after `max_age_s` since it
     was queued, or the `max_attempts`-th failure when that is set, mark it dead. A row for a chat
@@ -182,7 +183,9 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
                 continue
             wait_s = failure.retry_after_s
             if wait_s is None:
-                wait_s = min(max_wait_s, base_wait_s * 2 ** row.attempts)
+                # row.attempts counts the failures before this one: this is failure number attempts + 1.
+                # No jitter: one loop delivers every row, so there is no herd of clients to spread out.
+                wait_s = ceiling_wait_s(attempt=row.attempts + 1, base_wait_s=base_wait_s, max_wait_s=max_wait_s)
             outbox.mark_retry(row.id, error=failure.reason, next_attempt_at=iso(now() + timedelta(seconds=wait_s)))
             held_chats.add(row.chat_id)
             continue
