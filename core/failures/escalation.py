@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
@@ -24,6 +23,7 @@ from core.contracts import Escalation
 from core.failures.backoff_schedule import ceiling_wait_s
 from core.failures.taxonomy import TAXONOMY, GatewayError, Kind
 from core.store import bump_counter
+from core.store.interfaces import OutboxRow
 
 ALERT_MAX_CHARS = 4000  # Telegram's limit is 4096
 OUTBOX_MAX_AGE_S = 7 * 24 * 3600.0  # a message Telegram has refused for a week is given up (marked dead)
@@ -41,23 +41,6 @@ def iso(moment: datetime) -> str:
 def _parse_iso(value: str) -> datetime:
     moment = datetime.fromisoformat(value)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    kind: str
-    chat_id: int
-    text: str
-    parse_mode: str | None
-    trace_id: str | None
-    dedupe_key: str | None
-    status: str
-    attempts: int
-    next_attempt_at: str
-    last_error: str | None
-    created_at: str
-    sent_at: str | None
 
 
 class Outbox:
