@@ -61,7 +61,7 @@ async def server() -> AsyncIterator[RawSSE]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     raw.base_url = f"http://127.0.0.1:{port}/v1"
     yield raw
     await runner.cleanup()
