@@ -21,8 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx2
-from openai import AsyncOpenAI
-from openai._base_client import make_request_options
+from openai import AsyncOpenAI, RequestOptions
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -33,11 +32,11 @@ from core.ports import DeltaSink
 from core.tracing import current_trace_id, traceparent_headers
 
 
-def _request_options(headers: dict[str, str]) -> Any:
-    try:  # newer SDKs name the auth scheme per request; older ones have no such option
-        return make_request_options(extra_headers=headers, security={"bearer_auth": True})
-    except TypeError:
-        return make_request_options(extra_headers=headers)
+def _request_options(headers: dict[str, str]) -> RequestOptions:
+    """Per-request options as the SDK's public `RequestOptions` dict: the traceparent header, and
+    the auth scheme `chat.completions.create` names for this endpoint (bearer only; the default
+    also allows the admin-key scheme, which an LLM endpoint has no business receiving)."""
+    return {"headers": headers, "security": {"bearer_auth": True}}
 
 
 class OpenAICompatibleLLM:
@@ -126,7 +125,8 @@ class OpenAICompatibleLLM:
         (about 0.3 ms per message, 1 ms for the tools, blocking the event loop), then builds a
         pydantic object per streamed chunk. Our contracts already made the body plain JSON, so it
         goes through the same client (auth, base URL, timeouts, HTTP error mapping to
-        `openai.APIStatusError`) without either."""
+        `openai.APIStatusError`) without either, by the SDK's public way to make a request of
+        one's own: `client.post(path, cast_to=httpx2.Response, body=..., options=...)`."""
         return await self.client.post("/chat/completions", body=body, cast_to=httpx2.Response, stream=True,
                                       options=_request_options(headers))
 

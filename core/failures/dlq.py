@@ -13,7 +13,6 @@ in time order.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
@@ -21,35 +20,13 @@ import sqlite_utils
 from core.contracts import DlqEntry, InboundMessage
 from core.failures.taxonomy import OUTAGE_KINDS
 from core.store import bump_counter, read_counter
+from core.store.interfaces import DlqRow
 
 MAX_ATTEMPTS_KEPT = 50  # per entry; older attempts are dropped from attempts_json
 EVICTED_COUNTER = "dlq_evicted"
 ACTIVE = ("pending", "replaying")
 _COLUMNS = ("id, trace_id, chat_id, user_id, update_id, inbound_json, error_kind, error_message, attempts_json,"
             " first_failed_at, last_failed_at, status, replayable, replay_trace_id, updated_at")
-
-
-@dataclass(frozen=True)
-class DlqRow:
-    id: int
-    trace_id: str
-    chat_id: int | None
-    user_id: int | None
-    update_id: int | None
-    inbound: InboundMessage
-    error_kind: str
-    error_message: str
-    attempts: list[dict[str, Any]]
-    first_failed_at: str
-    last_failed_at: str
-    status: str
-    replayable: bool
-    replay_trace_id: str | None
-    updated_at: str
-
-    @property
-    def ref(self) -> str:
-        return self.trace_id[:8]
 
 
 def _row(values: tuple[Any, ...]) -> DlqRow:

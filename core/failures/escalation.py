@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 import sqlite_utils
 
 from core.contracts import Escalation
+from core.failures.backoff_schedule import ceiling_wait_s
 from core.failures.taxonomy import TAXONOMY, GatewayError, Kind
 from core.store import bump_counter
+from core.store.interfaces import OutboxRow
 
 ALERT_MAX_CHARS = 4000  # Telegram's limit is 4096
 OUTBOX_MAX_AGE_S = 7 * 24 * 3600.0  # a message Telegram has refused for a week is given up (marked dead)
@@ -40,23 +41,6 @@ def iso(moment: datetime) -> str:
 def _parse_iso(value: str) -> datetime:
     moment = datetime.fromisoformat(value)
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    kind: str
-    chat_id: int
-    text: str
-    parse_mode: str | None
-    trace_id: str | None
-    dedupe_key: str | None
-    status: str
-    attempts: int
-    next_attempt_at: str
-    last_error: str | None
-    created_at: str
-    sent_at: str | None
 
 
 class Outbox:
@@ -150,8 +134,8 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
                        on_chat_gone: Callable[[int, str], None] | None = None) -> int:
     """Send what is due, in id order; returns how many were sent.
 
-    A temporary refusal schedules the row again (after Telegram's retry_after, else
-    base_wait_s * 2**attempts up to max_wait_s) and skips that chat's later rows this round: a
+    A temporary refusal schedules the row again (after Telegram's retry_after, else the shared
+    backoff schedule's ceiling: base_wait_s * 2**attempts up to max_wait_s) and skips that chat's later rows this round: a
     row is retried until it is delivered (an alert raised during a long Telegram outage still
     arrives), unless it failed for good: a permanent refusal, a failure after `max_age_s` since it
     was queued, or the `max_attempts`-th failure when that is set, mark it dead. A row for a chat
@@ -182,7 +166,9 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
                 continue
             wait_s = failure.retry_after_s
             if wait_s is None:
-                wait_s = min(max_wait_s, base_wait_s * 2 ** row.attempts)
+                # row.attempts counts the failures before this one: this is failure number attempts + 1.
+                # No jitter: one loop delivers every row, so there is no herd of clients to spread out.
+                wait_s = ceiling_wait_s(attempt=row.attempts + 1, base_wait_s=base_wait_s, max_wait_s=max_wait_s)
             outbox.mark_retry(row.id, error=failure.reason, next_attempt_at=iso(now() + timedelta(seconds=wait_s)))
             held_chats.add(row.chat_id)
             continue

@@ -1,6 +1,9 @@
 """Bounded retries for one LLM call: at most LLM_MAX_RETRIES, never past the turn deadline.
 
-The `backoff` library was considered and not used here: its async retry sleeps with a
+The loop is ours, the schedule is backoff's. The waits come from
+core/failures/backoff_schedule.py (`backoff.expo` with full jitter, the same schedule the
+outbox and the start-up retries use). The loop around them is not `backoff.on_exception`,
+because that decorator cannot express what a turn needs: its async retry sleeps with a
 hard-wired `asyncio.sleep` (tests could not observe a Retry-After wait without sleeping), it
 times `max_time` with the wall clock (not an injectable monotonic one) and checks it only after
 a wait has already been taken, its limit is one `max_tries` for all errors (context overflow
@@ -17,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+from core.failures.backoff_schedule import jittered_wait_s
 from core.failures.taxonomy import Attempt, GatewayError, Kind
 
 if TYPE_CHECKING:
@@ -54,12 +58,12 @@ class RetryPolicy:
 def compute_wait_s(*, attempt: int, retry_after_s: float | None, policy: RetryPolicy, rand: float) -> float:
     """Seconds to wait after failed attempt number `attempt` (1-based).
 
-    Exponential backoff with full jitter: `rand` in [0, 1) times min(max_wait_s,
-    base_wait_s * 2**(attempt-1)), times wait_scale. With a Retry-After, the wait is at least
+    The shared schedule's full-jitter wait (`rand` in [0, 1) times min(max_wait_s,
+    base_wait_s * 2**(attempt-1))), times wait_scale. With a Retry-After, the wait is at least
     the Retry-After (capped at retry_after_cap_s), unscaled.
     """
-    ceiling_s = min(policy.max_wait_s, policy.base_wait_s * 2 ** max(0, attempt - 1))
-    jitter_s = min(max(rand, 0.0), 1.0) * ceiling_s * policy.wait_scale
+    jitter_s = policy.wait_scale * jittered_wait_s(attempt=attempt, base_wait_s=policy.base_wait_s,
+                                                   max_wait_s=policy.max_wait_s, rand=rand)
     if retry_after_s is None:
         return jitter_s
     honoured_s = min(max(retry_after_s, 0.0), policy.retry_after_cap_s)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from core.contracts import Escalation
+from core.failures.backoff_schedule import ceiling_wait_s
 from core.failures.escalation import DeliveryFailed, Escalator, Outbox, drain_outbox, escalation_for, iso
 from core.failures.taxonomy import GatewayError, Kind
 from core.store import open_database, read_counter
@@ -108,6 +109,22 @@ async def test_exponential_backoff_without_retry_after(outbox: Outbox) -> None:
     row = outbox.get(row_id)
     assert row is not None and row.next_attempt_at == iso(clock.at + timedelta(seconds=4))
     assert row.last_error == "RuntimeError: sender bug"
+
+
+async def test_redelivery_waits_follow_the_shared_schedule(outbox: Outbox) -> None:
+    """Without a retry_after, the n-th failure waits core.failures.backoff_schedule's n-th ceiling."""
+    row_id = queue(outbox, 1, "one") or 0
+    sender, clock = Sender(), Clock()
+    sender.fail = [DeliveryFailed("network", permanent=False)] * 7
+    waits: list[float] = []
+    for _ in range(7):
+        await drain_outbox(outbox, sender, now=clock, base_wait_s=1.5, max_wait_s=30.0)
+        row = outbox.get(row_id)
+        assert row is not None
+        waits.append((datetime.fromisoformat(row.next_attempt_at) - clock.at).total_seconds())
+        clock.at = datetime.fromisoformat(row.next_attempt_at)
+    assert waits == [ceiling_wait_s(attempt=n, base_wait_s=1.5, max_wait_s=30.0) for n in range(1, 8)]
+    assert waits == [1.5, 3.0, 6.0, 12.0, 24.0, 30.0, 30.0]
 
 
 async def test_permanent_failure_and_attempt_limit_are_dead(outbox: Outbox) -> None:

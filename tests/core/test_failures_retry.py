@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.failures.backoff_schedule import jittered_wait_s
 from core.failures.retry import RetryPolicy, call_with_retry, compute_wait_s
 from core.failures.taxonomy import GatewayError, Kind, classify_llm_error
 
@@ -155,6 +156,20 @@ def test_compute_wait_is_bounded(attempt: int, rand: float, retry_after: float |
     assert 0 <= wait_s <= max(policy.max_wait_s * scale, policy.retry_after_cap_s)
     if retry_after is not None:
         assert wait_s >= min(retry_after, policy.retry_after_cap_s)
+
+
+async def test_the_loop_sleeps_the_shared_schedule() -> None:
+    """Retries sleep the full-jitter waits of core.failures.backoff_schedule, capped at
+    max_wait_s, scaled by wait_scale; a Retry-After longer than the jitter wins, a shorter one not."""
+    clock = FakeTime()
+    policy = RetryPolicy(max_retries=6, base_wait_s=0.5, max_wait_s=2.0, wait_scale=3.0, turn_deadline_s=600.0)
+    script = Script(gw(Kind.llm_server), gw(Kind.llm_server), gw(Kind.llm_server), gw(Kind.llm_server),
+                    gw(Kind.llm_rate_limit, retry_after_s=5.0), gw(Kind.llm_rate_limit, retry_after_s=0.1))
+    assert await call_with_retry(script, policy=policy, classify=classify_llm_error, monotonic=clock.monotonic,
+                                 sleep=clock.sleep, rand=lambda: 0.75) == "ok"
+    schedule = [3.0 * jittered_wait_s(attempt=n, base_wait_s=0.5, max_wait_s=2.0, rand=0.75) for n in range(1, 7)]
+    assert schedule == [1.125, 2.25, 4.5, 4.5, 4.5, 4.5]  # 0.75 * min(2, 0.5 * 2**(n-1)) * 3
+    assert clock.slept == [*schedule[:4], 5.0, schedule[5]]
 
 
 def test_policy_from_settings() -> None:

@@ -11,6 +11,9 @@ import openai
 import pytest
 from aiohttp import web
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from core.context.tokens import counter_for_model
 from core.contracts import AgentRequest, ChatMessage, ContractViolation
@@ -35,11 +38,13 @@ class RawSSE:
     def __init__(self) -> None:
         self.bodies: list[bytes] = []
         self.peers: list[int] = []
+        self.headers: list[dict[str, str]] = []
         self.base_url = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         self.peers.append(request.transport.get_extra_info("peername")[1])
+        self.headers.append({name.lower(): value for name, value in request.headers.items()})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         await response.write(self.bodies.pop(0))
@@ -56,7 +61,7 @@ async def server() -> AsyncIterator[RawSSE]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     raw.base_url = f"http://127.0.0.1:{port}/v1"
     yield raw
     await runner.cleanup()
@@ -140,3 +145,30 @@ async def test_the_connection_is_reused_after_done(server: RawSSE, llm: OpenAICo
         server.bodies.append(f"data: {chunk('a')}\n\ndata: [DONE]\n\n".encode())
         await llm.complete(request())
     assert len(server.peers) == 3 and len(set(server.peers)) == 1, server.peers
+
+
+async def test_the_request_carries_traceparent_and_the_bearer_key_only(
+        server: RawSSE, llm: OpenAICompatibleLLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request goes out through the SDK's public `post`: the turn's W3C traceparent (the chat
+    span's id as parent) and `Authorization: Bearer <LLM key>`, never the admin key the SDK
+    would read from OPENAI_ADMIN_KEY."""
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-secret")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    tracer = provider.get_tracer("test")
+    adapter = OpenAICompatibleLLM(base_url=server.base_url, api_key="sk-test", model="gpt-4o-mini", timeout_s=5,
+                                  tracer=tracer, counter=counter_for_model("gpt-4o-mini"))
+    server.bodies.append(f"data: {chunk('a')}\n\ndata: [DONE]\n\n".encode())
+    try:
+        with tracer.start_as_current_span("turn"):
+            await adapter.complete(request())
+    finally:
+        await adapter.close()
+    chat = next(span for span in spans.get_finished_spans() if span.name == "chat gpt-4o-mini")
+    sent = server.headers[-1]
+    assert sent["authorization"] == "Bearer sk-test"
+    version, trace_id, parent_id, flags = sent["traceparent"].split("-")
+    assert (version, trace_id, parent_id) == ("00", f"{chat.context.trace_id:032x}", f"{chat.context.span_id:016x}")
+    assert int(flags, 16) & 1  # sampled
+    assert "sk-admin-secret" not in json.dumps(sent)

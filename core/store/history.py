@@ -1,0 +1,226 @@
+"""The conversation history in SQLite (the `messages` table), with a per-chat read cache."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from itertools import islice
+from operator import attrgetter
+
+import sqlite_utils
+
+from core.context.budget import newest_that_fit
+from core.store.db import read_counter
+from core.store.interfaces import HistoryMessage
+
+# Per-chat high-water mark of archived history, kept in the `counters` table (one row per chat).
+ARCHIVE_CURSOR = "history_archived_through:"
+# History keeps the newest active messages of this many chats in memory (least recently read out
+# first; a prompt's worth per chat at most), and at most this many messages and tokens of them in
+# all (about 1 KB per message of a typical length with its ChatMessage: some 20 MB at the most).
+HISTORY_CACHE_CHATS = 256
+HISTORY_CACHE_MESSAGES = 20_000
+HISTORY_CACHE_TOKENS = 1_000_000
+UNLIMITED = 2**63 - 1
+
+
+@dataclass
+class _Window:
+    """The newest active messages of one chat (oldest first) as last read, and their tokens;
+    `complete` when they are all of its active messages."""
+
+    messages: list[HistoryMessage]
+    tokens: int
+    complete: bool
+
+
+class History:
+    """Per-chat conversation, with each message's token count computed once and stored.
+
+    `archived = 0` is the active conversation the prompt draws from; `archived = 1` has left it
+    (dropped from the prompt after being archived, or set aside by /new). Archives are written
+    ahead of need, so an active message may already be in an archive: `archive_cursor` says up
+    to which message id.
+
+    `recent` keeps what it read per chat (`_Window`, within the HISTORY_CACHE_* limits), so a
+    turn reads only the rows added since the last one. The cache stays exact because every change
+    to the active set goes through this class: new rows always have larger ids (AUTOINCREMENT) and
+    are read by id; `archive_through` and `start_new` update the window once their statement has
+    committed, or drop it when they run inside a transaction (which may still roll back); nothing
+    read inside a transaction is kept; and a commit by any other connection (`PRAGMA
+    data_version`: the DLQ replay CLI, a second process) drops every window.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, *, cache_chats: int = HISTORY_CACHE_CHATS,
+                 cache_messages: int = HISTORY_CACHE_MESSAGES, cache_tokens: int = HISTORY_CACHE_TOKENS) -> None:
+        self.db = db
+        self._windows: OrderedDict[int, _Window] = OrderedDict()
+        self._cache_chats, self._cache_messages, self._cache_tokens = cache_chats, cache_messages, cache_tokens
+        self._cached_messages = self._cached_tokens = 0
+        self._data_version: int | None = None
+
+    def append(self, *, chat_id: int, role: str, content: str, tokens: int, trace_id: str | None,
+               update_id: int | None, now: str) -> int:
+        # No cache update: the next `recent` reads every active row newer than its window.
+        cursor = self.db.execute(
+            "INSERT INTO messages(chat_id, role, content, tokens, trace_id, update_id, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)", [chat_id, role, content, tokens, trace_id, update_id, now])
+        return int(cursor.lastrowid or 0)
+
+    def recent(self, chat_id: int, *, max_tokens: int, max_messages: int = 400) -> list[HistoryMessage]:
+        """Newest messages that fit `max_tokens`, returned oldest first. Cost is bounded by
+        what fits, not by the length of the conversation (index on chat_id, archived, id), and,
+        once the chat's window is cached, by the messages added since the last call."""
+        if max_messages == 0:
+            return []
+        if max_messages < 0:  # SQLite's LIMIT: a negative limit is no limit
+            max_messages = UNLIMITED
+        version = self._other_writers_checked()
+        window = self._windows.get(chat_id)
+        start = None
+        if window is not None:
+            window = self._catch_up(chat_id, window, max_messages)
+            start, used = _fit(window, max_tokens=max_tokens, max_messages=max_messages)
+        if window is None or start is None:
+            window = self._read(chat_id, max_tokens=max_tokens, max_messages=max_messages)
+            start, used = _fit(window, max_tokens=max_tokens, max_messages=max_messages)
+            assert start is not None  # a fresh read ends where the limits do, or holds every active message
+        if self._data_version_now() != version:  # another connection committed meanwhile: read again
+            self._forget_all()
+            window = self._read(chat_id, max_tokens=max_tokens, max_messages=max_messages)
+            start, _ = _fit(window, max_tokens=max_tokens, max_messages=max_messages)
+            return window.messages[start:]
+        if not self.db.conn.in_transaction:  # what a transaction reads may still roll back
+            # Keep what the next call needs: the messages kept and the newest one that did not
+            # fit (with the same limits, a later call never reaches further back).
+            first = max(start - 1, 0)
+            tokens = used + (window.messages[first].tokens if first < start else 0)
+            self._store(chat_id, _Window(window.messages[first:], tokens, window.complete and first == 0))
+        return window.messages[start:]
+
+    def _read(self, chat_id: int, *, max_tokens: int, max_messages: int) -> _Window:
+        """The uncached read: the newest `max_messages` active messages down to the first that
+        does not fit `max_tokens`, that one included."""
+        rows = self.db.execute(
+            "SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0"
+            " ORDER BY id DESC LIMIT ?", [chat_id, max_messages])
+        messages: list[HistoryMessage] = []
+        used = 0
+        complete = True
+        for row in rows:
+            messages.append(HistoryMessage(*row))
+            used += row[3]
+            if used > max_tokens:
+                complete = False
+                break
+        else:
+            complete = len(messages) < max_messages
+        messages.reverse()
+        return _Window(messages, used, complete)
+
+    def _catch_up(self, chat_id: int, window: _Window, max_messages: int) -> _Window:
+        """The window plus the active rows added since it was read (at most `max_messages`)."""
+        newest = window.messages[-1].id if window.messages else 0
+        rows = self.db.execute(
+            "SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0 AND id > ?"
+            " ORDER BY id DESC LIMIT ?", [chat_id, newest, max_messages]).fetchall()
+        if not rows:
+            return window
+        added = [HistoryMessage(*row) for row in reversed(rows)]
+        tokens = sum(row[3] for row in rows)
+        if len(rows) == max_messages:  # there may be more: the older messages are not needed now
+            return _Window(added, tokens, False)
+        return _Window(window.messages + added, window.tokens + tokens, window.complete)
+
+    def _other_writers_checked(self) -> int:
+        """Drop every window if another connection committed since the last look."""
+        version = self._data_version_now()
+        if version != self._data_version:
+            self._forget_all()
+            self._data_version = version
+        return version
+
+    def _data_version_now(self) -> int:
+        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+
+    def _store(self, chat_id: int, window: _Window) -> None:
+        self._forget(chat_id)
+        if len(window.messages) > self._cache_messages or window.tokens > self._cache_tokens:
+            return
+        self._windows[chat_id] = window
+        self._cached_messages += len(window.messages)
+        self._cached_tokens += window.tokens
+        while (len(self._windows) > self._cache_chats or self._cached_messages > self._cache_messages
+               or self._cached_tokens > self._cache_tokens):
+            self._forget(next(iter(self._windows)))
+
+    def _forget(self, chat_id: int) -> None:
+        old = self._windows.pop(chat_id, None)
+        if old is not None:
+            self._cached_messages -= len(old.messages)
+            self._cached_tokens -= old.tokens
+
+    def _forget_all(self) -> None:
+        self._windows.clear()
+        self._cached_messages = self._cached_tokens = 0
+
+    def count_active(self, chat_id: int) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM messages WHERE chat_id = ? AND archived = 0", [chat_id])
+        return int(row.fetchone()[0])
+
+    def older_than(self, chat_id: int, message_id: int, *, limit: int = 1000) -> list[HistoryMessage]:
+        rows = self.db.execute(
+            "SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0 AND id < ?"
+            " ORDER BY id LIMIT ?", [chat_id, message_id, limit]).fetchall()
+        return [HistoryMessage(*r) for r in rows]
+
+    def archive_through(self, chat_id: int, message_id: int) -> int:
+        """Move messages up to `message_id` out of the active conversation (kept in the table)."""
+        cursor = self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0 AND id <= ?",
+                                 [chat_id, message_id])
+        window = self._windows.get(chat_id)
+        if window is not None:
+            if self.db.conn.in_transaction:
+                self._forget(chat_id)
+            elif window.messages and window.messages[0].id <= message_id:
+                # The window held the newest active messages: every active one older than the
+                # first it keeps is archived too, so what stays is the whole active conversation.
+                gone = 0
+                while gone < len(window.messages) and window.messages[gone].id <= message_id:
+                    gone += 1
+                dropped = sum(m.tokens for m in window.messages[:gone])
+                window.messages = window.messages[gone:]
+                window.tokens -= dropped
+                window.complete = True
+                self._cached_messages -= gone
+                self._cached_tokens -= dropped
+        return cursor.rowcount
+
+    def archive_cursor(self, chat_id: int) -> int:
+        """The newest message id already copied into a history archive artifact (0 if none)."""
+        return read_counter(self.db, f"{ARCHIVE_CURSOR}{chat_id}")
+
+    def advance_archive_cursor(self, chat_id: int, message_id: int) -> None:
+        """Record that messages up to `message_id` are in an archive (the cursor never moves back)."""
+        self.db.execute("INSERT INTO counters(name, value) VALUES (?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+                        [f"{ARCHIVE_CURSOR}{chat_id}", message_id])
+
+    def start_new(self, chat_id: int) -> int:
+        cursor = self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0", [chat_id])
+        self._forget(chat_id)
+        return cursor.rowcount
+
+
+def _fit(window: _Window, *, max_tokens: int, max_messages: int) -> tuple[int | None, int]:
+    """Where the newest messages that fit start in `window.messages`, and their tokens; None
+    when the window ends (it is not the whole active conversation) before the limits are met."""
+    messages = window.messages
+    considered = min(len(messages), max_messages)
+    fit, used = newest_that_fit(map(_TOKENS, islice(reversed(messages), max_messages)), max_tokens)
+    if fit < considered or fit == max_messages or fit == len(messages) and window.complete:
+        return len(messages) - fit, used
+    return None, used
+
+
+_TOKENS = attrgetter("tokens")

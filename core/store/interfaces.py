@@ -1,0 +1,228 @@
+"""Storage ports: one Protocol per concern, and the records they return.
+
+The pipeline and the bot talk to storage through these methods only (no SQL outside the
+implementations), so an engine is a set of classes satisfying them: today the SQLite ones
+(`core.store.Journal`, `History`, `Chats`, `core.failures.dlq.DeadLetterQueue`,
+`core.failures.escalation.Outbox`); PostgreSQL ones later, behind the same Protocols.
+tests/core/test_store.py checks each implementation against its Protocol, signatures included.
+
+`now`/`before` arguments are ISO-8601 strings in the gateway's one format (`Clock.iso()`),
+which sort in time order; ids are the engine's integer keys.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from core.contracts import ChatMessage, DlqEntry, InboundMessage
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    update_id: int
+    chat_id: int | None
+    user_id: int | None
+    kind: str
+    state: str
+    raw: dict[str, Any]
+    trace_id: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class HistoryMessage:
+    id: int
+    role: str
+    content: str
+    tokens: int
+
+    @cached_property
+    def chat_message(self) -> ChatMessage:
+        """This message as a prompt carries it, validated once: History keeps a chat's recent
+        messages in memory, so a long conversation's prompt is not validated again every turn."""
+        return ChatMessage(role=self.role, content=self.content)
+
+
+@dataclass(frozen=True)
+class DlqRow:
+    id: int
+    trace_id: str
+    chat_id: int | None
+    user_id: int | None
+    update_id: int | None
+    inbound: InboundMessage
+    error_kind: str
+    error_message: str
+    attempts: list[dict[str, Any]]
+    first_failed_at: str
+    last_failed_at: str
+    status: str
+    replayable: bool
+    replay_trace_id: str | None
+    updated_at: str
+
+    @property
+    def ref(self) -> str:
+        return self.trace_id[:8]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: int
+    kind: str
+    chat_id: int
+    text: str
+    parse_mode: str | None
+    trace_id: str | None
+    dedupe_key: str | None
+    status: str
+    attempts: int
+    next_attempt_at: str
+    last_error: str | None
+    created_at: str
+    sent_at: str | None
+
+
+@runtime_checkable
+class JournalStore(Protocol):
+    """The inbox: every accepted update by update_id, received -> processing -> replied | failed | ignored."""
+
+    def accept(self, *, update_id: int, chat_id: int | None, user_id: int | None, kind: str,
+               raw: dict[str, Any], trace_id: str | None, now: str) -> bool:
+        """Record a new update; False when this update_id was seen before (a duplicate)."""
+        ...
+
+    def mark(self, update_id: int, state: str, *, now: str, error: str | None = None,
+             trace_id: str | None = None) -> None:
+        """Move an update to `state`; entering `processing` counts an attempt."""
+        ...
+
+    def state(self, update_id: int) -> str | None: ...
+
+    def unfinished(self, limit: int = 1000) -> list[JournalEntry]:
+        """Updates still received or processing (a crash left them), oldest first."""
+        ...
+
+    def prune(self, *, before: str) -> int:
+        """Drop finished rows last updated before `before`; returns how many."""
+        ...
+
+
+@runtime_checkable
+class HistoryStore(Protocol):
+    """A chat's conversation: active messages feed the prompt, archived ones have left it."""
+
+    def append(self, *, chat_id: int, role: str, content: str, tokens: int, trace_id: str | None,
+               update_id: int | None, now: str) -> int: ...
+
+    def recent(self, chat_id: int, *, max_tokens: int, max_messages: int = 400) -> list[HistoryMessage]:
+        """The newest active messages that fit `max_tokens`, oldest first; cost bounded by what fits."""
+        ...
+
+    def count_active(self, chat_id: int) -> int: ...
+
+    def older_than(self, chat_id: int, message_id: int, *, limit: int = 1000) -> list[HistoryMessage]: ...
+
+    def archive_through(self, chat_id: int, message_id: int) -> int:
+        """Take active messages up to `message_id` out of the conversation; returns how many."""
+        ...
+
+    def archive_cursor(self, chat_id: int) -> int:
+        """The newest message id already copied into a history archive artifact (0 if none)."""
+        ...
+
+    def advance_archive_cursor(self, chat_id: int, message_id: int) -> None:
+        """Messages up to `message_id` are in an archive; the cursor never moves back."""
+        ...
+
+    def start_new(self, chat_id: int) -> int:
+        """/new: archive every active message of the chat; returns how many."""
+        ...
+
+
+@runtime_checkable
+class ChatStore(Protocol):
+    """Per-chat delivery facts: blocked by its user, and the last prompt's size."""
+
+    def mark_blocked(self, chat_id: int, reason: str, *, now: str) -> None: ...
+
+    def unblock(self, chat_id: int, *, now: str) -> None: ...
+
+    def is_blocked(self, chat_id: int) -> bool: ...
+
+    def record_prompt(self, chat_id: int, *, tokens: int, budget: int, trace_id: str, now: str) -> None: ...
+
+    def last_prompt(self, chat_id: int) -> tuple[int, int] | None:
+        """(tokens, budget) of the chat's last prompt, if any."""
+        ...
+
+
+@runtime_checkable
+class DeadLetterStore(Protocol):
+    """Failed turns kept to run again: pending -> replaying -> replayed | pending; pending ->
+    discarded | resolved. A replay is claimed atomically, so it never runs twice."""
+
+    def add(self, entry: DlqEntry, *, attempts: builtins.list[dict[str, Any]], now: str,
+            update_id: int | None = None) -> int:
+        """Record a failed turn; a second failure of the same pending turn updates its entry."""
+        ...
+
+    def get(self, entry_id: int) -> DlqRow | None: ...
+
+    def list(self, status: str | None = "pending", limit: int = 50) -> builtins.list[DlqRow]:
+        """Newest first; `status=None` lists every status."""
+        ...
+
+    def depth(self) -> int: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def claim_for_replay(self, entry_id: int, *, now: str) -> DlqRow | None:
+        """pending -> replaying, atomically; None when the entry was not pending."""
+        ...
+
+    def record_replay_error(self, entry_id: int, *, error_kind: str, error_message: str, replayable: bool,
+                            now: str) -> bool: ...
+
+    def finish_replay(self, entry_id: int, *, ok: bool, trace_id: str, now: str, error: str | None = None) -> bool: ...
+
+    def release_stale_replays(self, *, before: str) -> int: ...
+
+    def discard(self, entry_id: int, *, now: str) -> bool: ...
+
+    def resolve(self, entry_id: int, *, now: str) -> bool: ...
+
+    def replayable_outage_entries(self, limit: int = 50) -> builtins.list[DlqRow]: ...
+
+    def evicted(self) -> int: ...
+
+
+@runtime_checkable
+class OutboxStore(Protocol):
+    """Messages still to deliver (alerts, replies that could not be sent): pending -> sent | dead."""
+
+    def enqueue(self, *, kind: Literal["alert", "reply"], chat_id: int, text: str, trace_id: str | None,
+                dedupe_key: str | None, now: str, parse_mode: str | None = None) -> int | None:
+        """Queue a message; None when `dedupe_key` was queued before."""
+        ...
+
+    def due(self, *, now: str, limit: int = 20) -> list[OutboxRow]:
+        """Pending rows whose time has come, in id order, never overtaking an older row of their chat."""
+        ...
+
+    def get(self, row_id: int) -> OutboxRow | None: ...
+
+    def mark_sent(self, row_id: int, *, now: str) -> None: ...
+
+    def mark_retry(self, row_id: int, *, error: str, next_attempt_at: str) -> None: ...
+
+    def mark_dead(self, row_id: int, *, error: str) -> None: ...
+
+    def depth(self) -> int: ...
+
+    def pending_for(self, chat_id: int) -> list[OutboxRow]: ...
+
+    def prune(self, *, before: str) -> int: ...
