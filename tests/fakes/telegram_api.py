@@ -478,6 +478,15 @@ class _FaultRule:
 
 
 @dataclass
+class _GarbleRule:
+    method: str  # lower-case
+    drop: tuple[str, ...]  # keys removed from the answer's ``result``
+    body: str | None  # the whole answer instead, when set (e.g. not JSON)
+    remaining: int
+    chat_id: int | str | None
+
+
+@dataclass
 class _QueuedUpdate:
     update: dict[str, Any]
     forced: bool  # a redelivery: survives one confirmation so it is seen again
@@ -648,6 +657,7 @@ class FakeTelegram(BackgroundServer):
         self._faults: list[_FaultRule] = []
         self._blocked: set[int | str] = set()
         self._reject_html = 0
+        self._garbles: list[_GarbleRule] = []
         self._down = False
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getMe": lambda _p: self.bot_user,
@@ -724,10 +734,41 @@ class FakeTelegram(BackgroundServer):
                 _FaultRule(method.lower(), error_code, description, retry_after, times, chat_id)
             )
 
+    def garble(
+        self,
+        method: str,
+        *,
+        drop: tuple[str, ...] = ("date",),
+        body: str | None = None,
+        times: int = 1,
+        chat_id: int | str | None = None,
+    ) -> None:
+        """The next ``times`` calls of ``method`` take effect (a message is sent, an edit made)
+        but answer HTTP 200 with a body a client cannot read: ``result`` without the ``drop``
+        keys, or ``body`` verbatim. A proxy or an emulator that answers off-spec does this."""
+        with self._lock:
+            self._garbles.append(_GarbleRule(method.lower(), drop, body, times, chat_id))
+
+    def _garbled(self, method: str, params: dict[str, Any], result: Any) -> web.Response | None:
+        with self._lock:
+            for rule in self._garbles:
+                if rule.method != method.lower() or rule.chat_id not in (None, params.get("chat_id")):
+                    continue
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self._garbles.remove(rule)
+                if rule.body is not None:
+                    return web.Response(text=rule.body, content_type="application/json")
+                if isinstance(result, dict):
+                    result = {key: value for key, value in result.items() if key not in rule.drop}
+                return web.json_response({"ok": True, "result": result})
+        return None
+
     def clear_faults(self) -> None:
-        """Forget every pending :meth:`fail`, :meth:`block_chat` and :meth:`reject_html`."""
+        """Forget every pending :meth:`fail`, :meth:`garble`, :meth:`block_chat` and :meth:`reject_html`."""
         with self._lock:
             self._faults.clear()
+            self._garbles.clear()
             self._blocked.clear()
             self._reject_html = 0
 
@@ -1082,6 +1123,9 @@ class FakeTelegram(BackgroundServer):
                     result = self._methods[method](params)
         except _ApiError as err:
             return web.json_response(err.body(), status=err.code)
+        garbled = self._garbled(method, params, result)
+        if garbled is not None:
+            return garbled
         return web.json_response({"ok": True, "result": result})
 
     async def _handle_file(self, request: web.Request) -> web.Response:
