@@ -365,12 +365,15 @@ class _TelegramHtml(html.parser.HTMLParser):
     def handle_charref(self, name: str) -> None:
         try:
             code = int(name[1:], 16) if name[:1] in "xX" else int(name)
-            char = chr(code)
-        except (ValueError, OverflowError):
+        except ValueError:
+            code = -1
+        # Telegram decodes no NUL, no surrogate half and nothing past U+10FFFF (it would keep such
+        # an "&" as text; the docs ask for "&amp;", and so do we).
+        if not 0 < code < 0x110000 or 0xD800 <= code <= 0xDFFF:
             raise HtmlParseError(
                 f"Invalid character reference at byte offset {self._byte_offset()}"
-            ) from None
-        self._emit(char)
+            )
+        self._emit(chr(code))
 
     def _unsupported(self, *_: object) -> None:
         raise HtmlParseError(f'Unsupported start tag "!" at byte offset {self._byte_offset()}')
@@ -381,9 +384,13 @@ class _TelegramHtml(html.parser.HTMLParser):
 def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
     """Parse ``source`` as Telegram's parse_mode=HTML does: (visible text, entities).
 
-    Stricter than a browser on purpose, like Telegram: only Telegram's tags, proper
-    nesting, every tag closed, ``&`` only as ``&lt; &gt; &amp; &quot;`` or numeric,
-    no bare ``<``. Raises :class:`HtmlParseError` with Telegram-style reasons.
+    Stricter than a browser on purpose, like Telegram: only Telegram's tags (b strong i em
+    u ins s strike del, span class="tg-spoiler" and tg-spoiler, a href, code, pre,
+    blockquote [expandable], tg-emoji), proper nesting, every tag closed, no bare ``<``;
+    unknown attributes are ignored, as Telegram does. ``&`` only as ``&lt; &gt; &amp;
+    &quot;`` or a numeric reference to a character: what the Bot API documentation asks
+    (Telegram itself keeps an unknown entity as text). Raises :class:`HtmlParseError`
+    with Telegram-style reasons.
     """
     for match in re.finditer("&", source):
         if not _AMP_RE.match(source, match.start()):
@@ -391,6 +398,10 @@ def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
             raise HtmlParseError(
                 f'Character "&" is reserved and must be escaped as "&amp;" at byte offset {offset}'
             )
+    empty_end = re.search(r"</\s*>", source)  # html.parser skips these silently; Telegram does not
+    if empty_end:
+        offset = len(source[: empty_end.start()].encode("utf-8"))
+        raise HtmlParseError(f"Empty end tag at byte offset {offset}")
     parser = _TelegramHtml(source)
     parser.feed(source)
     parser.close()
