@@ -6,9 +6,10 @@
 Two figures, both process CPU time for the whole answer: `channel` is `TelegramChannel.deliver`
 for every draft event (what bot/channel.py costs), `stream` adds what core does per delta before
 that (the text so far joined from the chunks, a `ReplyEvent` built), as core/llm.py and the
-pipeline do today. The bot is a stand-in whose calls return at once, so Telegram's latency is not
-counted; the pacing (one edit a second per chat) runs on the real clock, so a faster path also
-sends fewer edits. Each figure is the best of `--repeat` runs.
+pipeline do today. The bot is a stand-in whose calls return at once. The pacing runs on the real
+clock and the deltas come much faster than a model sends them, so hardly any edit falls due: the
+figures are the per-chunk cost (tests/bot/test_drafts.py counts edits and previews on a simulated
+clock). Each figure is the best of `--repeat` runs.
 """
 
 from __future__ import annotations

@@ -181,8 +181,9 @@ class TelegramChannel:
             else:
                 await self._edit(event.chat_id, draft.message_id, text, html=False)
             draft.shown = text
-        except Forbidden:
+        except Forbidden as error:
             draft.stopped = True
+            log.debug("draft not shown, no more drafts: %s", error)
         except TelegramError as error:
             log.debug("draft not shown: %s", error)
         except Exception:  # not Telegram's refusal but a bug: say so, with the traceback, once
