@@ -13,6 +13,16 @@ Every message that is delivered whole (final answers, error replies, notices) ge
 in the turn's trace: `render` (Markdown to Telegram HTML parts) and `send` (the Bot API calls),
 so a trace shows whether time went into formatting or into Telegram. Drafts and typing stay
 inside the LLM span that produced them.
+
+A draft costs nothing per streamed chunk beyond keeping a reference to the text so far: the
+preview is cut from it only when pacing says an edit is due, so the work is bounded by the edits
+sent, not by the chunks received. Replies retried by the outbox are Markdown like any answer and
+go out as HTML with the same plain fallback; operator alerts stay plain text.
+
+Delivered or not: PTB turns a failure to get an answer into NetworkError/TimedOut and a non-2xx
+answer into a TelegramError subclass. Anything raised while reading a 2xx answer (a body that is
+not JSON, a Message PTB cannot build) means Telegram took the call, so it counts as delivered:
+raising DeliveryFailed there would keep the reply in the outbox or the DLQ and answer twice.
 """
 
 from __future__ import annotations
@@ -20,15 +30,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import TypeVar
 
 from opentelemetry import trace
 from telegram import Bot, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
+from telegram.warnings import PTBDeprecationWarning
 
-from bot.render import RenderedPart, preview_text, render_parts
+from bot.render import RenderedPart, preview_text, render_parts, split_text
 from core.contracts import ReplyEvent
 from core.ports import DeliveryFailed
 
@@ -37,6 +51,12 @@ EDIT_INTERVAL_S = 1.0
 FIRST_DRAFT_S = 0.6
 MAX_STREAMS = 10_000
 _CHAT_GONE = ("chat not found", "bot was kicked", "not enough rights to send", "user is deactivated")
+# PTB raises a bare TelegramError with this text only when a 2xx answer's body is not JSON (an error
+# answer that is not JSON still becomes BadRequest, NetworkError, ...).
+_UNREADABLE_2XX = "Invalid server response"
+# What building PTB's objects from a JSON answer missing fields (or with wrong types) raises.
+_READING_ERRORS = (LookupError, TypeError, ValueError, AttributeError, ArithmeticError)
+T = TypeVar("T")
 
 
 def _first_draft_at() -> float:
@@ -48,16 +68,41 @@ def _first_draft_at() -> float:
 @dataclass
 class _Draft:
     message_id: int | None = None
-    text: str = ""  # what Telegram shows now
-    pending: str = ""  # the newest preview, shown by the next flush
+    shown: str = ""  # the preview Telegram shows now
+    latest: str = ""  # the newest answer so far, as core gave it: only previewed when an edit is due
     edited_at: float = field(default_factory=_first_draft_at)
-    gone: bool = False  # Telegram refused the chat (blocked): no more drafts; the final reports it
+    # No more drafts: the chat refused the bot (the final reports it), the preview reached the
+    # length limit (it cannot change any more), or the draft's message id is unknown.
+    stopped: bool = False
     task: asyncio.Task | None = None  # the one draft call in flight, never more
 
 
 def retry_after_s(error: RetryAfter) -> float:
-    value = error._retry_after if hasattr(error, "_retry_after") else error.retry_after
+    """Telegram's wait in seconds. PTB's `retry_after` is a timedelta with PTB_TIMEDELTA=true, else
+    a number plus a deprecation warning that would only be noise in our logs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PTBDeprecationWarning)
+        value = error.retry_after
     return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def answered_unreadably(error: Exception) -> bool:
+    """Whether `error` was raised reading a 2xx answer of the Bot API: the call took effect."""
+    if isinstance(error, TelegramError):
+        return type(error) is TelegramError and error.message == _UNREADABLE_2XX
+    return isinstance(error, _READING_ERRORS)
+
+
+async def _taken(call: Awaitable[T], what: str) -> T | None:
+    """Await a Bot API call; None when Telegram took it but its answer could not be read."""
+    try:
+        return await call
+    except Exception as error:
+        if not answered_unreadably(error):
+            raise
+        log.warning("Telegram took the %s but its answer could not be read (%s: %s); counted as delivered",
+                    what, type(error).__name__, error)
+        return None
 
 
 def to_delivery_failed(error: TelegramError) -> DeliveryFailed:
@@ -83,51 +128,66 @@ class TelegramChannel:
     async def deliver(self, event: ReplyEvent) -> None:
         try:
             if event.kind == "typing":
-                await self.bot.send_chat_action(event.chat_id, ChatAction.TYPING)
+                await _taken(self.bot.send_chat_action(event.chat_id, ChatAction.TYPING), "typing action")
             elif event.kind == "draft":
-                await self._draft(event)
+                self._draft(event)
             else:  # final, error and notice: the whole text, rendered and sent in parts
                 draft = self._drafts.pop((event.chat_id, event.trace_id), None)
                 if draft is not None and draft.task is not None:
                     await asyncio.wait([draft.task])  # the draft's message id, before editing it
                 await self._deliver_whole(event, draft if event.kind == "final" else None)
         except TelegramError as error:
-            if event.kind in ("typing", "draft"):
-                log.debug("ignoring %s failure: %s", event.kind, error)
+            if event.kind == "typing":
+                log.debug("ignoring typing failure: %s", error)
                 return
             raise to_delivery_failed(error) from None
 
-    async def _draft(self, event: ReplyEvent) -> None:
-        """Remember the newest text; at most one draft call is in flight per turn, started from
-        here without waiting for it, so the model's stream never waits on Telegram."""
+    def _draft(self, event: ReplyEvent) -> None:
+        """Keep the newest text; when pacing says an edit is due, cut the preview once and start
+        the one draft call in flight without waiting for it, so the model's stream never waits on
+        Telegram. Per chunk this is O(1) in the answer's length: the text is only referenced."""
         key = (event.chat_id, event.trace_id)
         draft = self._drafts.get(key)
         if draft is None:
             if len(self._drafts) >= MAX_STREAMS:
                 self._drafts.pop(next(iter(self._drafts)))
             draft = self._drafts[key] = _Draft()
-        draft.pending = preview_text(event.text)
+        draft.latest = event.text
         busy = draft.task is not None and not draft.task.done()
-        if draft.gone or busy or not draft.pending.strip() or draft.pending == draft.text:
+        if draft.stopped or busy or not draft.latest or draft.latest.isspace():
             return
-        if time.monotonic() - draft.edited_at < EDIT_INTERVAL_S:
+        now = time.monotonic()
+        if now - draft.edited_at < EDIT_INTERVAL_S:
             return
-        draft.edited_at = time.monotonic()
-        draft.task = asyncio.create_task(self._flush_draft(event, draft))
+        preview = preview_text(draft.latest)
+        if preview == draft.shown:
+            return
+        # A preview cut at the length limit is final: later text only grows past the cut.
+        draft.stopped = preview != draft.latest
+        draft.edited_at = now
+        draft.task = asyncio.create_task(self._flush_draft(event, draft, preview))
 
-    async def _flush_draft(self, event: ReplyEvent, draft: _Draft) -> None:
-        text = draft.pending
+    async def _flush_draft(self, event: ReplyEvent, draft: _Draft, text: str) -> None:
+        """Show `text` as the draft. Every failure ends here, logged once: a draft is only a
+        preview (the final answer is what counts), and nobody awaits this task's exceptions."""
         try:
             if draft.message_id is None:
-                message = await self.bot.send_message(event.chat_id, text, reply_parameters=_reply(event))
+                message = await _taken(self.bot.send_message(event.chat_id, text, reply_parameters=_reply(event)),
+                                       "draft")
+                if message is None:  # shown, but with no id to edit: another draft would be a second message
+                    draft.stopped = True
+                    return
                 draft.message_id = message.message_id
             else:
                 await self._edit(event.chat_id, draft.message_id, text, html=False)
-            draft.text = text
-        except Forbidden:
-            draft.gone = True
-        except TelegramError as error:  # a draft is only a preview: the final answer is what counts
+            draft.shown = text
+        except Forbidden as error:
+            draft.stopped = True
+            log.debug("draft not shown, no more drafts: %s", error)
+        except TelegramError as error:
             log.debug("draft not shown: %s", error)
+        except Exception:  # not Telegram's refusal but a bug: say so, with the traceback, once
+            log.exception("draft not shown")
 
     async def _deliver_whole(self, event: ReplyEvent, draft: _Draft | None) -> None:
         with self.tracer.start_as_current_span("render") as span:
@@ -153,12 +213,13 @@ class TelegramChannel:
     async def _send_one(self, chat_id: int, html: str, plain: str, *, reply_to: int | None) -> None:
         reply = ReplyParameters(reply_to, allow_sending_without_reply=True) if reply_to else None
         try:
-            await self.bot.send_message(chat_id, html, parse_mode=ParseMode.HTML, reply_parameters=reply)
+            await _taken(self.bot.send_message(chat_id, html, parse_mode=ParseMode.HTML, reply_parameters=reply),
+                         "message")
         except BadRequest as error:
             if "can't parse entities" not in error.message.lower():
                 raise
             log.info("Telegram rejected the markup (%s); sending plain text", error.message)
-            await self.bot.send_message(chat_id, plain, reply_parameters=reply)
+            await _taken(self.bot.send_message(chat_id, plain, reply_parameters=reply), "message")
 
     async def _edit_final(self, chat_id: int, message_id: int, html: str, plain: str) -> bool:
         """Turn the streamed draft into the first part; False if the draft is gone."""
@@ -176,8 +237,8 @@ class TelegramChannel:
 
     async def _edit(self, chat_id: int, message_id: int, text: str, *, html: bool) -> None:
         try:
-            await self.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id,
-                                             parse_mode=ParseMode.HTML if html else None)
+            await _taken(self.bot.edit_message_text(text, chat_id=chat_id, message_id=message_id,
+                                                    parse_mode=ParseMode.HTML if html else None), "edit")
         except BadRequest as error:
             if "message is not modified" not in error.message.lower():
                 raise
@@ -194,11 +255,17 @@ class TelegramChannel:
             raise DeliveryFailed(f"file is larger than {max_bytes} bytes", permanent=True)
         return data
 
-    async def send_text(self, chat_id: int, text: str) -> None:
-        """TextSender for the outbox: operator alerts and replies retried later."""
+    async def send_text(self, chat_id: int, text: str, *, markdown: bool = False) -> None:
+        """TextSender for the outbox. A reply retried later is the model's Markdown: it goes out
+        as HTML, with the plain fallback, like the first try; an operator alert is plain text."""
         try:
-            for part in render_parts(text):
-                await self.bot.send_message(chat_id, part.plain)
+            if markdown:
+                for part in render_parts(text):
+                    await self._send_one(chat_id, part.html, part.plain, reply_to=None)
+                return
+            for piece in split_text(text):
+                if piece.strip():  # Telegram refuses a blank message
+                    await _taken(self.bot.send_message(chat_id, piece), "message")
         except TelegramError as error:
             raise to_delivery_failed(error) from None
 

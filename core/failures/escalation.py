@@ -123,8 +123,9 @@ class DeliveryFailed(Exception):
 
 
 class TextSender(Protocol):
-    async def send_text(self, chat_id: int, text: str) -> None:
-        """Deliver plain text; raise DeliveryFailed when Telegram refuses it."""
+    async def send_text(self, chat_id: int, text: str, *, markdown: bool = False) -> None:
+        """Deliver text (formatted from Markdown when `markdown`, else plain); raise
+        DeliveryFailed when Telegram refuses it."""
         ...
 
 
@@ -152,7 +153,7 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
             outbox.mark_dead(row.id, error="not sent: the chat blocked the bot")
             continue
         try:
-            await sender.send_text(row.chat_id, row.text)
+            await sender.send_text(row.chat_id, row.text, markdown=row.kind == "reply")  # alerts are plain
         except Exception as error:  # DeliveryFailed, or a bug in the sender: never kill the loop
             failure = error if isinstance(error, DeliveryFailed) else DeliveryFailed(
                 f"{type(error).__name__}: {error}", permanent=False)

@@ -36,7 +36,7 @@ class Sender:
         self.sent: list[tuple[int, str]] = []
         self.fail: list[BaseException | None] = []
 
-    async def send_text(self, chat_id: int, text: str) -> None:
+    async def send_text(self, chat_id: int, text: str, *, markdown: bool = False) -> None:
         failure = self.fail.pop(0) if self.fail else None
         if failure is not None:
             raise failure

@@ -365,12 +365,15 @@ class _TelegramHtml(html.parser.HTMLParser):
     def handle_charref(self, name: str) -> None:
         try:
             code = int(name[1:], 16) if name[:1] in "xX" else int(name)
-            char = chr(code)
-        except (ValueError, OverflowError):
+        except ValueError:
+            code = -1
+        # Telegram decodes no NUL, no surrogate half and nothing past U+10FFFF (it would keep such
+        # an "&" as text; the docs ask for "&amp;", and so do we).
+        if not 0 < code < 0x110000 or 0xD800 <= code <= 0xDFFF:
             raise HtmlParseError(
                 f"Invalid character reference at byte offset {self._byte_offset()}"
-            ) from None
-        self._emit(char)
+            )
+        self._emit(chr(code))
 
     def _unsupported(self, *_: object) -> None:
         raise HtmlParseError(f'Unsupported start tag "!" at byte offset {self._byte_offset()}')
@@ -381,9 +384,13 @@ class _TelegramHtml(html.parser.HTMLParser):
 def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
     """Parse ``source`` as Telegram's parse_mode=HTML does: (visible text, entities).
 
-    Stricter than a browser on purpose, like Telegram: only Telegram's tags, proper
-    nesting, every tag closed, ``&`` only as ``&lt; &gt; &amp; &quot;`` or numeric,
-    no bare ``<``. Raises :class:`HtmlParseError` with Telegram-style reasons.
+    Stricter than a browser on purpose, like Telegram: only Telegram's tags (b strong i em
+    u ins s strike del, span class="tg-spoiler" and tg-spoiler, a href, code, pre,
+    blockquote [expandable], tg-emoji), proper nesting, every tag closed, no bare ``<``;
+    unknown attributes are ignored, as Telegram does. ``&`` only as ``&lt; &gt; &amp;
+    &quot;`` or a numeric reference to a character: what the Bot API documentation asks
+    (Telegram itself keeps an unknown entity as text). Raises :class:`HtmlParseError`
+    with Telegram-style reasons.
     """
     for match in re.finditer("&", source):
         if not _AMP_RE.match(source, match.start()):
@@ -391,6 +398,10 @@ def parse_html(source: str) -> tuple[str, list[dict[str, Any]]]:
             raise HtmlParseError(
                 f'Character "&" is reserved and must be escaped as "&amp;" at byte offset {offset}'
             )
+    empty_end = re.search(r"</\s*>", source)  # html.parser skips these silently; Telegram does not
+    if empty_end:
+        offset = len(source[: empty_end.start()].encode("utf-8"))
+        raise HtmlParseError(f"Empty end tag at byte offset {offset}")
     parser = _TelegramHtml(source)
     parser.feed(source)
     parser.close()
@@ -474,6 +485,15 @@ class _FaultRule:
     description: str
     retry_after: int | None
     remaining: int | None  # None = until cleared
+    chat_id: int | str | None
+
+
+@dataclass
+class _GarbleRule:
+    method: str  # lower-case
+    drop: tuple[str, ...]  # keys removed from the answer's ``result``
+    body: str | None  # the whole answer instead, when set (e.g. not JSON)
+    remaining: int
     chat_id: int | str | None
 
 
@@ -648,6 +668,7 @@ class FakeTelegram(BackgroundServer):
         self._faults: list[_FaultRule] = []
         self._blocked: set[int | str] = set()
         self._reject_html = 0
+        self._garbles: list[_GarbleRule] = []
         self._down = False
         self._methods: dict[str, Callable[[dict[str, Any]], Any]] = {
             "getMe": lambda _p: self.bot_user,
@@ -724,10 +745,41 @@ class FakeTelegram(BackgroundServer):
                 _FaultRule(method.lower(), error_code, description, retry_after, times, chat_id)
             )
 
+    def garble(
+        self,
+        method: str,
+        *,
+        drop: tuple[str, ...] = ("date",),
+        body: str | None = None,
+        times: int = 1,
+        chat_id: int | str | None = None,
+    ) -> None:
+        """The next ``times`` calls of ``method`` take effect (a message is sent, an edit made)
+        but answer HTTP 200 with a body a client cannot read: ``result`` without the ``drop``
+        keys, or ``body`` verbatim. A proxy or an emulator that answers off-spec does this."""
+        with self._lock:
+            self._garbles.append(_GarbleRule(method.lower(), drop, body, times, chat_id))
+
+    def _garbled(self, method: str, params: dict[str, Any], result: Any) -> web.Response | None:
+        with self._lock:
+            for rule in self._garbles:
+                if rule.method != method.lower() or rule.chat_id not in (None, params.get("chat_id")):
+                    continue
+                rule.remaining -= 1
+                if rule.remaining <= 0:
+                    self._garbles.remove(rule)
+                if rule.body is not None:
+                    return web.Response(text=rule.body, content_type="application/json")
+                if isinstance(result, dict):
+                    result = {key: value for key, value in result.items() if key not in rule.drop}
+                return web.json_response({"ok": True, "result": result})
+        return None
+
     def clear_faults(self) -> None:
-        """Forget every pending :meth:`fail`, :meth:`block_chat` and :meth:`reject_html`."""
+        """Forget every pending :meth:`fail`, :meth:`garble`, :meth:`block_chat` and :meth:`reject_html`."""
         with self._lock:
             self._faults.clear()
+            self._garbles.clear()
             self._blocked.clear()
             self._reject_html = 0
 
@@ -1082,6 +1134,9 @@ class FakeTelegram(BackgroundServer):
                     result = self._methods[method](params)
         except _ApiError as err:
             return web.json_response(err.body(), status=err.code)
+        garbled = self._garbled(method, params, result)
+        if garbled is not None:
+            return garbled
         return web.json_response({"ok": True, "result": result})
 
     async def _handle_file(self, request: web.Request) -> web.Response:
