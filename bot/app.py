@@ -115,7 +115,8 @@ def _stop_on_signals() -> asyncio.Event:
 async def _connect(gateway: _Gateway, token: str, stop: asyncio.Event) -> bool:
     """Reach the Bot API and start PTB; False when a stop came first. Raises StartupFailed."""
     settings, application = gateway.settings, gateway.application
-    if await wait_for_bot_api(settings.telegram_api_base_url, token, stop) is None:
+    if await wait_for_bot_api(settings.telegram_api_base_url, token, stop,
+                              wait_scale=settings.retry_wait_scale) is None:
         return False
     try:
         await application.initialize()

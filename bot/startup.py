@@ -98,10 +98,11 @@ async def check_get_me(root: str, token: str, *, timeout_s: float = PROBE_TIMEOU
     return judge_get_me(root, response.status_code, body)
 
 
-async def wait_for_bot_api(root: str, token: str, stop: asyncio.Event) -> MeCheck | None:
+async def wait_for_bot_api(root: str, token: str, stop: asyncio.Event, *, wait_scale: float = 1.0) -> MeCheck | None:
     """getMe until it answers, START_ATTEMPTS times at most (a PaaS may start us before its network
     is up); None when `stop` is set meanwhile (SIGTERM, Ctrl-C), so a stop is obeyed at once.
-    Raises StartupFailed when the answer says the settings are wrong or the tries run out."""
+    Raises StartupFailed when the answer says the settings are wrong or the tries run out.
+    `wait_scale` multiplies the waits (the RETRY_WAIT_SCALE test hook)."""
     for attempt in range(1, START_ATTEMPTS + 1):
         check = await _unless_stopped(check_get_me(root, token), stop)
         if check is None:
@@ -110,7 +111,8 @@ async def wait_for_bot_api(root: str, token: str, stop: asyncio.Event) -> MeChec
             return check
         if not check.retryable or attempt == START_ATTEMPTS:
             raise StartupFailed(check.line())
-        wait_s = ceiling_wait_s(attempt=attempt, base_wait_s=START_BASE_WAIT_S, max_wait_s=START_MAX_WAIT_S)
+        wait_s = wait_scale * ceiling_wait_s(attempt=attempt, base_wait_s=START_BASE_WAIT_S,
+                                             max_wait_s=START_MAX_WAIT_S)
         log.warning("%s; retrying in %.0f s", check.problem, wait_s)
         if await _unless_stopped(asyncio.sleep(wait_s, result=True), stop) is None:
             return None
