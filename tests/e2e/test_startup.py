@@ -115,3 +115,13 @@ def test_polling_backs_off_when_get_updates_answers_at_once(bot) -> None:
         assert proc.stop() == 0
     # Without pacing this server is asked thousands of times in 3 s; long polling would ask 3 times.
     assert 2 <= len(polls) < 30, len(polls)
+
+
+def test_a_library_error_that_names_the_token_is_redacted_on_the_way_out(bot) -> None:
+    """The last resort (bot/__main__.py): whatever a command lets escape, PTB's InvalidToken
+    message ("The token `…` was rejected") included, reaches the terminal without the token."""
+    with FakeTelegram("42:a-different-bot-token-abcdefghijklmnop") as other:
+        result = run_cli(bot.env(TELEGRAM_API_BASE_URL=other.base_url), "dlq", "replay", "1")
+    assert result.returncode != 0
+    assert "[REDACTED]" in result.stdout + result.stderr or "rejected" in result.stderr
+    assert find_secret_lines(result.stdout + result.stderr) == []
