@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from core.usage import days_back
-from tests.e2e.harness import OPERATOR_ID, REPO_ROOT, settled
+from tests.e2e.harness import OPERATOR_ID, REPO_ROOT
+from tests.e2e.journal import settled
 from tests.fakes.llm_api import Error, Reply, ToolCalls
 from tests.fakes.telegram_api import BotMessage, FakeTelegram
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.e2e.harness import settled
+from tests.e2e.journal import settled
 from tests.fakes.llm_api import Hang, Reply
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from tests.e2e.harness import OPERATOR_ID, TEST_LLM_KEY, TEST_TOKEN, free_port, run_cli, settled
+from tests.e2e.harness import OPERATOR_ID, TEST_LLM_KEY, TEST_TOKEN, free_port, run_cli
+from tests.e2e.journal import settled
 from tests.fakes.telegram_api import post_json
 
 pytestmark = pytest.mark.e2e
