@@ -72,9 +72,11 @@ def judge_get_me(root: str, status: int, body: object) -> MeCheck:
     if status == 404:
         return MeCheck(False, f"the Bot API at {root} answered getMe with 404 Not Found",
                        f"{url_fix}, without /bot…; and that TELEGRAM_BOT_TOKEN is the whole token from @BotFather")
-    description = body.get("description") if isinstance(body, dict) else None
-    if status != 200 or not isinstance(body, dict) or body.get("ok") is not True:
-        said = f": {str(description)[:200]}" if description else ""
+    if not isinstance(body, dict) or "ok" not in body:
+        return MeCheck(False, f"the server at {root} is not a Telegram Bot API (getMe answered {status} "
+                       "without the Bot API's JSON)", url_fix)
+    if status != 200 or body.get("ok") is not True:
+        said = f": {str(body.get('description'))[:200]}" if body.get("description") else ""
         return MeCheck(False, f"the Bot API at {root} refused getMe ({status}{said})", url_fix)
     problem = me_problem(body.get("result"))
     if problem:
@@ -90,7 +92,7 @@ async def check_get_me(root: str, token: str, *, timeout_s: float = PROBE_TIMEOU
             response = await client.get(f"{root}/bot{token}/getMe")
     except httpx.HTTPError as error:  # the type only: httpx messages can carry the URL, hence the token
         return MeCheck(False, f"the Bot API at {root} is not reachable ({type(error).__name__})",
-                       "check TELEGRAM_API_BASE_URL and the network, or run `python -m bot doctor`", retryable=True)
+                       "check TELEGRAM_API_BASE_URL and the network", retryable=True)
     try:
         body: object = response.json()
     except ValueError:

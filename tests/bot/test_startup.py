@@ -28,7 +28,8 @@ BOT = {"id": 1, "is_bot": True, "first_name": "B", "username": "b_bot"}
     (200, {"ok": True, "result": {**BOT, "is_bot": False}}, "not a bot account", False),
     (200, {"ok": True, "result": {k: v for k, v in BOT.items() if k != "username"}}, "no `username`", False),
     (200, {"ok": True, "result": []}, "not a User", False),
-    (200, "<html>", "refused getMe", False),
+    (200, "<html>", "not a Telegram Bot API", False),
+    (403, {"ok": False, "description": "Forbidden"}, "refused getMe (403: Forbidden)", False),
 ])
 def test_get_me_answers_are_told_apart(status: int, body: object, needle: str, retryable: bool) -> None:
     check = judge_get_me(ROOT, status, body)
