@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
     rss: list[tuple[float, float]] = []
     floods = 0
     try:
-        env = gateway_env(fake, llm, data_dir, LLM_TIMEOUT_SECONDS="2", RETRY_WAIT_SCALE="0.05",
+        env = gateway_env(fake, llm, data_dir, LLM_TIMEOUT_SECONDS="2", RETRY_WAIT_SCALE="0.05", GATEWAY_TEST_HOOKS="1",
                           BREAKER_RESET_SECONDS="5", TELEMETRY_RETENTION_DAYS="1", USER_DAILY_TOKEN_BUDGET="0")
         bot = BotUnderTest("ours", [sys.executable, "-m", "bot", "run"], env, workdir / "bot.log").start()
         bot.wait_polling(fake, needs="setMyCommands")

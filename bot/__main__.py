@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
-from config.settings import load_settings
+from config.settings import Settings, load_settings
+from core.logs import redactor
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,8 +37,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = args.command or "run"
     settings = load_settings()
+    with redacted_output(settings.secrets()):
+        return _dispatch(args, settings)
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.command or "run"
     if command == "run":
         from bot.app import serve
 
@@ -68,6 +77,63 @@ def main(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_dlq(settings, args.action, args.id, as_json=args.json, status=args.status))
     return 2
+
+
+class RedactingStream:
+    """A last resort in front of stdout/stderr: every line is passed through the secrets redactor
+    before it is written. Log records are redacted already (core/logs.py); this catches what does
+    not go through logging: tracebacks (sys.excepthook, "Task exception was never retrieved"),
+    library messages printed on the way out (PTB's InvalidToken names the token; httpx errors
+    carry the request URL, which holds it), warnings written before logging is set up.
+    Whole lines are buffered so a secret split across two writes is still found."""
+
+    def __init__(self, stream: TextIO, redact: Callable[[str], str]) -> None:
+        self.stream = stream
+        self._redact = redact
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        if "\n" in self._pending:
+            lines, _, self._pending = self._pending.rpartition("\n")
+            self.stream.write(self._redact(lines + "\n"))
+        return len(text)
+
+    def flush(self) -> None:  # a prompt without a newline (the console's "you> ") goes out here
+        if self._pending:
+            self.stream.write(self._redact(self._pending))
+            self._pending = ""
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> object:  # encoding, fileno, isatty, buffer…
+        return getattr(self.stream, name)
+
+
+@contextmanager
+def redacted_output(secrets: list[str]) -> Iterator[None]:
+    """sys.stdout and sys.stderr redacted for the duration (restored after, flushed)."""
+    redact = redactor(secrets)
+    saved = sys.stdout, sys.stderr
+    sys.stdout = RedactingStream(saved[0], redact)  # type: ignore[assignment]
+    sys.stderr = RedactingStream(saved[1], redact)  # type: ignore[assignment]
+    try:
+        yield
+    except BaseException:  # an uncaught exception prints its traceback after we return: redact it too
+        sys.excepthook = _redacting_excepthook(redact)
+        raise
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.stdout, sys.stderr = saved
+
+
+def _redacting_excepthook(redact: Callable[[str], str]) -> Callable[..., None]:
+    import traceback
+
+    def hook(kind: type[BaseException], value: BaseException, tb: object) -> None:
+        sys.stderr.write(redact("".join(traceback.format_exception(kind, value, tb))))  # type: ignore[arg-type]
+
+    return hook
 
 
 def _fast_loop_factory():  # noqa: ANN202

@@ -13,25 +13,26 @@ import contextlib
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 
 from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
-from telegram.error import InvalidToken, NetworkError, TelegramError
+from telegram.error import TelegramError
 from telegram.ext import AIORateLimiter, Application, TypeHandler
 
 from bot.commands import COMMANDS
 from bot.handlers import on_error, on_update
 from bot.polling import CheckedUpdatesRequest
 from bot.runtime import JournalingQueue, Runtime
+from bot.startup import StartupFailed, wait_for_bot_api
 from bot.webhook import WebhookServer
 from config.settings import Settings, require_token
 from core.logs import configure_logging
-from core.services import StorageUnavailable, open_services
+from core.services import Services, StorageUnavailable, open_services
 
 log = logging.getLogger(__name__)
 DRAIN_S = 20.0
 ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_post", "my_chat_member"]
 CONCURRENT_UPDATES = 64
-START_ATTEMPTS = 5
 
 
 def build_application(settings: Settings, token: str, *, webhook: bool,
@@ -70,35 +71,25 @@ async def register_commands(application: Application, settings: Settings) -> Non
         log.warning("could not register the command menu: %s", error)
 
 
-async def _initialize(application: Application) -> None:
-    """getMe, retried a few times: a PaaS may start us before its network is up."""
-    for attempt in range(1, START_ATTEMPTS + 1):
-        try:
-            await application.initialize()
-            return
-        except InvalidToken:
-            raise
-        except NetworkError as error:
-            if attempt == START_ATTEMPTS:
-                raise
-            log.warning("Bot API not reachable yet (%s); retrying", error)
-            await asyncio.sleep(min(2 ** attempt, 10))
-
-
 def _polling_error(error: TelegramError) -> None:
     # 409 Conflict: another instance polls (a deploy overlapping old and new). PTB keeps retrying.
     log.warning("polling error (retrying): %s", error)
 
 
-async def serve(settings: Settings) -> int:
-    token = require_token(settings)
-    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
-    try:
-        services = open_services(settings)
-    except StorageUnavailable as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    services.mode = settings.mode
+@dataclass
+class _Gateway:
+    """What one `serve` wires together, handed between its phases."""
+
+    settings: Settings
+    services: Services
+    application: Application
+    runtime: Runtime
+    queue: JournalingQueue
+    server: WebhookServer | None
+
+
+def _wire(settings: Settings, services: Services, token: str) -> _Gateway:
+    """Application, runtime and (in webhook mode) the HTTP server, connected to each other."""
     webhook = settings.mode == "webhook"
     queue = JournalingQueue()
     updates_request = CheckedUpdatesRequest(connection_pool_size=1)
@@ -108,36 +99,50 @@ async def serve(settings: Settings) -> int:
     queue.runtime = runtime
     updates_request.on_malformed = runtime.record_unparsable
     application.bot_data["runtime"] = runtime
+    server = WebhookServer(runtime, application, settings) if webhook else None
+    return _Gateway(settings, services, application, runtime, queue, server)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM (what a PaaS sends) or SIGINT (Ctrl-C), from the start on."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    server = WebhookServer(runtime, application, settings) if webhook else None
-    if server is not None:
-        await server.start()  # bind $PORT first: platforms kill dynos that do not bind in time
+    return stop
+
+
+async def _connect(gateway: _Gateway, token: str, stop: asyncio.Event) -> bool:
+    """Reach the Bot API and start PTB; False when a stop came first. Raises StartupFailed."""
+    settings, application = gateway.settings, gateway.application
+    if await wait_for_bot_api(settings.telegram_api_base_url, token, stop,
+                              wait_scale=settings.retry_wait_scale) is None:
+        return False
     try:
-        await _initialize(application)
-    except InvalidToken:
-        print("configuration error: TELEGRAM_BOT_TOKEN was rejected by the Bot API: check it with @BotFather")
-        await services.close()
-        return 2
-    except NetworkError as error:
-        print(f"error: the Bot API at {settings.telegram_api_base_url} is not reachable ({error}); "
-              "check TELEGRAM_API_BASE_URL and the network, or run `python -m bot doctor`")
-        await services.close()
-        return 1
-    runtime.set_identity(application.bot.id, application.bot.username)
+        await application.initialize()
+    except TelegramError as error:  # getMe just worked: the network went away in between
+        # The type only: PTB's InvalidToken message contains the token.
+        raise StartupFailed(f"the Bot API at {settings.telegram_api_base_url} failed during start-up "
+                            f"({type(error).__name__}); check the network, or run `python -m bot doctor`") from None
+    gateway.runtime.set_identity(application.bot.id, application.bot.username)
     await application.start()
-    if server is not None:
+    if gateway.server is not None:
         await application.bot.set_webhook(settings.webhook_url, secret_token=settings.webhook_secret_value,
                                           allowed_updates=ALLOWED_UPDATES)
-        server.ready = True
+        gateway.server.ready = True
     else:
         await application.updater.start_polling(allowed_updates=ALLOWED_UPDATES, error_callback=_polling_error,
                                                 bootstrap_retries=-1)
+    return True
+
+
+def _resume_unfinished(gateway: _Gateway) -> None:
+    """Journal rows a crash or a storage failure left unfinished go round again, now and each
+    time the storage alarm clears."""
+    runtime, queue, services = gateway.runtime, gateway.queue, gateway.services
     services.dlq.release_stale_replays(before=services.clock.iso())  # replays a crash interrupted
 
-    def resume() -> int:  # unfinished journal rows (a crash, a storage failure) go round again
+    def resume() -> int:
         updates = runtime.recover()
         for update in updates:
             queue.put_recovered(update)
@@ -145,20 +150,19 @@ async def serve(settings: Settings) -> int:
 
     resume()
     runtime.storage_alarm.resume = resume
-    outbox = asyncio.create_task(runtime.outbox_loop(stop))
-    await register_commands(application, settings)
-    log.info("gateway running (%s mode) as @%s with model %s", settings.mode, application.bot.username,
-             settings.llm_model)
-    await stop.wait()
+
+
+async def _drain(gateway: _Gateway, outbox: asyncio.Task[None]) -> None:
+    """Stop intake, give the turns in flight up to DRAIN_S, then stop the outbox and PTB."""
+    runtime, application = gateway.runtime, gateway.application
     log.info("stopping: no new updates; waiting up to %.0f s for %d turn(s) in flight", DRAIN_S,
              runtime.pipeline.inflight)
-    if server is not None:
-        server.ready = False
+    if gateway.server is not None:
+        gateway.server.ready = False
     elif application.updater is not None:
         with contextlib.suppress(Exception):
             await application.updater.stop()
-    drained = await runtime.pipeline.wait_idle(DRAIN_S)
-    if not drained:
+    if not await runtime.pipeline.wait_idle(DRAIN_S):
         log.warning("%d turn(s) still running after %.0f s; they resume at the next start",
                     runtime.pipeline.inflight, DRAIN_S)
     outbox.cancel()
@@ -166,8 +170,45 @@ async def serve(settings: Settings) -> int:
         await asyncio.wait_for(application.stop(), 5)
     with contextlib.suppress(BaseException):
         await asyncio.wait_for(application.shutdown(), 5)
-    if server is not None:
-        await server.close()
-    await services.close()
+
+
+async def _close(gateway: _Gateway) -> None:
+    if gateway.server is not None:
+        await gateway.server.close()
+    await gateway.services.close()
+
+
+async def serve(settings: Settings) -> int:
+    """Run the bot until SIGTERM/SIGINT; 0 after a clean stop, 1 when it cannot start."""
+    token = require_token(settings)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
+    try:
+        services = open_services(settings)
+    except StorageUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    services.mode = settings.mode
+    gateway = _wire(settings, services, token)
+    stop = _stop_on_signals()
+    if gateway.server is not None:
+        await gateway.server.start()  # bind $PORT first: platforms kill dynos that do not bind in time
+    try:
+        connected = await _connect(gateway, token, stop)
+    except StartupFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        await _close(gateway)
+        return 1
+    if not connected:
+        log.info("stopped before start-up finished")
+        await _close(gateway)
+        return 0
+    _resume_unfinished(gateway)
+    outbox = asyncio.create_task(gateway.runtime.outbox_loop(stop))
+    await register_commands(gateway.application, settings)
+    log.info("gateway running (%s mode) as @%s with model %s", settings.mode, gateway.application.bot.username,
+             settings.llm_model)
+    await stop.wait()
+    await _drain(gateway, outbox)
+    await _close(gateway)
     log.info("stopped")
     return 0

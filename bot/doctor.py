@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 from openai import AsyncOpenAI
 
+from bot.startup import check_get_me
 from config.settings import Settings
 from core.context.tokens import counter_for_model
 from core.failures.taxonomy import classify_llm_error
@@ -83,43 +84,67 @@ async def check_telegram(settings: Settings) -> list[Check]:
         return [Check("telegram", False, "TELEGRAM_BOT_TOKEN is not set",
                       "create a bot with @BotFather and export TELEGRAM_BOT_TOKEN")]
     token = settings.telegram_bot_token.get_secret_value()
-    base = f"{settings.telegram_api_base_url}/bot{token}"
-    checks = []
+    # The very check `run` makes before it starts: the two say the same thing about getMe.
+    me = await check_get_me(settings.telegram_api_base_url, token, timeout_s=TIMEOUT_S)
+    if not me.ok:
+        return [Check("telegram", False, me.problem, me.fix)]
+    return [Check("telegram", True, f"getMe: @{me.me['username']} (id {me.me['id']})"),
+            *await check_webhook(settings, token)]
+
+
+async def check_webhook(settings: Settings, token: str) -> list[Check]:
+    """Whether Telegram's webhook setting agrees with the mode WEBHOOK_URL selects."""
     try:
         async with httpx.AsyncClient(timeout=TIMEOUT_S) as client:
-            response = await client.get(f"{base}/getMe")
-            body = response.json()
-            if not body.get("ok"):
-                return [Check("telegram", False, f"getMe answered {response.status_code}: {body.get('description')}",
-                              "check TELEGRAM_BOT_TOKEN with @BotFather")]
-            me = body["result"]
-            checks.append(Check("telegram", True, f"getMe: @{me.get('username')} (id {me.get('id')})"))
-            info = (await client.get(f"{base}/getWebhookInfo")).json().get("result", {})
-            current = info.get("url") or ""
-            if settings.webhook_url and current != settings.webhook_url:
-                checks.append(Check("webhook", True, f"webhook is {current or 'not set'}; it is set to WEBHOOK_URL "
-                                    "when the bot starts", warning=True))
-            elif not settings.webhook_url and current:
-                checks.append(Check("webhook", True, "a webhook is set but WEBHOOK_URL is not: polling deletes it at "
-                                    "start", warning=True))
-            if info.get("last_error_message"):
-                checks.append(Check("webhook", False, f"Telegram's last webhook error: {info['last_error_message']}",
-                                    "check that WEBHOOK_URL reaches this app over https", warning=True))
-    except (httpx.HTTPError, ValueError) as error:
-        checks.append(Check("telegram", False, f"{settings.telegram_api_base_url}: {type(error).__name__}",
-                            "check TELEGRAM_API_BASE_URL and the network"))
+            response = await client.get(f"{settings.telegram_api_base_url}/bot{token}/getWebhookInfo")
+            info = response.json().get("result") or {}
+    except (httpx.HTTPError, ValueError, AttributeError) as error:
+        return [Check("webhook", False, f"getWebhookInfo failed ({type(error).__name__})",
+                      "check TELEGRAM_API_BASE_URL and the network", warning=True)]
+    checks = []
+    current = info.get("url") or ""
+    if settings.webhook_url and current != settings.webhook_url:
+        checks.append(Check("webhook", True, f"webhook is {current or 'not set'}; it is set to WEBHOOK_URL "
+                            "when the bot starts", warning=True))
+    elif not settings.webhook_url and current:
+        checks.append(Check("webhook", True, "a webhook is set but WEBHOOK_URL is not: polling deletes it at "
+                            "start", warning=True))
+    if info.get("last_error_message"):
+        checks.append(Check("webhook", False, f"Telegram's last webhook error: {info['last_error_message']}",
+                            "check that WEBHOOK_URL reaches this app over https", warning=True))
+    return checks
+
+
+FIND_YOUR_ID = "send /start to the bot in a private chat: it answers with your user id"
+
+
+def check_access(settings: Settings) -> list[Check]:
+    """Who can chat and who is the operator, as the code decides it (core/services.py: the
+    operator is the *sender* whose user id equals OPERATOR_CHAT_ID)."""
+    operator = settings.operator_chat_id
+    if operator is not None and operator < 0:
+        return [Check("operator", False, f"OPERATOR_CHAT_ID is {operator}, a group or channel id: the operator is "
+                      "recognised by their user id, so nobody can use the operator commands",
+                      f"set OPERATOR_CHAT_ID to your own user id ({FIND_YOUR_ID})")]
+    if operator is None and not settings.allowed_user_ids:
+        return [Check("access", True, "neither OPERATOR_CHAT_ID nor ALLOWED_USER_IDS is set: nobody can chat "
+                      "with the bot, and alerts are only logged",
+                      f"set OPERATOR_CHAT_ID to your own user id ({FIND_YOUR_ID}), and ALLOWED_USER_IDS "
+                      "for anyone else", warning=True)]
+    checks = []
+    if operator is None:
+        checks.append(Check("operator", True, "OPERATOR_CHAT_ID is not set: alerts are only logged and nobody can use "
+                            "the operator commands", f"set OPERATOR_CHAT_ID to your own user id ({FIND_YOUR_ID})",
+                            warning=True))
+    if not settings.allowed_user_ids:
+        checks.append(Check("access", True, "ALLOWED_USER_IDS is empty: only the operator may chat", warning=True))
     return checks
 
 
 async def run_doctor(settings: Settings) -> int:
     checks = [Check("settings", True, f"model {settings.llm_model}, mode {settings.mode}, "
-                    f"operator chat {settings.operator_chat_id or 'not set (alerts are only logged)'}")]
-    if settings.operator_chat_id is None:
-        checks.append(Check("operator", True, "OPERATOR_CHAT_ID is not set: alerts are only logged and nobody can use "
-                            "the operator commands", "set OPERATOR_CHAT_ID to your own chat id (/start shows it)",
-                            warning=True))
-    if not settings.allowed_user_ids:
-        checks.append(Check("access", True, "ALLOWED_USER_IDS is empty: only the operator may chat", warning=True))
+                    f"operator {settings.operator_chat_id or 'not set'}")]
+    checks.extend(check_access(settings))
     checks.append(check_storage(settings))
     platform = check_platform()
     if platform:

@@ -8,15 +8,50 @@ The variable names are an outward contract (DESIGN.md): keep them exactly.
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ANYONE = "*"
+TEST_HOOKS_SWITCH = "GATEWAY_TEST_HOOKS"
+
+
+class TestHooks(BaseModel):
+    """Knobs for the test suite and the benchmarks, not for users: kept out of `Settings`' fields
+    (so neither `.env`, `doctor` nor the README offers them) and read from the environment only
+    when GATEWAY_TEST_HOOKS=1, so a stray RETRY_WAIT_SCALE=0 in production cannot turn every
+    retry into a hot loop, nor a clock file move the budgets' day."""
+
+    __test__ = False  # not a pytest test class, despite the name
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Waits between retries and delivery attempts are multiplied by this; tests set 0.
+    retry_wait_scale: float = Field(default=1.0, ge=0)
+    # A file holding a number of seconds added to the wall clock (see core/clock.py).
+    gateway_clock_offset_file: Path | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str] | None = None) -> TestHooks:
+        environ = os.environ if environ is None else environ
+        if environ.get(TEST_HOOKS_SWITCH) != "1":
+            return cls()
+        values = {name: environ[name.upper()] for name in cls.model_fields if environ.get(name.upper())}
+        return cls(**values)
 
 
 class Settings(BaseSettings):
@@ -57,10 +92,26 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     otel_exporter_otlp_endpoint: str | None = None
-    # Waits between retries and delivery attempts are multiplied by this; tests set 0.
-    retry_wait_scale: float = Field(default=1.0, ge=0)
-    # Test hook: a file holding a number of seconds added to the wall clock (see core/clock.py).
-    gateway_clock_offset_file: Path | None = None
+    _test_hooks: TestHooks = PrivateAttr(default_factory=lambda: TestHooks())
+
+    def __init__(self, test_hooks: TestHooks | None = None, **values: Any) -> None:
+        """As BaseSettings; the test hooks' names are accepted as keyword arguments too (tests and
+        benchmarks build Settings in-process), never from `.env` (`extra="forbid"` refuses them)."""
+        hook_values = {name: values.pop(name) for name in TestHooks.model_fields if name in values}
+        super().__init__(**values)
+        hooks = test_hooks if test_hooks is not None else TestHooks.from_environ()
+        if hook_values:
+            hooks = TestHooks(**{**hooks.model_dump(), **hook_values})
+        self._test_hooks = hooks
+
+    # Test hooks, read-only: the retry loop, the outbox and the clock read them here.
+    @property
+    def retry_wait_scale(self) -> float:
+        return self._test_hooks.retry_wait_scale
+
+    @property
+    def gateway_clock_offset_file(self) -> Path | None:
+        return self._test_hooks.gateway_clock_offset_file
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -129,6 +180,11 @@ class Settings(BaseSettings):
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
         if self.telegram_bot_token is not None:
             found.append(self.webhook_secret_value)
+            # The part after "id:" on its own: a library that masks or reformats the bot id
+            # (or a URL split at the colon) still leaks it.
+            bot_id, _, secret_half = self.telegram_bot_token.get_secret_value().partition(":")
+            if bot_id and secret_half:
+                found.append(secret_half)
         return found
 
 

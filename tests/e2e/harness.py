@@ -74,7 +74,8 @@ _SCRUB_PREFIXES = (
     "HOT_STATE_",
     "OTEL_",
 )
-_SCRUB_NAMES = frozenset({"PORT", "DATA_DIR", "LOG_LEVEL", "LOG_FORMAT", "DYNO"})
+_SCRUB_NAMES = frozenset({"PORT", "DATA_DIR", "LOG_LEVEL", "LOG_FORMAT", "DYNO", "GATEWAY_TEST_HOOKS",
+                          "RETRY_WAIT_SCALE", "GATEWAY_CLOCK_OFFSET_FILE"})
 
 
 class BotStartError(AssertionError):
@@ -114,6 +115,9 @@ def base_env(fake_telegram: FakeTelegram, fake_llm: FakeLLM, data_dir: Path) -> 
         "LOG_LEVEL": "DEBUG",
         "LLM_TIMEOUT_SECONDS": "5",
         "PYTHONUNBUFFERED": "1",
+        # RETRY_WAIT_SCALE and GATEWAY_CLOCK_OFFSET_FILE are read only with this switch on
+        # (config/settings.py TestHooks): tests may set them, users cannot by accident.
+        "GATEWAY_TEST_HOOKS": "1",
     }
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from core.usage import days_back
 from tests.e2e.harness import OPERATOR_ID, REPO_ROOT
+from tests.e2e.journal import settled
 from tests.fakes.llm_api import Error, Reply, ToolCalls
 from tests.fakes.telegram_api import BotMessage, FakeTelegram
 
@@ -93,14 +94,6 @@ def new_message(fake: FakeTelegram, chat: int, since: set[int], marker: str, tim
                                                 f"{fake.sent_texts(chat)!r}")
 
 
-def finished(data_dir: Path, update_id: int) -> bool:
-    """Whether the gateway is done with an update (its journal entry left received/processing):
-    a streamed answer is visible before the turn's usage is recorded, a finished turn is not."""
-    with sqlite3.connect(data_dir / "gateway.db") as db:
-        row = db.execute("SELECT state FROM journal WHERE update_id = ?", [update_id]).fetchone()
-    return row is not None and row[0] not in ("received", "processing")
-
-
 @pytest.fixture
 def say(fake_telegram: FakeTelegram, data_dir: Path) -> Callable[[int, str, str], str]:
     """say(chat, text, marker): send `text` as the chat's own user, wait for the new reply that
@@ -109,7 +102,7 @@ def say(fake_telegram: FakeTelegram, data_dir: Path) -> Callable[[int, str, str]
         since = {m.message_id for m in fake_telegram.messages(chat)}
         update_id = fake_telegram.push_update(fake_telegram.text_update(chat, chat, text))
         message = new_message(fake_telegram, chat, since, marker)
-        fake_telegram.wait_for(lambda: finished(data_dir, update_id), message=f"update {update_id} not finished")
+        fake_telegram.wait_for(lambda: settled(data_dir, [update_id]), message=f"update {update_id} not finished")
         final = next(m for m in fake_telegram.messages(chat) if m.message_id == message.message_id)
         return final.plain_text or final.text or ""
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
 
 import pytest
 
 from tests.e2e.harness import OPERATOR_ID, TEST_LLM_KEY, TEST_TOKEN, free_port, run_cli
+from tests.e2e.journal import settled
 from tests.fakes.telegram_api import post_json
 
 pytestmark = pytest.mark.e2e
@@ -72,13 +72,12 @@ def test_odd_text_and_bad_documents_get_clear_answers(bot, fake_telegram, fake_l
     assert fake_llm.count() == 2
 
 
-def test_a_flood_of_messages_is_throttled_before_any_spend(bot, fake_telegram, fake_llm) -> None:
+def test_a_flood_of_messages_is_throttled_before_any_spend(bot, fake_telegram, fake_llm, data_dir) -> None:
     bot(USER_MESSAGES_PER_MINUTE="10")
-    for index in range(100):
-        fake_telegram.push_update(fake_telegram.text_update(USER, USER, f"spam {index}"))
+    flood = [fake_telegram.push_update(fake_telegram.text_update(USER, USER, f"spam {index}")) for index in range(100)]
     fake_telegram.wait_for_text(USER, "faster than I can answer", timeout=30)
-    fake_telegram.wait_for(lambda: fake_llm.count() >= 10, timeout=30)
-    time.sleep(1.0)
+    # Wait until every message of the flood is settled (answered or throttled), then count.
+    fake_telegram.wait_for(lambda: settled(data_dir, flood), timeout=60, message="the flood settled in the journal")
     assert fake_llm.count() == 10
     notices = [t for t in fake_telegram.sent_texts(USER) if "faster than I can answer" in t]
     assert len(notices) == 1
