@@ -269,12 +269,12 @@ def test_known_shapes_end_as_documented(harness: Harness) -> None:
 def test_a_failure_outside_the_turn_still_ends_the_update(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """If routing itself breaks (a bug), the update is marked failed and the user is told: no
     silent loss, and no poison row that would crash every later start."""
-    import bot.runtime
+    import bot.routing
 
     def broken_route(*args: object, **kwargs: object) -> None:
         raise RuntimeError("routing bug")
 
-    monkeypatch.setattr(bot.runtime, "route", broken_route)
+    monkeypatch.setattr(bot.routing, "route", broken_route)
     update = harness.fake.text_update(ALLOWED, ALLOWED, "hello", update_id=50)
     assert harness.loop.run_until_complete(harness.runtime.process_raw(update)) == "error"
     assert harness.journal(50)[0] == "failed"
