@@ -23,9 +23,17 @@ Access = Literal["anyone", "allowed", "operator"]
 
 
 async def start(ctx: CommandContext) -> Reply:
-    allowed = ctx.services.is_allowed(ctx.user_id)
-    status = ("You can chat with me: just send a message." if allowed else
-              "You are not on this bot's allowed list: ask the operator to add your id to ALLOWED_USER_IDS.")
+    settings = ctx.services.settings
+    if ctx.services.is_allowed(ctx.user_id):
+        status = "You can chat with me: just send a message."
+    elif settings.operator_chat_id is None and not settings.allowed_ids:
+        # No operator to ask, and no one on the list: say so rather than send people to nobody.
+        status = ("Nobody can chat with this bot yet: whoever runs it has to set OPERATOR_CHAT_ID (their own "
+                  "user id) or ALLOWED_USER_IDS.")
+    elif settings.operator_chat_id is None:
+        status = "You are not on this bot's allowed list: ask whoever runs it to add your id to ALLOWED_USER_IDS."
+    else:
+        status = "You are not on this bot's allowed list: ask the operator to add your id to ALLOWED_USER_IDS."
     return Reply(f"Hello {ctx.user_name or 'there'}! I pass your messages to an AI assistant.\n"
                  f"Your Telegram user id is {ctx.user_id}.\n{status}\n/help lists the commands.")
 

@@ -4,9 +4,13 @@ user with the refs, never dropped silently."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
-from tests.bot.conftest import ALLOWED, Harness
+from bot import commands
+from bot.command_context import CommandContext
+from core.replay import ReplayResult
+from tests.bot.conftest import ALLOWED, STRANGER, Harness
 
 CONTENT = b"# Notes\n\nsome notes worth keeping\n"
 
@@ -50,3 +54,27 @@ def test_a_rejected_artifact_is_not_retried_but_still_told(harness: Harness) -> 
     assert ask(harness, f"/artifact {ref}", 3) == "replied"
     assert len(harness.fake.calls("sendDocument")) == 1  # a 400 would fail the same way again
     assert "did not take the file" in harness.fake.sent_texts(ALLOWED)[-1]
+
+
+def start_text(harness: Harness, user_id: int, **settings: object) -> str:
+    services = dataclasses.replace(harness.services, settings=harness.services.settings.model_copy(update=settings))
+    ctx = CommandContext(services=services, chat_id=user_id, user_id=user_id, user_name="Ann", args="",
+                         trace_id="a" * 32, replay=_no_replay, replay_all=_no_replay_all)
+    return harness.loop.run_until_complete(commands.start(ctx)).text
+
+
+async def _no_replay(dlq_id: int) -> ReplayResult:
+    raise AssertionError("not used")
+
+
+async def _no_replay_all() -> list[ReplayResult]:
+    raise AssertionError("not used")
+
+
+def test_start_sends_strangers_only_to_someone_who_exists(harness: Harness) -> None:
+    assert "ask the operator" in start_text(harness, STRANGER)
+    alone = start_text(harness, STRANGER, operator_chat_id=None, allowed_user_ids="")
+    assert "Nobody can chat with this bot yet" in alone and "operator" not in alone.replace("OPERATOR_CHAT_ID", "")
+    listed = start_text(harness, STRANGER, operator_chat_id=None, allowed_user_ids=str(ALLOWED))
+    assert "ask whoever runs it" in listed
+    assert "You can chat with me" in start_text(harness, ALLOWED, operator_chat_id=None)
