@@ -15,14 +15,13 @@ from core.failures.escalation import drain_outbox
 from core.outcomes import record_blocked
 from core.pipeline import Pipeline
 from core.ports import Channel
-from core.replay import ReplayStatus, replay_pending, replayable_entries
+from core.replay import REPLAY_PACE_S, ReplayStatus, replay_pending, replayable_entries
 from core.services import Services
 
 log = logging.getLogger(__name__)
 OUTBOX_POLL_S = 1.0
 MAINTAIN_EVERY_S = 3600.0
 KEEP_FINISHED_DAYS = 7
-REPLAY_PACE_S = 1.0
 AUTO_REPLAY_ROUNDS = 5
 OUTBOX_BASE_WAIT_S = 2.0  # first retry of a refused delivery; doubles per attempt ...
 OUTBOX_MAX_WAIT_S = 60.0  # ... up to this (both scaled by RETRY_WAIT_SCALE in tests)

@@ -29,13 +29,12 @@ from core.failures.taxonomy import is_storage_failure
 from core.outcomes import record_blocked
 from core.pipeline import Pipeline, refusal_text
 from core.ports import DeliveryFailed
-from core.replay import ReplayResult, replay_entry, replay_pending
+from core.replay import REPLAY_PACE_S, ReplayResult, replay_entry, replay_pending
 from core.services import Services
 from core.tracing import current_trace_id, new_turn_span, short_ref
 
 log = logging.getLogger(__name__)
 NO_TRACE = "0" * 32
-REPLAY_PACE_S = 1.0  # between replays of `/replay all` (scaled by RETRY_WAIT_SCALE in tests)
 ATTACHMENT_RETRY_WAIT_S = 1.0  # before the one retry of a file Telegram failed to take
 
 

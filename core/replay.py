@@ -24,6 +24,7 @@ from core.tracing import current_trace_id, new_turn_span, short_ref
 
 Origin = Literal["telegram", "console"]
 BATCH_LIMIT = 100
+REPLAY_PACE_S = 1.0  # between the replays of a batch: a provider just back is not hit by a burst
 
 
 class TurnRunner(Protocol):

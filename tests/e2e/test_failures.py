@@ -295,28 +295,32 @@ def telegram_calls_to(fake_telegram: FakeTelegram, chat_id: int) -> list:
 
 def test_a_failed_console_turn_belongs_to_the_console(bot, fake_telegram, fake_llm) -> None:
     fake_llm.fail_all(Error.server_error())
-    typed = console(bot.env(**FAST), "typed in the terminal")
-    assert typed.returncode == 0 and "ref: " in typed.stdout, typed.stdout + typed.stderr
-    first = bot(**FAST)  # a Telegram message fails too: two outage entries, the console's first
+    typed = console(bot.env(BREAKER_FAILURE_THRESHOLD=10, **FAST), "typed in the terminal", "and a second line")
+    assert typed.returncode == 0 and typed.stdout.count("ref: ") == 2, typed.stdout + typed.stderr
+    first = bot(**FAST)  # a Telegram message fails too: three outage entries, the console's first
     say(fake_telegram, "sent on telegram")
     wait_for_errors(fake_telegram, USER, 1)
     assert first.stop() == 0
     entries = sorted(dlq_entries(first), key=lambda e: e["id"])
-    assert [(e["chat_id"], e["text"]) for e in entries] == [(0, "typed in the terminal"), (USER, "sent on telegram")]
-    console_id = entries[0]["id"]
+    assert [(e["chat_id"], e["text"]) for e in entries] == [
+        (0, "typed in the terminal"), (0, "and a second line"), (USER, "sent on telegram")]
+    console_ids = [entries[0]["id"], entries[1]["id"]]
 
     fake_llm.clear_failures()
     second = bot(**FAST)  # DLQ_AUTO_REPLAY (the default) replays outage entries at start, oldest first ...
-    wait_for_late_answer(fake_telegram, USER, "sent on telegram")  # ... so the console's was passed over
+    wait_for_late_answer(fake_telegram, USER, "sent on telegram")  # ... so the console's were passed over
     assert telegram_calls_to(fake_telegram, 0) == []
-    assert [e["id"] for e in dlq_entries(second)] == [console_id]
+    assert sorted(e["id"] for e in dlq_entries(second)) == console_ids
     assert "chat 0 (console)" in ask_operator(fake_telegram, "/dlq", "pending:")
-    ask_operator(fake_telegram, f"/replay {console_id}", "is a console turn")
+    ask_operator(fake_telegram, f"/replay {console_ids[0]}", "is a console turn")
     ask_operator(fake_telegram, "/replay all", "Nothing pending")
 
-    replayed = run_cli(second.env, "dlq", "replay", str(console_id))  # printed here, not sent anywhere
+    # Each is answered where it was typed: `dlq replay` prints it, and so does the console's /replay.
+    replayed = run_cli(second.env, "dlq", "replay", str(console_ids[0]))
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert "echo: typed in the terminal" in replayed.stdout and "answer delivered" in replayed.stdout
+    again = console(second.env, f"/replay {console_ids[1]}")
+    assert "echo: and a second line" in again.stdout and "answer delivered" in again.stdout, again.stdout
     assert telegram_calls_to(fake_telegram, 0) == [] and dlq_entries(second) == []
 
 
