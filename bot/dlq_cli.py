@@ -22,6 +22,7 @@ from core.failures.dlq import DlqRow
 from core.failures.parsing import redact
 from core.logs import configure_logging
 from core.pipeline import Pipeline
+from core.ports import Channel
 from core.replay import Origin, ReplayResult, entry_origin, pending_entries, replay_entry, replay_pending
 from core.services import Services, StorageUnavailable, open_services
 
@@ -119,7 +120,7 @@ async def _replay_to(settings: Settings, services: Services, pipeline: Pipeline,
         await application.shutdown()
 
 
-async def _run(pipeline: Pipeline, services: Services, channel, entry: str,  # noqa: ANN001 - a Channel
+async def _run(pipeline: Pipeline, services: Services, channel: Channel, entry: str,
                origin: Origin) -> list[ReplayResult]:
     if entry == "all":
         return await replay_pending(pipeline, services, channel, origin=origin)

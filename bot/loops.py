@@ -45,6 +45,8 @@ class BackgroundTasks:
 
 
 class Loops:
+    """The outbox loop and what it drives once a second: maintenance and the automatic replay."""
+
     def __init__(self, services: Services, pipeline: Pipeline, channel: Channel, *, alarm: StorageAlarm,
                  tasks: BackgroundTasks) -> None:
         self.services, self.pipeline, self.channel = services, pipeline, channel
