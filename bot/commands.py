@@ -8,51 +8,32 @@ everyone, operator commands for the operator's chat only).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass
+from typing import Literal
 
+from bot.command_context import CommandContext, Reply
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError, parse_ref
 from core.context.hot_state import format_for_user
 from core.contracts import HotStateWrite
+from core.replay import entry_origin
 from core.status import budget_text, spend_chart, status_text, usage_week_text
 from core.telemetry import AmbiguousRef, find_trace, format_tree
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 Access = Literal["anyone", "allowed", "operator"]
 
 
-@dataclass
-class Reply:
-    text: str = ""
-    document: tuple[str, bytes] | None = None  # (file name, bytes)
-    photo: bytes | None = None
-
-
-@dataclass
-class CommandContext:
-    runtime: Runtime
-    chat_id: int
-    user_id: int
-    user_name: str
-    args: str
-    trace_id: str
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def services(self):  # noqa: ANN201
-        return self.runtime.services
-
-    @property
-    def is_operator(self) -> bool:
-        return self.services.is_operator_chat(self.chat_id)
-
-
 async def start(ctx: CommandContext) -> Reply:
-    allowed = ctx.services.is_allowed(ctx.user_id)
-    status = ("You can chat with me: just send a message." if allowed else
-              "You are not on this bot's allowed list: ask the operator to add your id to ALLOWED_USER_IDS.")
+    settings = ctx.services.settings
+    if ctx.services.is_allowed(ctx.user_id):
+        status = "You can chat with me: just send a message."
+    elif settings.operator_chat_id is None and not settings.allowed_ids:
+        # No operator to ask, and no one on the list: say so rather than send people to nobody.
+        status = ("Nobody can chat with this bot yet: whoever runs it has to set OPERATOR_CHAT_ID (their own "
+                  "user id) or ALLOWED_USER_IDS.")
+    elif settings.operator_chat_id is None:
+        status = "You are not on this bot's allowed list: ask whoever runs it to add your id to ALLOWED_USER_IDS."
+    else:
+        status = "You are not on this bot's allowed list: ask the operator to add your id to ALLOWED_USER_IDS."
     return Reply(f"Hello {ctx.user_name or 'there'}! I pass your messages to an AI assistant.\n"
                  f"Your Telegram user id is {ctx.user_id}.\n{status}\n/help lists the commands.")
 
@@ -120,7 +101,7 @@ async def artifact(ctx: CommandContext) -> Reply:
         return Reply(f"Cannot send that artifact: {error} (the operator can look at the server's DATA_DIR).")
     extension = ".md" if info.media_type == "text/markdown" else ".txt"
     name = info.label if "." in info.label[-6:] else f"{info.label}{extension}"
-    return Reply(f"{info.ref}: {info.label}", document=(name.replace("/", "_")[:100], data))
+    return Reply(f"{info.ref}: {info.label}", document=(name.replace("/", "_")[:100], data), document_ref=info.ref)
 
 
 async def budget(ctx: CommandContext) -> Reply:
@@ -170,18 +151,20 @@ async def dlq(ctx: CommandContext) -> Reply:
     rows = queue.list("pending", limit=20)
     if not rows:
         return Reply(f"The dead-letter queue is empty ({queue.evicted()} evicted so far).")
-    lines = [f"#{r.id} {r.error_kind} chat {r.chat_id} {r.last_failed_at[:16]} ref: {r.ref}" for r in rows]
+    lines = [f"#{r.id} {r.error_kind} chat {r.chat_id}{' (console)' if entry_origin(r) == 'console' else ''} "
+             f"{r.last_failed_at[:16]} ref: {r.ref}" for r in rows]
     return Reply(f"{queue.depth()} pending:\n" + "\n".join(lines) + "\n\n/dlq ID, /replay ID|all, /discard ID")
 
 
 async def replay(ctx: CommandContext) -> Reply:
     arg = ctx.args.strip().lower()
     if arg == "all":
-        results = await ctx.runtime.replay_all()
-        return Reply(f"Replayed {len(results)} entries:\n" + "\n".join(results) if results else "Nothing pending.")
+        results = await ctx.replay_all()
+        lines = [result.describe() for result in results]
+        return Reply(f"Replayed {len(results)} entries:\n" + "\n".join(lines) if results else "Nothing pending.")
     if not arg.isdigit():
         return Reply("Usage: /replay ID|all")
-    return Reply(await ctx.runtime.replay(int(arg)))
+    return Reply((await ctx.replay(int(arg))).describe())
 
 
 async def discard(ctx: CommandContext) -> Reply:

@@ -2,6 +2,11 @@
 
 Lines from stdin are user messages; answers are printed. For trying an LLM endpoint (and
 the whole pipeline: context, budgets, retries, tracing) without Telegram.
+
+A console turn that fails goes to the dead-letter queue like any other, as chat 0 with chat type
+"console": it belongs to the console. `/replay ID` here (or `python -m bot dlq replay ID`) runs
+it again and prints the answer; the bot's automatic replay and its /replay leave it alone, so
+nothing typed here is ever sent to Telegram.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from core.contracts import InboundMessage, ReplyEvent
 from core.logs import configure_logging
 from core.pipeline import Pipeline
 from core.ports import DeliveryFailed
-from core.services import StorageUnavailable, open_services
+from core.replay import replay_entry
+from core.services import Services, StorageUnavailable, open_services
 from core.status import status_text
 from core.tracing import current_trace_id, new_turn_span
 
 CONSOLE_CHAT_ID = 0
-HELP = "Type a message. Commands: /new (fresh conversation), /state, /status, /quit."
+HELP = "Type a message. Commands: /new (fresh conversation), /state, /status, /replay ID, /quit."
 
 
 class ConsoleChannel:
@@ -63,17 +69,7 @@ async def run_console(settings: Settings) -> int:
                 continue
             if text in ("/quit", "/exit"):
                 break
-            if text == "/new":
-                services.history.start_new(CONSOLE_CHAT_ID)
-                print("bot> Started a fresh conversation.", flush=True)
-                continue
-            if text == "/state":
-                hot = services.hot_state.load(CONSOLE_CHAT_ID)
-                print(format_for_user(hot, tokens=services.hot_state.tokens(CONSOLE_CHAT_ID),
-                                      cap=settings.hot_state_max_tokens), flush=True)
-                continue
-            if text == "/status":
-                print(status_text(services, chat_id=CONSOLE_CHAT_ID, operator=True), flush=True)
+            if await _local_command(text, services, pipeline, channel):
                 continue
             with new_turn_span(services.tracer, "turn", {"chat.id": CONSOLE_CHAT_ID, "console": True}):
                 inbound = InboundMessage(update_id=-next(counter), trace_id=current_trace_id() or "0" * 32,
@@ -83,3 +79,26 @@ async def run_console(settings: Settings) -> int:
     finally:
         await services.close()
     return 0
+
+
+async def _local_command(text: str, services: Services, pipeline: Pipeline, channel: ConsoleChannel) -> bool:
+    """The console's own commands; False when `text` is a message for the agent."""
+    command, _, arg = text.partition(" ")
+    if command == "/new":
+        services.history.start_new(CONSOLE_CHAT_ID)
+        print("bot> Started a fresh conversation.", flush=True)
+    elif command == "/state":
+        hot = services.hot_state.load(CONSOLE_CHAT_ID)
+        print(format_for_user(hot, tokens=services.hot_state.tokens(CONSOLE_CHAT_ID),
+                              cap=services.settings.hot_state_max_tokens), flush=True)
+    elif command == "/status":
+        print(status_text(services, chat_id=CONSOLE_CHAT_ID, operator=True), flush=True)
+    elif command == "/replay":
+        if not arg.strip().isdigit():
+            print("usage: /replay ID (a dead-letter entry of a console turn)", flush=True)
+        else:
+            result = await replay_entry(pipeline, services, int(arg.strip()), channel, origin="console")
+            print(result.describe(), flush=True)
+    else:
+        return False
+    return True

@@ -2,7 +2,9 @@
 
 Replay runs the turn through the whole pipeline and delivers the answer through the Bot API,
 so it works from a one-off dyno while the bot runs (SQLite WAL allows both; claiming an entry
-is atomic, so a replay never runs twice).
+is atomic, so a replay never runs twice). An entry left by `python -m bot console` is replayed
+here, its answer printed: console turns never reach Telegram. Errors are one line on stderr
+(exit 1), never a traceback, and never the token (PTB's messages can carry it).
 """
 
 from __future__ import annotations
@@ -10,10 +12,19 @@ from __future__ import annotations
 import json
 import sys
 
+from telegram.error import InvalidToken, TelegramError
+from telegram.ext import Application
+
+from bot.channel import TelegramChannel
+from bot.console import ConsoleChannel
 from config.settings import Settings, require_token
 from core.failures.dlq import DlqRow
+from core.failures.parsing import redact
 from core.logs import configure_logging
-from core.services import StorageUnavailable, open_services
+from core.pipeline import Pipeline
+from core.ports import Channel
+from core.replay import Origin, ReplayResult, entry_origin, pending_entries, replay_entry, replay_pending
+from core.services import Services, StorageUnavailable, open_services
 
 
 def _as_dict(row: DlqRow) -> dict:
@@ -66,18 +77,68 @@ async def run_dlq(settings: Settings, action: str, entry: str | None, *, as_json
         await services.close()
 
 
-async def _replay(settings: Settings, services, entry: str) -> int:  # noqa: ANN001
+async def _replay(settings: Settings, services: Services, entry: str) -> int:
+    """Replay one entry or all pending ones; each to where it came from (Telegram or this terminal)."""
+    pipeline = Pipeline(services)
+    if entry == "all":
+        origins = [o for o in ("console", "telegram") if pending_entries(services, origin=o, limit=1)]
+    else:
+        row = services.dlq.get(int(entry))
+        origins = [entry_origin(row)] if row is not None and row.status == "pending" else []
+        if not origins:  # not found or not pending: said without the Bot API (the channel is not used)
+            result = await replay_entry(pipeline, services, int(entry), ConsoleChannel(), origin="console")
+            print(result.describe())
+            return 1
+    results: list[ReplayResult] = []
+    for origin in origins:
+        ran = await _replay_to(settings, services, pipeline, entry, origin)
+        if ran is None:
+            return 1
+        results += ran
+    for result in results:
+        print(result.describe())
+    if not results:
+        print("nothing pending")
+    return 0 if all(result.ok for result in results) else 1
+
+
+async def _replay_to(settings: Settings, services: Services, pipeline: Pipeline, entry: str,
+                     origin: Origin) -> list[ReplayResult] | None:
+    """The entries of one origin; None (after one line on stderr) when the Bot API cannot be used."""
+    if origin == "console":
+        channel = ConsoleChannel()
+        return await _run(pipeline, services, channel, entry, origin)
     from bot.app import build_application
-    from bot.runtime import Runtime
 
     application = build_application(settings, require_token(settings), webhook=True)
-    await application.initialize()
+    if not await _initialize(application, settings):
+        return None
     try:
-        runtime = Runtime(services, application.bot)
-        runtime.set_identity(application.bot.id, application.bot.username)
-        results = await runtime.replay_all() if entry == "all" else [await runtime.replay(int(entry))]
-        for line in results or ["nothing pending"]:
-            print(line)
-        return 0 if all("failed" not in r and "not pending" not in r for r in results) else 1
+        channel = TelegramChannel(application.bot, tracer=services.tracer)
+        return await _run(pipeline, services, channel, entry, origin)
     finally:
         await application.shutdown()
+
+
+async def _run(pipeline: Pipeline, services: Services, channel: Channel, entry: str,
+               origin: Origin) -> list[ReplayResult]:
+    if entry == "all":
+        return await replay_pending(pipeline, services, channel, origin=origin)
+    return [await replay_entry(pipeline, services, int(entry), channel, origin=origin)]
+
+
+async def _initialize(application: Application, settings: Settings) -> bool:
+    """getMe once; False after one line on stderr (PTB's own message names the token: not shown)."""
+    root = settings.telegram_api_base_url
+    try:
+        await application.initialize()
+        return True
+    except InvalidToken:
+        problem = (f"the Bot API at {root} rejected TELEGRAM_BOT_TOKEN (or that URL is not a Bot API): "
+                   "check both, or run `python -m bot doctor`")
+    except TelegramError as error:
+        detail = redact(str(error), secrets=settings.secrets())[:200]
+        problem = (f"the Bot API at {root} is not reachable ({type(error).__name__}: {detail}): "
+                   "check TELEGRAM_API_BASE_URL and the network")
+    print(f"error: {problem}; nothing was replayed", file=sys.stderr)
+    return False

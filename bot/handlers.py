@@ -12,10 +12,11 @@ is malformed), and `to_inbound` fails with a named ContractViolation, never a Ty
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from telegram import Bot, Chat, Message, Update, User
+from telegram import Bot, Chat, Message, MessageEntity, Update, User
 from telegram.ext import ContextTypes
 
 from core.contracts import Attachment, ContractViolation, InboundMessage, build
@@ -46,6 +47,14 @@ class Routed:
     reason: str = ""
     command: str = ""
     args: str = ""
+
+
+@dataclass
+class BotIdentity:
+    """Who the bot is (from getMe at start): routing needs it to see mentions and replies."""
+
+    bot_id: int = 0
+    username: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,9 +157,22 @@ def _shape_problem(message: Message) -> str:
     return ""
 
 
-def _mentions(message: Message, username: str) -> bool:
-    """Telegram marks @mentions as entities, but the handle in the text is what they point at."""
-    return f"@{username}".lower() in (message.text or message.caption or "").lower()
+def _mentions(message: Message, *, bot_id: int, username: str) -> bool:
+    """Addressed to the bot by an entity Telegram marked: a `mention` of exactly the bot's username
+    (any case), or a `text_mention` of the bot's user id. A substring test would let
+    `@gateway_bot_two` wake `@gateway_bot`. PTB's parse_*entities cut the text by UTF-16 offsets,
+    as Telegram counts them, so an emoji before the mention does not shift it."""
+    try:
+        found = {**message.parse_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION]),
+                 **message.parse_caption_entities([MessageEntity.MENTION, MessageEntity.TEXT_MENTION])}
+    except Exception:  # noqa: BLE001 - junk entities (PTB does not check types) address nobody
+        return False
+    for entity, text in found.items():
+        if entity.type == MessageEntity.MENTION and username and text[1:].lower() == username.lower():
+            return True
+        if entity.type == MessageEntity.TEXT_MENTION and getattr(entity.user, "id", None) == bot_id:
+            return True
+    return False
 
 
 def route(update: Update, *, bot_id: int, bot_username: str) -> Routed:
@@ -181,7 +203,7 @@ def route(update: Update, *, bot_id: int, bot_username: str) -> Routed:
         replied = message.reply_to_message
         replied_from = getattr(replied, "from_user", None)
         to_bot = replied_from is not None and getattr(replied_from, "id", None) == bot_id
-        if not to_bot and not _mentions(message, bot_username):
+        if not to_bot and not _mentions(message, bot_id=bot_id, username=bot_username):
             return Routed("ignored", "group message not addressed to the bot")
     if message.document is not None:
         return Routed("document")
@@ -191,11 +213,11 @@ def route(update: Update, *, bot_id: int, bot_username: str) -> Routed:
 
 
 def strip_mention(text: str, bot_username: str) -> str:
-    handle = f"@{bot_username}"
-    index = text.lower().find(handle.lower())
-    if index < 0:
+    """The text without the first @mention of the bot (the whole handle, not a longer one's prefix)."""
+    if not bot_username:
         return text
-    return (text[:index] + text[index + len(handle):]).strip()
+    handle = re.compile(rf"@{re.escape(bot_username)}(?![A-Za-z0-9_])", re.IGNORECASE)
+    return handle.sub("", text, count=1).strip() if handle.search(text) else text
 
 
 def to_inbound(update: Update, *, trace_id: str, bot_username: str, received_at) -> InboundMessage:  # noqa: ANN001

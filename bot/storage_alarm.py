@@ -23,27 +23,41 @@ import logging
 import shutil
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 from telegram import Update
 
-from bot.handlers import route, update_ids
+from bot.handlers import BotIdentity, route, update_ids
 from core.failures.parsing import redact
 from core.failures.taxonomy import TAXONOMY, Kind, is_storage_failure, storage_reason
+from core.services import Services
 from core.store import bump_counter, transaction
-
-if TYPE_CHECKING:
-    from bot.runtime import Runtime
 
 log = logging.getLogger(__name__)
 REMEMBERED_UPDATES = 10_000
 MIN_FREE_BYTES = 1024 * 1024
 INFO = TAXONOMY[Kind.storage_unavailable]
+Send = Callable[[int, str], None]  # fire and forget: a plain message straight through the Bot API
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
 
 
 class StorageAlarm:
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    """Whether storage refuses writes, who was told, and the probe that notices it works again.
+
+    `send` delivers a plain message without the outbox (which lives in the failing database);
+    `free_bytes` and `write_probe` are the two checks of `probe`, replaceable in tests."""
+
+    def __init__(self, services: Services, *, send: Send, identity: BotIdentity,
+                 free_bytes: Callable[[Path], int] = free_bytes,
+                 write_probe: Callable[[], None] | None = None) -> None:
+        self.services = services
+        self.send = send
+        self.identity = identity
+        self.free_bytes = free_bytes
+        self.write_probe = write_probe or self._write_probe
         self.failing_since: float | None = None
         self.noted: dict[int, None] = {}  # update ids whose sender was told (oldest first)
         self.alerted_at = float("-inf")
@@ -57,7 +71,7 @@ class StorageAlarm:
     def note(self, update_id: int, reason: str) -> bool:
         """Storage failed for this update; alert the operator (with a cooldown). True the first
         time this update is noted: its sender has not been told yet."""
-        services = self.runtime.services
+        services = self.services
         now = services.clock.monotonic()
         if self.failing_since is None:
             self.failing_since = now
@@ -65,9 +79,9 @@ class StorageAlarm:
         if operator is not None and now - self.alerted_at >= services.settings.escalation_cooldown_seconds:
             self.alerted_at, self.alerted_this_time = now, True
             reason = redact(reason, secrets=services.settings.secrets())
-            self._send(operator, f"🚨 storage: DATA_DIR={services.settings.data_dir} refuses writes ({reason}). "
-                                 "Incoming messages wait, nothing is lost; they are answered once it takes writes "
-                                 f"again. To do: {INFO.action}.")
+            self.send(operator, f"🚨 storage: DATA_DIR={services.settings.data_dir} refuses writes ({reason}). "
+                                "Incoming messages wait, nothing is lost; they are answered once it takes writes "
+                                f"again. To do: {INFO.action}.")
         if update_id in self.noted:
             return False
         self.noted[update_id] = None
@@ -79,22 +93,21 @@ class StorageAlarm:
         """An update could not be journaled or failed outside its turn because of storage."""
         if not self.note(update.update_id, storage_reason(error)):
             return
-        runtime = self.runtime
         chat_id, user_id = update_ids(update)
-        routed = route(update, bot_id=runtime.bot_id, bot_username=runtime.bot_username)
+        routed = route(update, bot_id=self.identity.bot_id, bot_username=self.identity.username)
         if chat_id is not None and user_id is not None and routed.kind in ("message", "command") \
-                and runtime.services.is_allowed(user_id):
-            self._send(chat_id, INFO.user_message)
+                and self.services.is_allowed(user_id):
+            self.send(chat_id, INFO.user_message)
 
     def probe(self) -> bool:
-        """While failing: try one small write; on success, recover. True when storage works."""
+        """While failing: check free space and try one small write; on success, recover. True
+        when storage works."""
         if self.failing_since is None:
             return True
         try:
-            if shutil.disk_usage(self.runtime.services.settings.data_dir).free < MIN_FREE_BYTES:
+            if self.free_bytes(self.services.settings.data_dir) < MIN_FREE_BYTES:
                 return False
-            with transaction(self.runtime.services.db):
-                bump_counter(self.runtime.services.db, "storage_probe")
+            self.write_probe()
         except (sqlite3.Error, OSError) as error:
             if not is_storage_failure(error):
                 raise
@@ -102,26 +115,20 @@ class StorageAlarm:
         self.recovered()
         return True
 
+    def _write_probe(self) -> None:
+        with transaction(self.services.db):
+            bump_counter(self.services.db, "storage_probe")
+
     def recovered(self) -> None:
         if self.failing_since is None:
             return
-        services = self.runtime.services
+        services = self.services
         waited = services.clock.monotonic() - self.failing_since
         told, self.failing_since, self.alerted_this_time = self.alerted_this_time, None, False
         queued = self.resume() if self.resume is not None else 0
         log.warning("storage takes writes again after %.0f s; %d unfinished update(s) queued again", waited,
                     queued)
         if told and services.settings.operator_chat_id is not None:
-            self._send(services.settings.operator_chat_id,
-                       f"✅ storage: writes work again after {waited:.0f} s; the messages that waited are being "
-                       "answered now.")
-
-    def _send(self, chat_id: int, text: str) -> None:
-        async def send() -> None:
-            try:
-                await self.runtime.bot.send_message(chat_id, text)
-            except Exception as error:  # noqa: BLE001 - best effort: the update itself is not lost
-                log.warning("storage notice to %s not delivered: %s", chat_id, type(error).__name__)
-
-        self.runtime.spawn(send())
-
+            self.send(services.settings.operator_chat_id,
+                      f"✅ storage: writes work again after {waited:.0f} s; the messages that waited are being "
+                      "answered now.")

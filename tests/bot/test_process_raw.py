@@ -8,28 +8,18 @@ and a real `telegram.Bot` talking to the FakeTelegram stand-in over 127.0.0.1.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from telegram import Bot
 
-from bot.runtime import Runtime
-from config.settings import Settings
 from core.contracts import ContractViolation
-from core.services import Services, build_services
-from tests.core.fakes import ScriptedLLM
-from tests.e2e.harness import TEST_TOKEN
-from tests.fakes.telegram_api import FakeTelegram
+from tests.bot.conftest import ALLOWED, GROUP, OPERATOR, STRANGER, Harness
 
-ALLOWED, STRANGER, OPERATOR, GROUP = 100, 555, 900, -5000
 FINAL_STATES = {"replied", "failed", "ignored"}
 TURN_OUTCOMES = {"replied", "failed", "dlq", "refused", "notice"}
 KNOWN_OUTCOMES = TURN_OUTCOMES | {"rejected", "malformed", "ignored", "duplicate", "throttled", "error"}
@@ -140,48 +130,6 @@ def examples(draw: st.DrawFn) -> Example:
     return Example(update, fresh, chance(draw, 25))
 
 
-# The harness ---------------------------------------------------------------------------------------
-
-@dataclass
-class Harness:
-    loop: asyncio.AbstractEventLoop
-    fake: FakeTelegram
-    services: Services
-    runtime: Runtime
-    llm: ScriptedLLM
-
-    def journal(self, update_id: int) -> tuple[str, str | None] | None:
-        row = self.services.db.execute("SELECT state, error FROM journal WHERE update_id = ?", [update_id]).fetchone()
-        return (row[0], row[1]) if row else None
-
-    def dlq_count(self, update_id: int) -> int:
-        return self.services.db.execute("SELECT COUNT(*) FROM dlq WHERE update_id = ?", [update_id]).fetchone()[0]
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[Harness]:
-    fake = FakeTelegram(TEST_TOKEN).start()
-    loop = asyncio.new_event_loop()
-    config = Settings(_env_file=None, data_dir=tmp_path / "data", operator_chat_id=OPERATOR,
-                      allowed_user_ids=f"{ALLOWED},101", retry_wait_scale=0.0, dlq_auto_replay=False,
-                      breaker_failure_threshold=10_000, user_messages_per_minute=0, user_daily_token_budget=0)
-    llm = ScriptedLLM()
-    services = build_services(config, llm=llm)
-    bot = Bot(TEST_TOKEN, base_url=f"{fake.base_url}/bot", base_file_url=f"{fake.base_url}/file/bot")
-    loop.run_until_complete(bot.initialize())
-    runtime = Runtime(services, bot)
-    runtime.set_identity(bot.id, bot.username)
-    try:
-        yield Harness(loop, fake, services, runtime, llm)
-    finally:
-        loop.run_until_complete(runtime.wait_background(5))
-        loop.run_until_complete(bot.shutdown())
-        loop.run_until_complete(services.close())
-        loop.close()
-        fake.stop()
-    assert not fake.server_errors(), fake.server_errors()
-
-
 REPLY_METHODS = {"sendMessage", "editMessageText", "sendDocument", "sendPhoto"}
 
 
@@ -269,12 +217,12 @@ def test_known_shapes_end_as_documented(harness: Harness) -> None:
 def test_a_failure_outside_the_turn_still_ends_the_update(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
     """If routing itself breaks (a bug), the update is marked failed and the user is told: no
     silent loss, and no poison row that would crash every later start."""
-    import bot.runtime
+    import bot.routing
 
     def broken_route(*args: object, **kwargs: object) -> None:
         raise RuntimeError("routing bug")
 
-    monkeypatch.setattr(bot.runtime, "route", broken_route)
+    monkeypatch.setattr(bot.routing, "route", broken_route)
     update = harness.fake.text_update(ALLOWED, ALLOWED, "hello", update_id=50)
     assert harness.loop.run_until_complete(harness.runtime.process_raw(update)) == "error"
     assert harness.journal(50)[0] == "failed"

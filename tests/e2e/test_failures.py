@@ -9,13 +9,29 @@ Waits are scaled to zero (RETRY_WAIT_SCALE=0) except where a test measures a wai
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import OPERATOR_ID, BotProcess, run_cli
+from config.settings import Settings
+from core.contracts import DlqEntry, InboundMessage
+from core.services import build_services
+from tests.e2e.harness import (
+    OPERATOR_ID,
+    REPO_ROOT,
+    BotProcess,
+    bot_env,
+    find_secret_lines,
+    free_port,
+    run_cli,
+)
 from tests.fakes.llm_api import Error, Reply
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -263,3 +279,89 @@ def kicked_update(fake_telegram: FakeTelegram, user: int) -> dict:
         "old_chat_member": {"user": fake_telegram.bot_user, "status": "member"},
         "new_chat_member": {"user": fake_telegram.bot_user, "status": "kicked", "until_date": 0},
     }}
+
+
+# The console and the DLQ command line ---------------------------------------------------
+def console(env: Mapping[str, str], *lines: str) -> subprocess.CompletedProcess[str]:
+    """`python -m bot console` with `lines` typed on stdin (then end of input)."""
+    return subprocess.run([sys.executable, "-m", "bot", "console"], cwd=REPO_ROOT, env=bot_env(env),
+                          input="".join(f"{line}\n" for line in lines), capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def telegram_calls_to(fake_telegram: FakeTelegram, chat_id: int) -> list:
+    return [c for c in fake_telegram.calls() if str(c.params.get("chat_id")) == str(chat_id)]
+
+
+def test_a_failed_console_turn_belongs_to_the_console(bot, fake_telegram, fake_llm) -> None:
+    fake_llm.fail_all(Error.server_error())
+    typed = console(bot.env(BREAKER_FAILURE_THRESHOLD=10, **FAST), "typed in the terminal", "and a second line")
+    assert typed.returncode == 0 and typed.stdout.count("ref: ") == 2, typed.stdout + typed.stderr
+    first = bot(**FAST)  # a Telegram message fails too: three outage entries, the console's first
+    say(fake_telegram, "sent on telegram")
+    wait_for_errors(fake_telegram, USER, 1)
+    assert first.stop() == 0
+    entries = sorted(dlq_entries(first), key=lambda e: e["id"])
+    assert [(e["chat_id"], e["text"]) for e in entries] == [
+        (0, "typed in the terminal"), (0, "and a second line"), (USER, "sent on telegram")]
+    console_ids = [entries[0]["id"], entries[1]["id"]]
+
+    fake_llm.clear_failures()
+    second = bot(**FAST)  # DLQ_AUTO_REPLAY (the default) replays outage entries at start, oldest first ...
+    wait_for_late_answer(fake_telegram, USER, "sent on telegram")  # ... so the console's were passed over
+    assert telegram_calls_to(fake_telegram, 0) == []
+    assert sorted(e["id"] for e in dlq_entries(second)) == console_ids
+    assert "chat 0 (console)" in ask_operator(fake_telegram, "/dlq", "pending:")
+    ask_operator(fake_telegram, f"/replay {console_ids[0]}", "is a console turn")
+    ask_operator(fake_telegram, "/replay all", "Nothing pending")
+
+    # Each is answered where it was typed: `dlq replay` prints it, and so does the console's /replay.
+    replayed = run_cli(second.env, "dlq", "replay", str(console_ids[0]))
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert "echo: typed in the terminal" in replayed.stdout and "answer delivered" in replayed.stdout
+    again = console(second.env, f"/replay {console_ids[1]}")
+    assert "echo: and a second line" in again.stdout and "answer delivered" in again.stdout, again.stdout
+    assert telegram_calls_to(fake_telegram, 0) == [] and dlq_entries(second) == []
+
+
+def pending_telegram_entry(data_dir: Path) -> int:
+    """A DLQ entry of a Telegram chat, written the way a failed turn writes it."""
+    services = build_services(Settings(_env_file=None, data_dir=data_dir), tracing=False)
+    try:
+        trace_id = "ab" * 16
+        inbound = InboundMessage(update_id=7, trace_id=trace_id, chat_id=USER, chat_type="private", user_id=USER,
+                                 text="answer me later", received_at=services.clock.now())
+        entry = DlqEntry(trace_id=trace_id, chat_id=USER, user_id=USER, inbound=inbound, error_kind="llm_server",
+                         error_message="HTTP 500", replayable=True)
+        return services.dlq.add(entry, attempts=[], now=services.clock.iso())
+    finally:
+        asyncio.run(services.close())
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expect: str) -> None:
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert find_secret_lines(result.stdout + result.stderr) == []
+
+
+def test_dlq_replay_with_the_bot_api_unreachable_is_one_line(bot, data_dir) -> None:
+    entry_id = pending_telegram_entry(data_dir)
+    env = bot.env(TELEGRAM_API_BASE_URL=f"http://127.0.0.1:{free_port()}", **FAST)
+    result = run_cli(env, "dlq", "replay", str(entry_id))
+    assert_one_line_error(result, "is not reachable")
+    assert "nothing was replayed" in result.stderr
+    listing = run_cli(env, "dlq", "list", "--json")
+    assert [json.loads(line)["status"] for line in listing.stdout.splitlines()] == ["pending"]
+
+
+def test_dlq_replay_with_a_rejected_token_is_one_line_without_the_token(bot, data_dir) -> None:
+    entry_id = pending_telegram_entry(data_dir)
+    other = FakeTelegram("987654321:another-bots-token").start()  # answers 401 to TEST_TOKEN
+    try:
+        result = run_cli(bot.env(TELEGRAM_API_BASE_URL=other.base_url, **FAST), "dlq", "replay", str(entry_id))
+    finally:
+        other.stop()
+    assert_one_line_error(result, "rejected TELEGRAM_BOT_TOKEN")
+
