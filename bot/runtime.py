@@ -39,11 +39,12 @@ from core import failpoints
 from core.contracts import ContractViolation, ReplyEvent
 from core.failures.escalation import drain_outbox
 from core.failures.taxonomy import is_storage_failure
-from core.outcomes import record_blocked
-from core.pipeline import Pipeline, refusal_text
+from core.failures.undelivered import record_blocked
+from core.pipeline import Pipeline
 from core.ports import DeliveryFailed
 from core.services import Services
 from core.tracing import current_trace_id, new_turn_span, short_ref
+from core.turn import refusal_text
 
 if TYPE_CHECKING:
     pass
@@ -77,8 +78,8 @@ class Runtime:
         self.in_flight: set[int] = set()
         self.storage_alarm = StorageAlarm(self)
         services.on_storage_failure = self.storage_alarm.note
-        services.on_circuit_closed = self.schedule_auto_replay  # type: ignore[attr-defined]
-        services.on_llm_success = self._provider_answered  # type: ignore[attr-defined]
+        services.on_circuit_closed = self.schedule_auto_replay
+        services.on_llm_success = self._provider_answered
 
     def set_identity(self, bot_id: int, username: str) -> None:
         self.bot_id, self.bot_username = bot_id, username

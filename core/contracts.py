@@ -12,8 +12,8 @@ wrong producer, `counts_sane` for a negative count or cost, `no_unknown_fields`,
 `text_is_unicode`, `immutable` for an attempted change), else `<model>_valid`. The named
 invariants: role_exclusivity, message_list_well_formed, one_turn_identity, counts_sane,
 hot_state_within_cap, prompt_within_budget, no_empty_user_turn, tool_call_ids_unique; the LLM
-adapter and the tool validator add llm_response_has_choices, tool_call_json_valid and
-tool_arguments_valid for what a provider returns.
+adapter adds llm_response_has_choices and tool_call_named for what a provider returns. (Tool
+arguments the model got wrong are not violations: core/context/tools.py answers them to the model.)
 
 Producers are literal fields: only the pipeline makes agent requests, escalations and memory
 writes; only the LLM adapter makes LLM results; only a channel makes inbound messages.
@@ -169,12 +169,15 @@ class InboundMessage(Contract):
 
 
 class ToolCall(Contract):
-    """A function call the model asked for; arguments are a JSON object."""
+    """A function call the model asked for; arguments are a JSON object. When the model's
+    arguments were not one, `arguments` is empty and `arguments_error` says why: the model is
+    told so as the call's result (a wrong call is the model's to fix, not a broken answer)."""
 
     made_by: ClassVar[str] = "llm"
     id: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=200)
     arguments: dict[str, Any]
+    arguments_error: str | None = Field(default=None, max_length=500)
 
 
 class ChatMessage(Contract):

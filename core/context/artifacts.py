@@ -10,6 +10,7 @@ PDF text comes from pypdf (pure Python, no system dependency).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import codecs
 import hashlib
@@ -17,6 +18,7 @@ import io
 import os
 import re
 import tempfile
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,6 +36,9 @@ MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 MAX_SUMMARY_CHARS = 500
 MAX_LABEL_CHARS = 200
 MAX_SLICE_TOKENS = 2000
+# A PDF's text is extracted page by page; past these it is refused with a clear reason.
+PDF_MAX_PAGES = 2000
+PDF_MAX_SECONDS = 60.0
 KINDS = frozenset({"document", "long_message", "long_answer", "hot_state_archive", "history_archive"})
 SUPPORTED_TYPES = "plain text, Markdown, source code, JSON, CSV and PDF"
 TEXT_MEDIA_TYPES = frozenset({
@@ -292,26 +297,41 @@ def decode_text(data: bytes) -> str:
     return text
 
 
-def _pdf_text(data: bytes) -> str:
+def _pdf_text(data: bytes, *, max_pages: int = PDF_MAX_PAGES, max_seconds: float = PDF_MAX_SECONDS) -> str:
+    """The text of every page; refused past `max_pages` pages or `max_seconds` of work (a 20 MB
+    PDF can take minutes: the caller runs this in a worker thread, and the cap ends the thread)."""
+    deadline = time.monotonic() + max_seconds
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise UnsupportedDocument("this PDF is password-protected: send it without the password")
-        return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
+        pages = len(reader.pages)
+        if pages > max_pages:
+            raise UnsupportedDocument(f"this PDF has {pages} pages and I read at most {max_pages}: "
+                                      "send the part that matters")
+        texts: list[str] = []
+        for number, page in enumerate(reader.pages, start=1):
+            if time.monotonic() > deadline:
+                raise UnsupportedDocument(f"reading this PDF took over {max_seconds:g} s (stopped at page {number}"
+                                          f" of {pages}): send a smaller part of it, or its text")
+            texts.append((page.extract_text() or "").strip())
+        return "\n\n".join(texts).strip()
     except UnsupportedDocument:
         raise
     except Exception as error:  # pypdf raises many types for damaged files
         raise UnsupportedDocument(f"could not read this PDF ({type(error).__name__}): is it damaged?") from None
 
 
-def extract_text(data: bytes, *, file_name: str, mime_type: str) -> str:
-    """The text of a document: UTF-8/UTF-16 text formats and PDF; UnsupportedDocument otherwise."""
+def extract_text(data: bytes, *, file_name: str, mime_type: str, max_pdf_pages: int = PDF_MAX_PAGES,
+                 max_pdf_seconds: float = PDF_MAX_SECONDS) -> str:
+    """The text of a document: UTF-8/UTF-16 text formats and PDF; UnsupportedDocument otherwise.
+    CPU-bound for seconds on a big file: call it through `extract_text_off_loop` from a coroutine."""
     mime_type = (mime_type or "").split(";")[0].strip().lower()
     if len(data) > MAX_DOCUMENT_BYTES:
         raise UnsupportedDocument(f"this file is {len(data) / 2**20:.1f} MB: the limit is"
                                   f" {MAX_DOCUMENT_BYTES // 2**20} MB")
     if _is_pdf(data, file_name, mime_type):
-        text = _pdf_text(data)
+        text = _pdf_text(data, max_pages=max_pdf_pages, max_seconds=max_pdf_seconds)
         if not text:
             raise UnsupportedDocument("this PDF has no text layer (a scan?): I cannot read images")
         return text
@@ -321,6 +341,13 @@ def extract_text(data: bytes, *, file_name: str, mime_type: str) -> str:
             raise UnsupportedDocument("this file is empty")
         return text
     raise UnsupportedDocument(f"I cannot read {mime_type or 'this kind of file'}: send {SUPPORTED_TYPES}")
+
+
+async def extract_text_off_loop(data: bytes, *, file_name: str, mime_type: str,
+                                max_pdf_pages: int = PDF_MAX_PAGES, max_pdf_seconds: float = PDF_MAX_SECONDS) -> str:
+    """`extract_text` in a worker thread: every other chat goes on while a big PDF is read."""
+    return await asyncio.to_thread(extract_text, data, file_name=file_name, mime_type=mime_type,
+                                   max_pdf_pages=max_pdf_pages, max_pdf_seconds=max_pdf_seconds)
 
 
 def summarize(text: str, *, max_chars: int = MAX_SUMMARY_CHARS) -> str:

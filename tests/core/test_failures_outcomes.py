@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.contracts import InboundMessage
+from core.failures.classify import to_gateway_error
 from core.failures.taxonomy import GatewayError, Kind
-from core.outcomes import to_gateway_error
 from core.ports import DeliveryFailed
 from core.tracing import current_trace_id, new_turn_span
 from tests.core.fakes import make_pipeline
