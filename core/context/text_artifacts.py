@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from core.context.artifacts import summarize
+from core.context.extract import summarize
 from core.contracts import HotStateWrite
 
 if TYPE_CHECKING:

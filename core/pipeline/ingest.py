@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from opentelemetry import trace
 
-from core.context.artifacts import MAX_DOCUMENT_BYTES, UnsupportedDocument, extract_text_off_loop
+from core.context.extract import MAX_DOCUMENT_BYTES, UnsupportedDocument, extract_text_off_loop
 from core.context.text_artifacts import LONG_TEXT_TOKENS, store_text
 from core.contracts import Attachment
 from core.ports import DeliveryFailed

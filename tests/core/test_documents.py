@@ -11,7 +11,7 @@ import pytest
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
-from core.context.artifacts import UnsupportedDocument, extract_text
+from core.context.extract import UnsupportedDocument, extract_text
 from core.contracts import Attachment, InboundMessage
 from core.tracing import current_trace_id, new_turn_span
 from tests.core.fakes import MakePipeline
