@@ -50,7 +50,7 @@ def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", ["core", "core.context", "core.failures", "core.pipeline"])
+@pytest.mark.parametrize("package", ["core", "core.context", "core.contracts", "core.failures", "core.pipeline"])
 def test_no_import_cycles_among_the_modules_of_a_package(graph: grimp.ImportGraph, package: str) -> None:
     depth = package.count(".") + 2
 
