@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -84,3 +85,26 @@ async def test_budget_refusal_makes_no_llm_call(make_pipeline: MakePipeline, bud
     assert outcome == "notice"
     assert llm.requests == []
     assert "daily" in channel.texts("error")[0].lower()
+
+
+async def test_the_runtime_hooks_are_declared_and_called(make_pipeline: MakePipeline) -> None:
+    from dataclasses import fields
+
+    from core.failures.taxonomy import GatewayError, Kind
+    from core.services import Services
+
+    declared = {f.name for f in fields(Services)}
+    assert {"on_llm_success", "on_circuit_closed", "on_storage_failure"} <= declared
+    services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=0.01)
+    calls: list[str] = []
+    services.on_llm_success = lambda: calls.append("success")
+    services.on_circuit_closed = lambda: calls.append("closed")
+    llm.enqueue("fine")
+    await turn(services, pipeline, channel, "hi")
+    assert calls == ["success"]  # the provider answers: whatever waits for it may go
+    llm.enqueue(GatewayError(Kind.llm_server, "HTTP 500", status_code=500))
+    assert (await turn(services, pipeline, channel, "again", update_id=2))[0] == "dlq"  # opens the circuit
+    await asyncio.sleep(0.02)
+    llm.enqueue("back")
+    assert (await turn(services, pipeline, channel, "later", update_id=3))[0] == "replied"
+    assert calls == ["success", "closed"]  # the probe closed the circuit: the closing hook, not the success one
