@@ -12,7 +12,7 @@ from typing import Any
 
 from bot.storage_alarm import StorageAlarm
 from core.failures.escalation import drain_outbox
-from core.outcomes import record_blocked
+from core.failures.undelivered import record_blocked
 from core.pipeline import Pipeline
 from core.ports import Channel
 from core.replay import REPLAY_PACE_S, ReplayStatus, replay_pending, replayable_entries

@@ -26,12 +26,13 @@ from core import failpoints
 from core.contracts import ContractViolation, ReplyEvent
 from core.failures.backoff_schedule import ceiling_wait_s
 from core.failures.taxonomy import is_storage_failure
-from core.outcomes import record_blocked
-from core.pipeline import Pipeline, refusal_text
+from core.failures.undelivered import record_blocked
+from core.pipeline import Pipeline
 from core.ports import DeliveryFailed
 from core.replay import REPLAY_PACE_S, ReplayResult, replay_entry, replay_pending
 from core.services import Services
 from core.tracing import current_trace_id, new_turn_span, short_ref
+from core.turn import refusal_text
 
 log = logging.getLogger(__name__)
 NO_TRACE = "0" * 32

@@ -43,8 +43,8 @@ class Runtime:
         self.intake = Intake(services, bot, self.router)
         self.loops = Loops(services, self.pipeline, self.channel, alarm=self.storage_alarm, tasks=self.tasks)
         services.on_storage_failure = self.storage_alarm.note
-        services.on_circuit_closed = self.loops.schedule_auto_replay  # type: ignore[attr-defined]
-        services.on_llm_success = self.loops.provider_answered  # type: ignore[attr-defined]
+        services.on_circuit_closed = self.loops.schedule_auto_replay
+        services.on_llm_success = self.loops.provider_answered
 
     def set_identity(self, bot_id: int, username: str) -> None:
         self.identity.bot_id, self.identity.username = bot_id, username

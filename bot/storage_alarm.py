@@ -3,7 +3,7 @@ people are told.
 
 - An update that cannot be journaled is not acknowledged: Telegram keeps it and redelivers it
   (the poller retries getUpdates from the same offset; the webhook answers with an error).
-- A turn whose write fails midway ends "deferred" (core/outcomes.py): its journal row stays
+- A turn whose write fails midway ends "deferred" (core/pipeline/failure.py): its journal row stays
   unfinished.
 - Either way the sender hears once per update that the message waits (only a person the bot
   would answer), and the operator hears it directly through the Bot API, at most once per

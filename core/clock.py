@@ -41,17 +41,3 @@ class Clock:
     @staticmethod
     def monotonic() -> float:
         return time.monotonic()
-
-
-class FixedClock(Clock):
-    """A clock tests set by hand."""
-
-    def __init__(self, at: datetime) -> None:
-        super().__init__()
-        self.at = at
-
-    def now(self) -> datetime:
-        return self.at
-
-    def advance(self, seconds: float) -> None:
-        self.at += timedelta(seconds=seconds)

@@ -135,16 +135,17 @@ class OpenAICompatibleLLM:
         if not slot["name"]:
             raise ContractViolation("tool_call_named", field=f"tool_calls[{index}].function.name", producer="llm",
                                     detail="a tool call without a function name")
+        # Arguments that are not a JSON object are the model's mistake, answered to the model by
+        # the llm stage (core/context/tools.py), not a broken answer: the call is passed on with the reason.
+        problem = None
         try:
             arguments = json.loads(slot["arguments"] or "{}")
         except json.JSONDecodeError as error:
-            raise ContractViolation("tool_call_json_valid", field=f"tool_calls[{index}].function.arguments",
-                                    producer="llm", detail=f"arguments are not JSON ({error.msg})") from None
+            arguments, problem = {}, f"arguments are not JSON ({error.msg} at character {error.pos})"
         if not isinstance(arguments, dict):
-            raise ContractViolation("tool_call_json_valid", field=f"tool_calls[{index}].function.arguments",
-                                    producer="llm", detail="arguments must be a JSON object")
+            arguments, problem = {}, f"arguments must be a JSON object, got {type(arguments).__name__}"
         return build(ToolCall, "tool_call_valid", "llm", id=slot["id"] or f"call_{index}", name=slot["name"],
-                     arguments=arguments)
+                     arguments=arguments, arguments_error=problem)
 
     def _usage(self, usage: Any, request: AgentRequest, text: str, tool_calls: tuple[ToolCall, ...]) -> TokenUsage:
         if isinstance(usage, dict) and _is_int(usage.get("prompt_tokens")):

@@ -68,9 +68,14 @@ class Services:
     started_monotonic: float = field(default_factory=Clock.monotonic)
     mode: str = "console"
     last_error: dict[str, str] = field(default_factory=dict)
+    # Hooks the bot's runtime sets (the console and tests leave them None); core calls them directly.
     # Storage refused a write mid-turn: (update_id, reason) -> True the first time for that update.
-    # Set by the bot's runtime (bot/storage_alarm.py); without it every such turn tells its user.
+    # Set by bot/storage_alarm.py; without it every such turn tells its user.
     on_storage_failure: Callable[[int, str], bool] | None = None
+    # The circuit to the provider closed again: replay the DLQ entries an outage left.
+    on_circuit_closed: Callable[[], None] | None = None
+    # An LLM call succeeded without a breaker transition: entries waiting for the provider may go.
+    on_llm_success: Callable[[], None] | None = None
 
     @property
     def tracer(self):  # noqa: ANN201 - opentelemetry Tracer

@@ -19,12 +19,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import sqlite_utils
 
 from core.contracts import UsageRecord
 from core.store import transaction
+
+if TYPE_CHECKING:
+    from core.contracts import ContextPlan
+    from core.store import Chats
 
 CapName = Literal["user_daily_tokens", "monthly_usd"]
 WARN_FRACTION = 0.8
@@ -332,3 +336,18 @@ class WarningLog:
         """True the first time `key` is seen (the caller should warn), False afterwards."""
         cursor = self.db.execute("INSERT OR IGNORE INTO warnings(key, at) VALUES (?, ?)", [key, now])
         return cursor.rowcount == 1
+
+
+# Prompt sizes ------------------------------------------------------------------------
+def record_prompt_metrics(db: sqlite_utils.Database, chats: Chats, *, trace_id: str, chat_id: int,
+                          plan: ContextPlan, now: str) -> None:
+    """What a turn's prompt cost (the context plan), for /status and `python -m bot trace`: the
+    context stage records it, and the llm stage again when an overflow made the prompt smaller."""
+    with transaction(db):
+        db.execute(
+            "INSERT OR REPLACE INTO prompt_metrics(trace_id, chat_id, at, hot_state_tokens, history_tokens,"
+            " history_kept, history_dropped, artifact_count, total_tokens, budget_tokens)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [trace_id, chat_id, now, plan.hot_state_tokens, plan.history_tokens, plan.history_kept,
+             plan.history_dropped, plan.artifact_count, plan.total_tokens, plan.budget_tokens])
+        chats.record_prompt(chat_id, tokens=plan.total_tokens, budget=plan.budget_tokens, trace_id=trace_id, now=now)

@@ -5,15 +5,13 @@ temp file in the same folder and renamed, so a crash never leaves half a file un
 name. Metadata is one `artifacts` row per content and one `artifact_links` row per chat that
 stored it: the same bytes are kept once. A chat can only resolve its own links, and another
 chat's artifact looks exactly like an unknown one, so refs do not leak between chats.
-PDF text comes from pypdf (pure Python, no system dependency).
+Text extraction (pypdf for PDF) and summaries live in core/context/extract.py.
 """
 
 from __future__ import annotations
 
 import builtins
-import codecs
 import hashlib
-import io
 import os
 import re
 import tempfile
@@ -22,48 +20,33 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sqlite_utils
-from pypdf import PdfReader
 
+from core.context.extract import (
+    MAX_SUMMARY_CHARS,
+    UnsupportedDocument,
+    decode_text,
+    is_text_type,
+    pdf_text,
+    summarize,
+)
 from core.context.tokens import TokenCounter
 
 REF_PREFIX = "artifact://"
 REF_HEX_DIGITS = 16
 MIN_REF_HEX_DIGITS = 12
-MAX_DOCUMENT_BYTES = 20 * 1024 * 1024  # Telegram's getFile limit for bots
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
-MAX_SUMMARY_CHARS = 500
 MAX_LABEL_CHARS = 200
 MAX_SLICE_TOKENS = 2000
 KINDS = frozenset({"document", "long_message", "long_answer", "hot_state_archive", "history_archive"})
-SUPPORTED_TYPES = "plain text, Markdown, source code, JSON, CSV and PDF"
-TEXT_MEDIA_TYPES = frozenset({
-    "application/json", "application/xml", "application/yaml", "application/x-yaml", "application/toml",
-    "application/javascript", "application/x-python", "application/x-sh", "application/sql",
-    "application/csv", "application/x-ndjson", "application/x-tex", "application/x-subrip"})
-TEXT_EXTENSIONS = frozenset(
-    "txt md markdown rst org log csv tsv json jsonl ndjson yaml yml toml ini cfg conf env xml html htm css"
-    " py pyi js mjs ts tsx jsx go rs java kt c h cc cpp hpp cs rb php pl swift scala sh bash zsh ps1 sql"
-    " r lua dart tex srt vtt diff patch".split())
-
 _HEX = re.compile(r"[0-9a-f]{12,64}")
 _SHA = re.compile(r"[0-9a-f]{64}")
 _MEDIA = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")
-_CONTROL = re.compile(r"[\x01-\x08\x0e-\x1a\x1c-\x1f\x7f]")
-_BOMS = ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"),
-         (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-_JUNK_SAMPLE_CHARS = 1_000_000
 
 
 class ArtifactRefError(ValueError):
     """A ref that is malformed, unknown in this chat, or ambiguous."""
 
     kind = "artifact_ref_invalid"
-
-
-class UnsupportedDocument(ValueError):
-    """A document we cannot turn into text; the message is fit to show the user."""
-
-    kind = "unsupported_document"
 
 
 class ArtifactCorrupt(RuntimeError):
@@ -181,8 +164,8 @@ class ArtifactStore:
     def _text_of(content: bytes, media_type: str) -> str:
         """Stored text, without the upload checks of `extract_text` (size, emptiness)."""
         if media_type == "application/pdf":
-            return _pdf_text(content)
-        if _is_text("", media_type):
+            return pdf_text(content)
+        if is_text_type("", media_type):
             return decode_text(content)
         raise UnsupportedDocument(f"a {media_type} artifact has no text to read")
 
@@ -250,96 +233,3 @@ class ArtifactStore:
         rows = self.db.execute(_SELECT + " WHERE l.chat_id = ? ORDER BY l.created_at DESC, l.sha256 LIMIT ?",
                                [chat_id, max(0, limit)]).fetchall()
         return [ArtifactInfo(*row) for row in rows]
-
-
-def _is_pdf(data: bytes, file_name: str, mime_type: str) -> bool:
-    return mime_type == "application/pdf" or file_name.lower().endswith(".pdf") or data[:5] == b"%PDF-"
-
-
-def _is_text(file_name: str, mime_type: str) -> bool:
-    extension = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else ""
-    return (mime_type.startswith("text/") or mime_type in TEXT_MEDIA_TYPES or mime_type.endswith(("+json", "+xml"))
-            or extension in TEXT_EXTENSIONS)
-
-
-def _guess_utf16(data: bytes) -> str | None:
-    """UTF-16 without a BOM: ASCII-heavy text has a NUL in every other byte."""
-    sample = data[:4096]
-    if len(sample) < 4 or len(sample) % 2:
-        return None
-    half = len(sample) // 2
-    even, odd = sample[0::2].count(0) / half, sample[1::2].count(0) / half
-    if odd > 0.4 and even < 0.05:
-        return "utf-16-le"
-    if even > 0.4 and odd < 0.05:
-        return "utf-16-be"
-    return None
-
-
-def decode_text(data: bytes) -> str:
-    """Text from bytes (BOM-aware, UTF-8 by default); UnsupportedDocument for binary junk."""
-    bom, codec = next(((b, c) for b, c in _BOMS if data.startswith(b)), (b"", _guess_utf16(data) or "utf-8"))
-    text = data[len(bom):].decode(codec, errors="replace")
-    sample = text[:_JUNK_SAMPLE_CHARS]
-    if sample:
-        undecodable = sample.count("\ufffd") / len(sample)
-        nul = sample.count("\x00") / len(sample)
-        control = len(_CONTROL.findall(sample)) / len(sample)
-        if undecodable > 0.02 or nul > 0.001 or control > 0.05:
-            raise UnsupportedDocument(
-                f"this file does not look like text ({undecodable:.0%} undecodable bytes, {control + nul:.0%}"
-                f" control characters): I can read {SUPPORTED_TYPES}; save text as UTF-8")
-    return text
-
-
-def _pdf_text(data: bytes) -> str:
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise UnsupportedDocument("this PDF is password-protected: send it without the password")
-        return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
-    except UnsupportedDocument:
-        raise
-    except Exception as error:  # pypdf raises many types for damaged files
-        raise UnsupportedDocument(f"could not read this PDF ({type(error).__name__}): is it damaged?") from None
-
-
-def extract_text(data: bytes, *, file_name: str, mime_type: str) -> str:
-    """The text of a document: UTF-8/UTF-16 text formats and PDF; UnsupportedDocument otherwise."""
-    mime_type = (mime_type or "").split(";")[0].strip().lower()
-    if len(data) > MAX_DOCUMENT_BYTES:
-        raise UnsupportedDocument(f"this file is {len(data) / 2**20:.1f} MB: the limit is"
-                                  f" {MAX_DOCUMENT_BYTES // 2**20} MB")
-    if _is_pdf(data, file_name, mime_type):
-        text = _pdf_text(data)
-        if not text:
-            raise UnsupportedDocument("this PDF has no text layer (a scan?): I cannot read images")
-        return text
-    if _is_text(file_name, mime_type) or mime_type in ("", "application/octet-stream"):
-        text = decode_text(data)
-        if not text.strip():
-            raise UnsupportedDocument("this file is empty")
-        return text
-    raise UnsupportedDocument(f"I cannot read {mime_type or 'this kind of file'}: send {SUPPORTED_TYPES}")
-
-
-def summarize(text: str, *, max_chars: int = MAX_SUMMARY_CHARS) -> str:
-    """A deterministic extractive summary: the first sentences that fit, whitespace collapsed."""
-    if max_chars < 1:
-        raise ValueError("max_chars must be >= 1")
-    flat = " ".join(text.split())
-    if len(flat) <= max_chars:
-        return flat
-    kept = ""
-    for sentence in re.split(r"(?<=[.!?…])\s+", flat):
-        candidate = f"{kept} {sentence}" if kept else sentence
-        if len(candidate) > max_chars:
-            break
-        kept = candidate
-    if len(kept) >= max_chars // 2:
-        return kept
-    cut = flat[: max_chars - 1]
-    space = cut.rfind(" ")
-    if space >= max_chars // 2:
-        cut = cut[:space]
-    return cut.rstrip() + "…"

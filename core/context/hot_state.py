@@ -228,14 +228,6 @@ def archive_markdown(evicted: list[Item], *, previous_ref: str | None, now: str)
     return "\n".join(lines) + "\n"
 
 
-def artifact_index_text(*, ref: str, kind: str, label: str, summary: str) -> str:
-    """One `artifacts`-section line: reference, type, label, one-line summary (<= MAX_ITEM_CHARS)."""
-    head = f"{ref} ({kind}) {clean_text(label)[:100]}: "
-    room = MAX_ITEM_CHARS - len(head)
-    line = clean_text(summary)
-    return head + (line if len(line) <= room else line[: room - 1] + "…")
-
-
 _TITLES = {"constraints": "Constraints", "decisions": "Decisions", "facts": "Facts",
            "open_questions": "Open questions", "last_step": "Last step", "artifacts": "Artifacts"}
 

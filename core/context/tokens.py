@@ -44,12 +44,6 @@ class TokenCounter:
     def count_message(self, content: str) -> int:
         return self.count(content) + MESSAGE_OVERHEAD_TOKENS
 
-    def truncate(self, text: str, max_tokens: int, *, offset_tokens: int = 0) -> tuple[str, int]:
-        """The slice of `text` from token `offset_tokens`, at most `max_tokens` long, and the total count."""
-        tokens = self.encoding.encode(text, disallowed_special=())
-        piece = tokens[offset_tokens: offset_tokens + max_tokens]
-        return self.encoding.decode(piece), len(tokens)
-
     def describe(self) -> str:
         return f"{self.name} ({'model encoding' if self.source == 'model' else 'bundled offline fallback'})"
 

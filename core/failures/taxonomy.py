@@ -256,13 +256,26 @@ def _status_kind(error: openai.APIStatusError) -> Kind:
 
 
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+# SQLite's primary result codes that mean the disk or the lock, not the SQL: SQLITE_BUSY (5) and
+# SQLITE_LOCKED (6) once the busy timeout has run out, SQLITE_READONLY (8), SQLITE_IOERR (10),
+# SQLITE_FULL (13), SQLITE_CANTOPEN (14: the file or its directory cannot be opened or created).
+STORAGE_SQLITE_CODES = frozenset({5, 6, 8, 10, 13, 14})
+# The same, by message, for errors that carry no code (raised by hand, or by a wrapper).
+_STORAGE_SQLITE_MESSAGES = ("database or disk is full", "readonly database", "disk i/o error", "database is locked",
+                            "database table is locked", "unable to open database file")
 
 
 def is_storage_failure(error: BaseException) -> bool:
-    """The disk or the database refused (full, read-only, I/O error, locked): not a bug of the turn,
-    and nothing more can be written until it is fixed."""
-    if isinstance(error, sqlite3.OperationalError):
-        return True
+    """The disk or the database refused (full, read-only, I/O error, a lock held too long): not a
+    bug of the turn, and nothing more can be written until it is fixed. Any other SQLite error
+    (`no such table`, a constraint) is a bug: classified `internal`, so it reaches the DLQ once
+    instead of being deferred and retried for ever."""
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            return code & 0xFF in STORAGE_SQLITE_CODES  # extended codes keep the primary in the low byte
+        message = str(error).lower()
+        return any(marker in message for marker in _STORAGE_SQLITE_MESSAGES)
     return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
 
 

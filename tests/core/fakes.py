@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 
 from core.contracts import AgentRequest, LLMResult, ReplyEvent, TokenUsage, ToolCall
 from core.ports import DeliveryFailed, DeltaSink
+
+if TYPE_CHECKING:
+    from core.pipeline import Pipeline
+    from core.services import Services
+
+# What the `make_pipeline` fixture (tests/core/conftest.py) returns, and the fixture's own type.
+Built = tuple["Services", "Pipeline", "ScriptedLLM", "RecordingChannel"]
+MakePipeline = Callable[..., Any]
 
 
 class ScriptedLLM:
@@ -62,9 +71,10 @@ class RecordingChannel:
         return [e.text for e in self.events if not kinds or e.kind in kinds]
 
 
-def make_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object):
+def build_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object):
     """Real services and pipeline over a temp DATA_DIR, with a ScriptedLLM and a RecordingChannel.
-    Operator 900; users 100 and 101 allowed; retry waits zero."""
+    Operator 900; users 100 and 101 allowed; retry waits zero. Tests use the `make_pipeline`
+    fixture (tests/core/conftest.py), which closes what this opens."""
     from config.settings import Settings
     from core.pipeline import Pipeline
     from core.services import build_services

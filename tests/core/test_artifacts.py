@@ -15,15 +15,8 @@ from hypothesis import strategies as st
 from pypdf import PdfWriter
 from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 
-from core.context.artifacts import (
-    MAX_DOCUMENT_BYTES,
-    ArtifactCorrupt,
-    ArtifactRefError,
-    ArtifactStore,
-    UnsupportedDocument,
-    extract_text,
-    summarize,
-)
+from core.context.artifacts import ArtifactCorrupt, ArtifactRefError, ArtifactStore
+from core.context.extract import MAX_DOCUMENT_BYTES, UnsupportedDocument, extract_text, summarize
 from core.context.tokens import counter_for_model
 from core.store import open_database
 

@@ -9,19 +9,24 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
+
 from core.context.budget import plan_context
 from core.context.tokens import REPLY_PRIMING_TOKENS
 from core.contracts import AgentRequest, InboundMessage, ToolCall
 from core.tracing import current_trace_id, new_turn_span
-from tests.core.fakes import make_pipeline
+from tests.core.fakes import MakePipeline
 
 USER = 100
 FILLER = " ".join(["lorem ipsum dolor sit amet consectetur"] * 12)
 
 
-def make(tmp_path: Path, **overrides: object):
-    return make_pipeline(tmp_path, tracing=False, **{"user_daily_token_budget": 0, "user_messages_per_minute": 0,
-                                                     **overrides})
+@pytest.fixture
+def make(make_pipeline: MakePipeline) -> MakePipeline:
+    def build(**overrides: object):  # noqa: ANN202
+        return make_pipeline(tracing=False, **{"user_daily_token_budget": 0, "user_messages_per_minute": 0,
+                                               **overrides})
+    return build
 
 
 async def say(services, pipeline, channel, text: str, *, update_id: int, chat_id: int = USER) -> str:
@@ -53,8 +58,8 @@ def test_plan_context_caps_history_tokens() -> None:
     assert plan_context(**args, max_history_tokens=0).history_kept == 0
 
 
-async def test_long_conversation_archives_in_batches_behind_one_link(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path, llm_context_tokens=2048, llm_max_output_tokens=256)
+async def test_long_conversation_archives_in_batches_behind_one_link(make: MakePipeline) -> None:
+    services, pipeline, llm, channel = make(llm_context_tokens=2048, llm_max_output_tokens=256)
     from core.contracts import HotStateWrite
 
     services.hot_state.apply(USER, HotStateWrite(producer="pipeline", source="user", trace_id="2" * 32, chat_id=USER,
@@ -83,11 +88,10 @@ async def test_long_conversation_archives_in_batches_behind_one_link(tmp_path: P
     assert all(f"msg {n:03d}:" in text or f"msg {n:03d}:" in in_prompt for n in range(turns))
     # Only a bounded part of the conversation stays active.
     assert services.history.count_active(USER) < 20
-    await services.close()
 
 
-async def test_read_artifact_slices_fit_a_small_window(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path, llm_context_tokens=3072, llm_max_output_tokens=256)
+async def test_read_artifact_slices_fit_a_small_window(make: MakePipeline) -> None:
+    services, pipeline, llm, channel = make(llm_context_tokens=3072, llm_max_output_tokens=256)
     for number in range(12):  # fill the window with history first
         await say(services, pipeline, channel, f"msg {number:03d}: {FILLER}", update_id=number + 1)
     document = "\n".join(f"Line {n:05d}: the quick brown fox jumps over the lazy dog." for n in range(4000))
@@ -117,13 +121,12 @@ async def test_read_artifact_slices_fit_a_small_window(tmp_path: Path) -> None:
     assert len(rounds[-1].messages) < len(rounds[0].messages) + 3
     await say(services, pipeline, channel, "thanks", update_id=52)
     assert len(llm.requests[-1].messages) > 4
-    await services.close()
 
 
-async def test_overflow_retry_carries_at_most_half_the_history(tmp_path: Path) -> None:
+async def test_overflow_retry_carries_at_most_half_the_history(make: MakePipeline) -> None:
     from core.failures.taxonomy import GatewayError, Kind
 
-    services, pipeline, llm, channel = make(tmp_path)  # a wide window: halving it would change nothing
+    services, pipeline, llm, channel = make()  # a wide window: halving it would change nothing
     for number in range(6):
         await say(services, pipeline, channel, f"note {number}", update_id=number + 1)
     overflow = GatewayError(Kind.llm_context_overflow, "context_length_exceeded")
@@ -135,20 +138,18 @@ async def test_overflow_retry_carries_at_most_half_the_history(tmp_path: Path) -
     llm.enqueue(overflow, overflow)
     assert await say(services, pipeline, channel, "again", update_id=11) != "replied"
     assert "too long for the model" in channel.texts("error")[-1]
-    await services.close()
 
 
-async def test_a_prompt_that_cannot_fit_is_refused_in_words(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path, llm_context_tokens=1024, llm_max_output_tokens=16)
+async def test_a_prompt_that_cannot_fit_is_refused_in_words(make: MakePipeline) -> None:
+    services, pipeline, llm, channel = make(llm_context_tokens=1024, llm_max_output_tokens=16)
     outcome = await say(services, pipeline, channel, " ".join(f"word{n}" for n in range(700)), update_id=1)
     assert outcome == "notice" and llm.requests == []
     reply = channel.texts("error")[-1]
     assert "too long for the model" in reply and "ref: " in reply and "context too large" not in reply
-    await services.close()
 
 
-async def test_a_missing_artifact_file_is_reported_to_the_model(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path)
+async def test_a_missing_artifact_file_is_reported_to_the_model(make: MakePipeline) -> None:
+    services, pipeline, llm, channel = make()
     await say(services, pipeline, channel, "x " * 3000, update_id=1)  # long: stored as an artifact
     ref = re.search(r"artifact://[0-9a-f]{16}", llm.requests[-1].messages[-1].content).group(0)
     services.artifacts.path_for(services.artifacts.resolve(USER, ref).sha256).unlink()
@@ -156,10 +157,9 @@ async def test_a_missing_artifact_file_is_reported_to_the_model(tmp_path: Path) 
     assert await say(services, pipeline, channel, "read it", update_id=2) == "replied"
     result = json.loads([m for m in llm.requests[-1].messages if m.role == "tool"][-1].content)
     assert result["ok"] is False and "missing" in result["error"]
-    await services.close()
 
 
-async def test_prompts_from_cached_history_equal_prompts_read_cold(tmp_path: Path) -> None:
+async def test_prompts_from_cached_history_equal_prompts_read_cold(make: MakePipeline, tmp_path: Path) -> None:
     """History keeps each chat's recent messages, validated once as ChatMessages, in memory: a
     conversation (archived in batches, set aside by /new, a tool round making room by dropping
     history from one prompt) gets the very prompts it gets when every turn reads the table."""
@@ -169,7 +169,7 @@ async def test_prompts_from_cached_history_equal_prompts_read_cold(tmp_path: Pat
     document = "\n".join(f"Line {n:05d}: the quick brown fox jumps over the lazy dog." for n in range(2000))
     runs = []
     for name, cache_chats in (("warm", 256), ("cold", 0)):
-        services, pipeline, llm, channel = make(tmp_path / name, llm_context_tokens=2048, llm_max_output_tokens=256)
+        services, pipeline, llm, channel = make(path=tmp_path / name, llm_context_tokens=2048, llm_max_output_tokens=256)
         services.history = History(services.db, cache_chats=cache_chats)
         channel.files["doc1"] = document.encode()
         for number in range(40):

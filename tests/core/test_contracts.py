@@ -16,7 +16,7 @@ import pytest
 from opentelemetry import trace
 
 from core.context.tokens import counter_for_model
-from core.context.tools import validate_tool_arguments
+from core.context.tools import InvalidToolArguments, parse_tool_call
 from core.contracts import (
     AgentRequest,
     Attachment,
@@ -405,21 +405,21 @@ async def test_llm_result_with_no_choices(fake_llm: FakeLLM, llm: OpenAICompatib
     assert (error.invariant, error.field, error.producer) == ("llm_response_has_choices", "choices", "llm")
 
 
-async def test_llm_tool_call_with_invalid_json(fake_llm: FakeLLM, llm: OpenAICompatibleLLM) -> None:
+async def test_llm_tool_call_with_invalid_json_is_passed_on_with_the_reason(
+        fake_llm: FakeLLM, llm: OpenAICompatibleLLM) -> None:
     fake_llm.enqueue(Malformed("bad_tool_json"))
-    with pytest.raises(ContractViolation) as caught:
-        await llm.complete(request(SYSTEM, USER))
-    error = caught.value
-    assert (error.invariant, error.field, error.producer) == (
-        "tool_call_json_valid", "tool_calls[0].function.arguments", "llm")
-    assert "not JSON" in error.detail
+    result = await llm.complete(request(SYSTEM, USER))  # the model's mistake: told to the model, not fatal
+    [call] = result.tool_calls
+    assert call.arguments == {} and call.arguments_error is not None and "not JSON" in call.arguments_error
+    with pytest.raises(InvalidToolArguments) as caught:
+        parse_tool_call(call)
+    assert caught.value.field == "arguments" and "not JSON" in caught.value.for_model()
 
 
 async def test_llm_tool_call_arguments_must_be_an_object(fake_llm: FakeLLM, llm: OpenAICompatibleLLM) -> None:
     fake_llm.enqueue(ToolCalls([("c1", "read_artifact", "[1, 2]")]))
-    with pytest.raises(ContractViolation) as caught:
-        await llm.complete(request(SYSTEM, USER))
-    assert (caught.value.invariant, caught.value.producer) == ("tool_call_json_valid", "llm")
+    result = await llm.complete(request(SYSTEM, USER))
+    assert result.tool_calls[0].arguments_error == "arguments must be a JSON object, got list"
 
 
 @pytest.mark.parametrize("kind", ["not_json", "empty"])
@@ -435,9 +435,9 @@ async def test_llm_unknown_tool_name(fake_llm: FakeLLM, llm: OpenAICompatibleLLM
     fake_llm.enqueue(ToolCalls([("c1", "delete_everything", '{"really": true}')]))
     result = await llm.complete(request(SYSTEM, USER))  # well-formed JSON: the adapter passes it on
     assert result.producer == "llm" and result.tool_calls[0].name == "delete_everything"
-    error = expect(lambda: validate_tool_arguments(result.tool_calls[0].name, result.tool_calls[0].arguments),
-                   "tool_arguments_valid", "name", "llm")
-    assert "unknown tool 'delete_everything'" in error.detail
+    with pytest.raises(InvalidToolArguments) as caught:
+        parse_tool_call(result.tool_calls[0])
+    assert caught.value.field == "name" and "read_artifact, update_hot_state" in caught.value.for_model()
 
 
 @pytest.mark.parametrize(("name", "arguments", "field"), [
@@ -451,8 +451,9 @@ async def test_llm_tool_arguments_of_the_wrong_type(fake_llm: FakeLLM, llm: Open
                                                     arguments: str, field: str) -> None:
     fake_llm.enqueue(ToolCalls([("c1", name, arguments)]))
     result = await llm.complete(request(SYSTEM, USER))
-    expect(lambda: validate_tool_arguments(result.tool_calls[0].name, result.tool_calls[0].arguments),
-           "tool_arguments_valid", field, "llm")
+    with pytest.raises(InvalidToolArguments) as caught:
+        parse_tool_call(result.tool_calls[0])
+    assert caught.value.field == field
 
 
 async def test_a_good_answer_passes_every_check(fake_llm: FakeLLM, llm: OpenAICompatibleLLM) -> None:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
-from core.contracts import InboundMessage
+from core.contracts import InboundMessage, ReplyEvent
+from core.failures.classify import to_gateway_error
 from core.failures.taxonomy import GatewayError, Kind
-from core.outcomes import to_gateway_error
 from core.ports import DeliveryFailed
 from core.tracing import current_trace_id, new_turn_span
-from tests.core.fakes import make_pipeline
+from tests.core.fakes import MakePipeline, RecordingChannel
 
 OPERATOR = 900
-
-
-def make(tmp_path: Path, **overrides: object):
-    return make_pipeline(tmp_path, **overrides)
 
 
 async def turn(services, pipeline, channel, text: str, *, update_id: int, replay_dlq_id: int | None = None):
@@ -35,8 +30,8 @@ def server_error() -> GatewayError:
     return GatewayError(Kind.llm_server, "HTTP 500: boom", status_code=500)
 
 
-async def test_an_open_circuit_fails_fast_with_one_alert(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path, breaker_failure_threshold=1, breaker_reset_seconds=60)
+async def test_an_open_circuit_fails_fast_with_one_alert(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=60)
     llm.enqueue(server_error())
     assert await turn(services, pipeline, channel, "one", update_id=1) == "dlq"
     assert len(llm.requests) == 1  # the failure opened the circuit: the retry was not sent
@@ -48,22 +43,20 @@ async def test_an_open_circuit_fails_fast_with_one_alert(tmp_path: Path) -> None
     assert len(opened) == 1
     assert not [text for text in alerts(services) if "dead-letter queue (circuit_open)" in text]
     assert [row.error_kind for row in services.dlq.list("pending")] == ["circuit_open"] * 4
-    await services.close()
 
 
-async def test_dlq_alert_names_the_replay_and_an_outage_is_not_a_chat_failing(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path, breaker_failure_threshold=100)
+async def test_dlq_alert_names_the_replay_and_an_outage_is_not_a_chat_failing(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=100)
     for update_id in (1, 2, 3):
         llm.enqueue(server_error(), server_error())
         assert await turn(services, pipeline, channel, f"try {update_id}", update_id=update_id) == "dlq"
     [alert] = alerts(services)  # one per kind per cooldown, and no "chat keeps failing" for an outage
     assert "dead-letter queue (llm_server)" in alert and "/replay 1" in alert
     assert "I kept your message" in channel.texts("error")[0]
-    await services.close()
 
 
-async def test_a_replay_that_fails_again_is_not_told_to_the_user_twice(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path)
+async def test_a_replay_that_fails_again_is_not_told_to_the_user_twice(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
     llm.enqueue(server_error(), server_error())
     await turn(services, pipeline, channel, "hello", update_id=1)
     [entry] = services.dlq.list("pending")
@@ -78,11 +71,10 @@ async def test_a_replay_that_fails_again_is_not_told_to_the_user_twice(tmp_path:
     again = services.dlq.get(entry.id)
     assert again is not None and again.status == "pending"
     assert (again.error_kind, again.replayable) == ("llm_bad_request", False)  # waits for the operator now
-    await services.close()
 
 
-async def test_a_late_answer_is_not_streamed(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path)
+async def test_a_late_answer_is_not_streamed(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
     llm.enqueue(server_error(), server_error())
     await turn(services, pipeline, channel, "later", update_id=1)
     [entry] = services.dlq.list("pending")
@@ -90,16 +82,14 @@ async def test_a_late_answer_is_not_streamed(tmp_path: Path) -> None:
     assert await turn(services, pipeline, channel, "later", update_id=1, replay_dlq_id=entry.id) == "replied"
     assert channel.texts("draft") == []
     assert channel.texts("final")[0].startswith("(Sorry for the delay")
-    await services.close()
 
 
-async def test_a_blocked_chat_is_recorded_and_the_answer_kept_nowhere(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path)
+async def test_a_blocked_chat_is_recorded_and_the_answer_kept_nowhere(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
     channel.fail_final = DeliveryFailed("forbidden: bot was blocked by the user", permanent=True, chat_gone=True)
     assert await turn(services, pipeline, channel, "bye", update_id=1) == "replied"  # answered, not deliverable
     assert services.chats.is_blocked(100)
     assert services.outbox.depth() == 0 and services.dlq.depth() == 0 and channel.texts("error") == []
-    await services.close()
 
 
 def test_delivery_failures_map_to_telegram_kinds() -> None:
@@ -108,3 +98,39 @@ def test_delivery_failures_map_to_telegram_kinds() -> None:
     flood = DeliveryFailed("flood control", permanent=False, retry_after_s=3)
     assert to_gateway_error(flood).kind == Kind.tg_flood
     assert to_gateway_error(DeliveryFailed("NetworkError", permanent=False)).kind == Kind.tg_network
+
+
+async def test_an_ordinary_sql_error_goes_to_the_dlq_once_not_deferred(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
+    services.db.execute("DROP TABLE prompt_metrics")  # a bug (a missing migration), not a full disk
+    assert await turn(services, pipeline, channel, "hello", update_id=1) == "dlq"
+    [entry] = services.dlq.list("pending")
+    assert entry.error_kind == "internal" and "no such table" in entry.error_message
+    assert llm.requests == []  # failed in the context stage, before any spend
+    [error] = channel.texts("error")
+    assert "ref:" in error and "can't save messages" not in error
+    assert any("A turn failed inside the gateway" in text for text in alerts(services))
+
+
+class ErrorReplyRaises(RecordingChannel):
+    """A channel with a bug: sending the error reply raises something other than DeliveryFailed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error_attempts = 0
+
+    async def deliver(self, event: ReplyEvent) -> None:
+        if event.kind == "error":
+            self.error_attempts += 1
+            raise RuntimeError("the channel could not render this")
+        await super().deliver(event)
+
+
+async def test_fail_turn_never_raises_and_still_alerts_the_operator(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, _ = make_pipeline()
+    channel = ErrorReplyRaises()
+    llm.enqueue(GatewayError(Kind.llm_bad_request, "HTTP 400: no such parameter", status_code=400))
+    assert await turn(services, pipeline, channel, "hello", update_id=1) == "dlq"
+    assert channel.error_attempts == 1  # told once (it failed); no second error from a leaked exception
+    assert [row.error_kind for row in services.dlq.list("pending")] == ["llm_bad_request"]
+    assert any("The LLM provider refused the request" in text for text in alerts(services))

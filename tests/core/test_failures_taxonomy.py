@@ -190,6 +190,12 @@ def test_gateway_error_surface() -> None:
     (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), False),
     (TimeoutError(), False),
     (sqlite3.IntegrityError("UNIQUE constraint failed"), False),
+    (sqlite3.OperationalError("disk I/O error"), True),
+    (OSError(errno.EIO, "Input/output error"), True),
+    # An ordinary SQL error is a bug, not storage trouble: deferring it would retry it for ever.
+    (sqlite3.OperationalError("no such table: messages"), False),
+    (sqlite3.OperationalError("near \"SELEC\": syntax error"), False),
+    (sqlite3.DatabaseError("database disk image is malformed"), False),
 ])
 def test_storage_failures_are_their_own_kind(error: BaseException, storage: bool) -> None:
     assert is_storage_failure(error) is storage
@@ -197,3 +203,27 @@ def test_storage_failures_are_their_own_kind(error: BaseException, storage: bool
     assert (kind == Kind.storage_unavailable) is storage, kind
     if storage:
         assert TAXONOMY[kind].dlq is False  # the DLQ lives in the same database
+    elif isinstance(error, sqlite3.Error):
+        assert kind == Kind.internal and TAXONOMY[kind].dlq is True
+
+
+def real_sqlite_error(tmp_path, statement: str, *, read_only: bool = False) -> sqlite3.Error:  # noqa: ANN001
+    """The error SQLite itself raises (with its result code), not one made by hand."""
+    path = tmp_path / "probe.db"
+    sqlite3.connect(path).execute("CREATE TABLE IF NOT EXISTS t(x)").connection.commit()
+    connection = sqlite3.connect(f"file:{path}?mode=ro" if read_only else path, uri=read_only)
+    try:
+        connection.execute(statement)
+        connection.commit()
+    except sqlite3.Error as error:
+        return error
+    finally:
+        connection.close()
+    raise AssertionError(f"{statement!r} did not fail")
+
+
+def test_real_sqlite_errors_are_classified_by_their_result_code(tmp_path) -> None:  # noqa: ANN001
+    missing = real_sqlite_error(tmp_path, "SELECT * FROM no_such_table")
+    assert not is_storage_failure(missing) and classify_llm_error(missing).kind == Kind.internal
+    read_only = real_sqlite_error(tmp_path, "INSERT INTO t VALUES (1)", read_only=True)
+    assert is_storage_failure(read_only) and classify_llm_error(read_only).kind == Kind.storage_unavailable

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from core.contracts import InboundMessage
 from core.tracing import current_trace_id, new_turn_span
-from tests.core.fakes import make_pipeline
+from tests.core.fakes import MakePipeline
 
 OPERATOR = 900
-
-
-def make(tmp_path: Path, **overrides: object):
-    return make_pipeline(tmp_path, **overrides)
 
 
 async def turn(services, pipeline, channel, text: str, *, user_id: int = 100, chat_id: int = 100,
@@ -28,8 +24,8 @@ async def turn(services, pipeline, channel, text: str, *, user_id: int = 100, ch
     return outcome, trace_id
 
 
-async def test_answer_and_history(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path)
+async def test_answer_and_history(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
     llm.enqueue("Hello **there**")
     outcome, _ = await turn(services, pipeline, channel, "hi")
     assert outcome == "replied"
@@ -39,22 +35,20 @@ async def test_answer_and_history(tmp_path: Path) -> None:
     request = llm.requests[-1]
     assert [m.role for m in request.messages] == ["system", "user", "assistant", "user"]
     assert "<hot_state>" in request.messages[0].content and "</hot_state>" in request.messages[0].content
-    await services.close()
 
 
-async def test_refused_user_costs_no_llm_call(tmp_path: Path) -> None:
-    services, pipeline, llm, channel = make(tmp_path)
+async def test_refused_user_costs_no_llm_call(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
     outcome, _ = await turn(services, pipeline, channel, "hi", user_id=555, chat_id=555)
     assert outcome == "refused"
     assert llm.requests == []
     assert "555" in channel.texts("notice")[0]
-    await services.close()
 
 
-async def test_malformed_llm_result_goes_to_dlq_with_ref(tmp_path: Path) -> None:
+async def test_malformed_llm_result_goes_to_dlq_with_ref(make_pipeline: MakePipeline) -> None:
     from core.contracts import ContractViolation
 
-    services, pipeline, llm, channel = make(tmp_path)
+    services, pipeline, llm, channel = make_pipeline()
     broken = ContractViolation("llm_response_has_choices", field="choices", producer="llm", detail="none")
     llm.enqueue(broken, broken)  # malformed output is retried once (models are not deterministic)
     outcome, trace_id = await turn(services, pipeline, channel, "hi")
@@ -66,13 +60,12 @@ async def test_malformed_llm_result_goes_to_dlq_with_ref(tmp_path: Path) -> None
     llm.enqueue("fine now")
     outcome, _ = await turn(services, pipeline, channel, "next", update_id=2)
     assert outcome == "replied"
-    await services.close()
 
 
-async def test_tool_rounds_update_hot_state(tmp_path: Path) -> None:
+async def test_tool_rounds_update_hot_state(make_pipeline: MakePipeline) -> None:
     from core.contracts import ToolCall
 
-    services, pipeline, llm, channel = make(tmp_path)
+    services, pipeline, llm, channel = make_pipeline()
     llm.enqueue((ToolCall(id="c1", name="update_hot_state",
                           arguments={"set_objective": "plan a trip", "add": [{"section": "facts", "text": "likes trains"}]}),),
                 "Noted your objective.")
@@ -83,14 +76,35 @@ async def test_tool_rounds_update_hot_state(tmp_path: Path) -> None:
     assert any(i.text == "likes trains" for i in state.items)
     second = llm.requests[1]
     assert [m.role for m in second.messages][-2:] == ["assistant", "tool"]
-    await services.close()
 
 
 @pytest.mark.parametrize("budget", [1000])
-async def test_budget_refusal_makes_no_llm_call(tmp_path: Path, budget: int) -> None:
-    services, pipeline, llm, channel = make(tmp_path, user_daily_token_budget=budget)
+async def test_budget_refusal_makes_no_llm_call(make_pipeline: MakePipeline, budget: int) -> None:
+    services, pipeline, llm, channel = make_pipeline(user_daily_token_budget=budget)
     outcome, _ = await turn(services, pipeline, channel, "hi")
     assert outcome == "notice"
     assert llm.requests == []
     assert "daily" in channel.texts("error")[0].lower()
-    await services.close()
+
+
+async def test_the_runtime_hooks_are_declared_and_called(make_pipeline: MakePipeline) -> None:
+    from dataclasses import fields
+
+    from core.failures.taxonomy import GatewayError, Kind
+    from core.services import Services
+
+    declared = {f.name for f in fields(Services)}
+    assert {"on_llm_success", "on_circuit_closed", "on_storage_failure"} <= declared
+    services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=0.01)
+    calls: list[str] = []
+    services.on_llm_success = lambda: calls.append("success")
+    services.on_circuit_closed = lambda: calls.append("closed")
+    llm.enqueue("fine")
+    await turn(services, pipeline, channel, "hi")
+    assert calls == ["success"]  # the provider answers: whatever waits for it may go
+    llm.enqueue(GatewayError(Kind.llm_server, "HTTP 500", status_code=500))
+    assert (await turn(services, pipeline, channel, "again", update_id=2))[0] == "dlq"  # opens the circuit
+    await asyncio.sleep(0.02)
+    llm.enqueue("back")
+    assert (await turn(services, pipeline, channel, "later", update_id=3))[0] == "replied"
+    assert calls == ["success", "closed"]  # the probe closed the circuit: the closing hook, not the success one

@@ -1,4 +1,4 @@
-"""How a failed turn ends: the same way every time.
+"""failure: how a failed turn ends, the same way every time.
 
 The error is classified through the taxonomy; the user gets a short reply ending with the
 turn's `ref`; the inbound message goes to the dead-letter queue when the kind says so; the
@@ -13,42 +13,20 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from core.contracts import ContractViolation, DlqEntry, Escalation
-from core.failures.taxonomy import GatewayError, Kind, classify_llm_error
+from core.contracts import DlqEntry, Escalation
+from core.failures.classify import to_gateway_error
+from core.failures.taxonomy import GatewayError, Kind
+from core.failures.undelivered import keep_undelivered, record_blocked
 from core.ports import DeliveryFailed
 from core.tracing import short_ref
+from core.turn import Outcome, Turn
 
 if TYPE_CHECKING:
-    from core.pipeline import Outcome, Turn
     from core.services import Services
 
 log = logging.getLogger(__name__)
 # A failed turn that already spent this many tokens is worth an alert of its own.
 EXPENSIVE_FAILURE_TOKENS = 20_000
-
-
-class TurnEnded(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """A stage ended the turn on purpose (refusal, throttle, notice); the reply was sent."""
-
-
-class NoticeError(GatewayError):
-    """A failure with a specific message for the user (a spend cap, a prompt that cannot fit)."""
-
-    def __init__(self, kind: Kind, user_text: str, detail: str = "") -> None:
-        super().__init__(kind, detail or user_text)
-        self.user_text = user_text
-
-
-def to_gateway_error(error: BaseException) -> GatewayError:
-    if isinstance(error, GatewayError):
-        return error
-    if isinstance(error, DeliveryFailed):  # a notice Telegram would not take: a delivery failure, not a bug
-        kind = Kind.tg_blocked if error.chat_gone else Kind.tg_flood if error.retry_after_s is not None \
-            else Kind.tg_network
-        return GatewayError(kind, error.reason)
-    if isinstance(error, ContractViolation) and error.producer != "llm":
-        return GatewayError(Kind.contract_violation, str(error))
-    return classify_llm_error(error)
 
 
 def user_reply(error: GatewayError, *, ref: str, dlq_id: int | None, auto_replay: bool) -> str:
@@ -99,11 +77,7 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
         if not told_before and (gateway_error.user_message or getattr(gateway_error, "user_text", None)):
             reply = user_reply(gateway_error, ref=turn.ref, dlq_id=dlq_id,
                                auto_replay=services.settings.dlq_auto_replay)
-            try:
-                await turn.send("error", reply)
-            except DeliveryFailed as failed:
-                keep_undelivered(services, chat_id=inbound.chat_id, text=reply, trace_id=inbound.trace_id,
-                                 failed=failed)
+            await _send_error_reply(turn, reply)
         elif gateway_error.kind == Kind.tg_blocked:
             record_blocked(services, inbound.chat_id, gateway_error.detail)
         escalate_failure(services, turn, gateway_error, dlq_id=dlq_id, spent_tokens=spent)
@@ -120,31 +94,27 @@ async def _defer_for_storage(turn: Turn, error: GatewayError) -> Outcome:
     services = turn.services
     notify = services.on_storage_failure
     if notify is None or notify(turn.inbound.update_id, error.detail):
-        try:
-            await turn.send("error", user_reply(error, ref=turn.ref, dlq_id=None, auto_replay=False))
-        except DeliveryFailed as failed:
-            log.warning("storage notice to chat %s not delivered: %s", turn.inbound.chat_id, failed.reason)
+        await _send_error_reply(turn, user_reply(error, ref=turn.ref, dlq_id=None, auto_replay=False),
+                                keep=False)
     return "deferred"
 
 
-def keep_undelivered(services: Services, *, chat_id: int, text: str, trace_id: str, failed: DeliveryFailed) -> None:
-    """A reply Telegram would not take now goes to the outbox and is retried; a blocked chat is recorded."""
-    if failed.chat_gone:
-        record_blocked(services, chat_id, failed.reason)
-        return
-    if failed.permanent:  # Telegram will never take this text: retrying cannot help
-        log.error("reply to chat %s refused for good, not kept: %s", chat_id, failed.reason,
-                  extra={"trace_id": trace_id})
-        return
-    services.outbox.enqueue(kind="reply", chat_id=chat_id, text=text, trace_id=trace_id,
-                            dedupe_key=f"reply:{trace_id}", now=services.clock.iso())
-
-
-def record_blocked(services: Services, chat_id: int, reason: str) -> None:
-    """The chat refuses the bot (blocked, kicked, deleted): nothing is sent to it until its user
-    writes again; the outbox drops its rows and the DLQ replay skips it."""
-    services.chats.mark_blocked(chat_id, reason[:200], now=services.clock.iso())
-    log.warning("chat %s blocked the bot; not sending to it any more: %s", chat_id, reason)
+async def _send_error_reply(turn: Turn, text: str, *, keep: bool = True) -> None:
+    """Tell the user, never raising: the failure is still recorded and escalated after this, and a
+    second error (the pipeline failing in its failure handling) would reach nobody useful.
+    `keep`: an error reply Telegram will not take now goes to the outbox (not when storage is down)."""
+    services, inbound = turn.services, turn.inbound
+    try:
+        await turn.send("error", text)
+    except DeliveryFailed as failed:
+        if keep:
+            keep_undelivered(services, chat_id=inbound.chat_id, text=text, trace_id=inbound.trace_id, failed=failed)
+        else:
+            log.warning("error reply to chat %s not delivered: %s", inbound.chat_id, failed.reason)
+    except Exception as error:  # a channel bug: logged with its traceback, the turn still ends cleanly
+        log.error("error reply to chat %s failed in the channel (%s)", inbound.chat_id, type(error).__name__,
+                  exc_info=error)
+        trace.get_current_span().set_attribute("failure.reply_error", type(error).__name__)
 
 
 def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq_id: int | None,

@@ -1,24 +1,23 @@
-"""The agent call: streamed LLM attempts behind the circuit breaker and the retry policy,
-bounded tool rounds (`update_hot_state`, `read_artifact`), and usage for every attempt.
+"""llm: the agent call. Streamed attempts behind the circuit breaker and the retry policy (at
+most LLM_MAX_RETRIES), bounded tool rounds (`update_hot_state`, `read_artifact`), and a usage
+row for every attempt. A tool call the model got wrong is answered to the model, which gets its
+next round; only an answer that cannot be read at all is `llm_malformed`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
 from core import failpoints
-from core.context.tools import (
-    MAX_TOOL_ROUNDS,
-    READ_ARTIFACT_MAX_TOKENS,
-    to_hot_state_write,
-    validate_tool_arguments,
-)
+from core.context.assemble import rebuild_smaller
+from core.context.budget import ContextTooLarge
+from core.context.tool_calls import execute_tool
+from core.context.tools import MAX_TOOL_ROUNDS, TOOLS
 from core.contracts import (
     AgentRequest,
     ChatMessage,
@@ -26,20 +25,17 @@ from core.contracts import (
     Escalation,
     LLMResult,
     TokenUsage,
-    ToolCall,
     UsageRecord,
     build,
 )
+from core.failures.classify import to_gateway_error
 from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
-from core.ingest import LONG_TEXT_TOKENS, store_text
-from core.outcomes import to_gateway_error
-from core.prompt import TOOLS, check_answer_contract, context_stage, make_room, tool_result_room
-from core.store import transaction
-from core.usage import cost_usd
+from core.turn import NoticeError, Turn
+from core.usage import cost_usd, record_prompt_metrics
 
 if TYPE_CHECKING:
-    from core.pipeline import Turn
+    from core.failures.breaker import Transition
     from core.services import Services
 
 log = logging.getLogger(__name__)
@@ -47,19 +43,7 @@ TYPING_EVERY_S = 4.5  # Telegram shows "typing…" for 5 s
 FIRST_TYPING_S = 0.8
 
 
-async def gate_stage(turn: Turn) -> None:
-    """Fail fast while the circuit is open: no context to assemble, no budget to check, no call.
-    Only looks (the snapshot changes nothing): once the reset time has passed, the llm stage's
-    `allow()` lets exactly one probe through."""
-    services, settings = turn.services, turn.services.settings
-    breaker = services.breakers.get(settings.llm_base_url, settings.llm_model)
-    snapshot = breaker.snapshot(now_s=services.clock.monotonic())
-    trace.get_current_span().set_attribute("circuit.state", snapshot.state)
-    if snapshot.state == "open" and snapshot.retry_in_s:
-        raise GatewayError(Kind.circuit_open, f"circuit {breaker.name} is open for {snapshot.retry_in_s:.1f} s more")
-
-
-async def run_agent(turn: Turn) -> None:
+async def run(turn: Turn) -> None:
     """Call the model until it answers, executing at most MAX_TOOL_ROUNDS rounds of tool calls."""
     typing = asyncio.create_task(_keep_typing(turn))
     turn.drafting = False
@@ -109,7 +93,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
 
     async def attempt(number: int, shrink_context: bool) -> LLMResult:
         if shrink_context:
-            await _shrink_history(turn)
+            _rebuild_smaller(turn)
         now_s = services.clock.monotonic()
         if not breaker.allow(now_s=now_s):
             raise GatewayError(Kind.circuit_open, f"circuit {breaker.name} is open")
@@ -127,8 +111,6 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
                 raise ContractViolation("role_exclusivity", field="producer", producer=result.producer,
                                         detail="only the LLM adapter makes LLM results")
             turn.guard.check(result, producer="llm")
-            for call in result.tool_calls:
-                validate_tool_arguments(call.name, call.arguments)
         except BaseException as error:
             if isinstance(error, asyncio.CancelledError):
                 raise
@@ -144,9 +126,8 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
         transition = breaker.record_success(now_s=services.clock.monotonic())
         record_attempt(services, turn, request, result, error=None)
         _on_transition(services, turn, transition)
-        hook = getattr(services, "on_llm_success", None)  # the provider answers: replay what waits
-        if hook is not None and transition is None:
-            hook()
+        if services.on_llm_success is not None and transition is None:
+            services.on_llm_success()  # the provider answers: replay what waits
         return result
 
     def on_retry(number: int, error: GatewayError, wait_s: float) -> None:
@@ -157,21 +138,19 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
                                  on_retry=on_retry)
 
 
-async def _shrink_history(turn: Turn) -> None:
-    """The retry after context_length_exceeded: same turn, half the history budget."""
-    from core.context.budget import HISTORY_SHRINK_FACTOR
-
-    tail_start = len(turn.messages)
-    for index, message in enumerate(turn.messages):
-        if message.role == "user" and message.content == turn.user_text:
-            tail_start = index + 1
-    tail = turn.messages[tail_start:]
-    turn.history_share *= HISTORY_SHRINK_FACTOR
-    await context_stage(turn)
-    turn.messages.extend(tail)
+def _rebuild_smaller(turn: Turn) -> None:
+    """The retry after context_length_exceeded carries half the history (same turn, same tool rounds)."""
+    try:
+        rebuild_smaller(turn)
+    except ContextTooLarge as error:
+        raise NoticeError.context_too_large(error) from None
+    assert turn.plan is not None
+    services, inbound = turn.services, turn.inbound
+    record_prompt_metrics(services.db, services.chats, trace_id=inbound.trace_id, chat_id=inbound.chat_id,
+                          plan=turn.plan, now=services.clock.iso())
 
 
-def _on_transition(services: Services, turn: Turn, transition) -> None:  # noqa: ANN001
+def _on_transition(services: Services, turn: Turn, transition: Transition | None) -> None:
     if transition is None:
         return
     settings = services.settings
@@ -190,9 +169,8 @@ def _on_transition(services: Services, turn: Turn, transition) -> None:  # noqa:
             summary=f"Recovered: the circuit to {settings.llm_host} ({settings.llm_model}) closed again.",
             action="queued messages are replayed automatically" if settings.dlq_auto_replay else "/replay all",
             **common), now=services.clock.now())
-        hook = getattr(services, "on_circuit_closed", None)
-        if hook is not None:
-            hook()
+        if services.on_circuit_closed is not None:
+            services.on_circuit_closed()
 
 
 def record_attempt(services: Services, turn: Turn, request: AgentRequest, result: LLMResult | None, *,
@@ -216,92 +194,7 @@ def record_attempt(services: Services, turn: Turn, request: AgentRequest, result
     turn.tokens_spent += usage.total_tokens
 
 
-def execute_tool(turn: Turn, call: ToolCall) -> str:
-    """Run one tool call; a tool's own refusal (bad ref, no such item) goes back to the model.
-
-    The result joins this turn's prompt, which must stay within the budget: the oldest history
-    messages leave the prompt to make room (they stay stored), and an artifact slice is cut to
-    what fits once they have (at most READ_ARTIFACT_MAX_TOKENS)."""
-    services, inbound = turn.services, turn.inbound
-    arguments = validate_tool_arguments(call.name, call.arguments)
-    with services.tracer.start_as_current_span(f"tool {call.name}") as span:
-        span.set_attribute("gen_ai.tool.name", call.name)
-        if call.name == "update_hot_state":
-            write = to_hot_state_write(call.arguments, trace_id=inbound.trace_id, chat_id=inbound.chat_id)
-            turn.guard.check(write, producer=write.producer)
-            state, notes = services.hot_state.apply(inbound.chat_id, write, now=services.clock.iso())
-            return _fitted(turn, json.dumps({"ok": True, "notes": notes}))
-        if call.name == "read_artifact":
-            return _read_artifact(turn, arguments, span)
-    raise ContractViolation("tool_known", field="tool_calls.function.name", producer="llm",
-                            detail=f"unknown tool {call.name!r}")
-
-
-# Below this many tokens of room a slice is not worth sending: the model is told the window is full.
-MIN_SLICE_TOKENS = 32
-
-
-def _fitted(turn: Turn, content: str) -> str:
-    make_room(turn, turn.services.counter.count_message(content))
-    return content
-
-
-def _read_artifact(turn: Turn, arguments: dict, span: trace.Span) -> str:
-    from core.context.artifacts import ArtifactCorrupt, ArtifactRefError
-
-    services, chat_id = turn.services, turn.inbound.chat_id
-    try:
-        info = services.artifacts.resolve(chat_id, arguments["ref"])
-    except ArtifactRefError as error:
-        return _fitted(turn, json.dumps({"ok": False, "error": str(error)}))
-    if info.tokens is None:
-        return _fitted(turn, json.dumps({"ok": False, "error": f"{info.ref} ({info.media_type}) has no text to read"}))
-    # The JSON envelope and its escaping cost a little more than the slice: measure, then trim.
-    limit = min(arguments["max_tokens"], READ_ARTIFACT_MAX_TOKENS, tool_result_room(turn) - MIN_SLICE_TOKENS)
-    for _ in range(4):
-        if limit < MIN_SLICE_TOKENS:
-            return _fitted(turn, json.dumps({
-                "ok": False, "error": "this turn's context window is full: answer with what you have read, "
-                                      "and read further in a later turn"}))
-        try:
-            piece = services.artifacts.read_text_slice(info, offset_tokens=arguments["offset"], max_tokens=limit)
-        except ArtifactCorrupt as error:  # the operator's problem; the model is told it cannot be read
-            log.error("artifact unreadable in chat %s: %s", chat_id, error)
-            return _fitted(turn, json.dumps({"ok": False, "error": f"{error}: it cannot be read"}))
-        content = json.dumps({"ok": True, "ref": info.ref, "offset": piece.offset, "next_offset": piece.next_offset,
-                              "total_tokens": piece.total_tokens, "text": piece.text}, ensure_ascii=False)
-        tokens = services.counter.count_message(content)
-        excess = tokens - tool_result_room(turn)
-        if excess <= 0:
-            break
-        limit -= excess
-    else:
-        return _fitted(turn, json.dumps({"ok": False, "error": "this turn's context window is full"}))
-    make_room(turn, tokens)
-    span.set_attributes({"artifact.ref": info.ref, "artifact.slice_offset": piece.offset,
-                         "artifact.slice_tokens": tokens})
-    return content
-
-
-def persist_exchange(turn: Turn) -> None:
-    """Both sides of the exchange join the history in one commit (never one without the other)."""
-    with transaction(turn.services.db):
-        _persist_exchange(turn)
-
-
-def _persist_exchange(turn: Turn) -> None:
-    """After a successful answer: both sides of the exchange join the history (counted once)."""
-    services, inbound = turn.services, turn.inbound
-    now = services.clock.iso()
-    user_tokens = turn.user_tokens or services.counter.count_message(turn.user_text)
-    services.history.append(chat_id=inbound.chat_id, role="user", content=turn.user_text, tokens=user_tokens,
-                            trace_id=inbound.trace_id, update_id=inbound.update_id, now=now)
-    stored = turn.answer
-    answer_tokens = services.counter.count(turn.answer)
-    if answer_tokens > LONG_TEXT_TOKENS:
-        info = store_text(turn, turn.answer, label="long answer", kind="long_answer")
-        stored = f"[My long answer ({answer_tokens} tokens) is stored as {info.ref}. Summary: {info.summary}]"
-        answer_tokens = services.counter.count(stored)
-    services.history.append(chat_id=inbound.chat_id, role="assistant", content=stored,
-                            tokens=answer_tokens + 4, trace_id=inbound.trace_id, update_id=inbound.update_id,
-                            now=now)
+def check_answer_contract(text: str) -> None:
+    if not text.strip():
+        raise ContractViolation("llm_answer_not_empty", field="choices[0].message.content", producer="llm",
+                                detail="the model returned an empty answer")

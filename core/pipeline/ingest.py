@@ -1,0 +1,71 @@
+"""ingest: documents and very long texts become artifacts; the prompt gets a reference.
+
+A document is downloaded (refused above Telegram's 20 MB bot download limit), its text is
+extracted in a worker thread (plain text, Markdown, code, JSON, CSV; PDF through pypdf, with
+a page and a time cap) and stored once by SHA-256. The chat's hot state indexes it, and the
+user's turn becomes a short line with the `artifact://` reference and a summary: the agent
+reads the content with `read_artifact`.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from opentelemetry import trace
+
+from core.context.extract import MAX_DOCUMENT_BYTES, UnsupportedDocument, extract_text_off_loop
+from core.context.text_artifacts import LONG_TEXT_TOKENS, store_text
+from core.contracts import Attachment
+from core.ports import DeliveryFailed
+from core.turn import Turn, TurnEnded
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+async def run(turn: Turn) -> None:
+    services, inbound = turn.services, turn.inbound
+    span = trace.get_current_span()
+    parts: list[str] = []
+    text = inbound.text.strip()
+    if text:
+        tokens = services.counter.count(text)
+        span.set_attribute("message.tokens", tokens)
+        if tokens > LONG_TEXT_TOKENS:
+            info = store_text(turn, text, label="long message", kind="long_message")
+            parts.append(f"[The user sent a long text ({tokens} tokens), stored as {info.ref}. "
+                         f"Summary: {info.summary} Read it with read_artifact when needed.]")
+        else:
+            parts.append(text)
+    if inbound.attachment is not None:
+        parts.append(await _ingest_document(turn, inbound.attachment))
+    turn.user_text = "\n\n".join(parts)
+
+
+async def _ingest_document(turn: Turn, attachment: Attachment) -> str:
+    """The document stored as an artifact; the line the prompt carries instead of its text."""
+    if attachment.size_bytes > MAX_DOCUMENT_BYTES:
+        await _end_with_notice(turn, f"That file is {_mb(attachment.size_bytes)}; bots can only download files "
+                                     f"up to {_mb(MAX_DOCUMENT_BYTES)}. Please send a smaller file or paste the part "
+                                     "that matters.", "document too large")
+    try:
+        data = await turn.channel.download(attachment.file_id, max_bytes=MAX_DOCUMENT_BYTES)
+    except DeliveryFailed as failed:
+        await _end_with_notice(turn, f"I could not download that file ({failed.reason}). Please send it again.",
+                               "download failed")
+    try:
+        content = await extract_text_off_loop(data, file_name=attachment.file_name, mime_type=attachment.mime_type)
+    except UnsupportedDocument as error:
+        await _end_with_notice(turn, f"I can't read {attachment.file_name}: {error}", "unsupported document")
+    info = store_text(turn, content, label=attachment.file_name, kind="document")
+    trace.get_current_span().set_attributes({"document.bytes": len(data), "document.tokens": info.tokens or 0,
+                                             "document.new": info.created})
+    return (f"[Document {attachment.file_name} stored as {info.ref} ({info.tokens} tokens). "
+            f"Summary: {info.summary} Read it with read_artifact.]")
+
+
+async def _end_with_notice(turn: Turn, text: str, why: str) -> NoReturn:
+    turn.outcome = "notice"
+    await turn.send("notice", text)
+    raise TurnEnded(why) from None

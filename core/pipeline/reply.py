@@ -1,0 +1,23 @@
+"""reply: the final answer to the channel; an answer Telegram will not take now is kept, not lost."""
+
+from __future__ import annotations
+
+from opentelemetry import trace
+
+from core.failures.undelivered import keep_undelivered
+from core.ports import DeliveryFailed
+from core.turn import Turn
+
+
+async def run(turn: Turn) -> None:
+    text = turn.answer
+    if turn.late_of:
+        text = f"(Sorry for the delay: this answers your message from {turn.late_of}.)\n\n{text}"
+    try:
+        await turn.send("final", text)
+    except DeliveryFailed as failed:
+        # The answer exists and is paid for: keep it in the outbox (retried until Telegram takes
+        # it), or record that the user blocked the bot. Not a failed turn.
+        keep_undelivered(turn.services, chat_id=turn.inbound.chat_id, text=text, trace_id=turn.inbound.trace_id,
+                         failed=failed)
+        trace.get_current_span().set_attribute("reply.deferred", not failed.permanent)
