@@ -7,13 +7,15 @@ signal during the start-up retries is obeyed at once, and no output holds the to
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from tests.e2e.harness import find_secret_lines, free_port, run_cli
+from tests.e2e.harness import REPO_ROOT, bot_env, find_secret_lines, free_port, run_cli
 from tests.fakes.telegram_api import BackgroundServer, FakeTelegram
 
 pytestmark = pytest.mark.e2e
@@ -119,9 +121,25 @@ def test_polling_backs_off_when_get_updates_answers_at_once(bot) -> None:
 
 def test_a_library_error_that_names_the_token_is_redacted_on_the_way_out(bot) -> None:
     """The last resort (bot/__main__.py): whatever a command lets escape, PTB's InvalidToken
-    message ("The token `…` was rejected") included, reaches the terminal without the token."""
-    with FakeTelegram("42:a-different-bot-token-abcdefghijklmnop") as other:
-        result = run_cli(bot.env(TELEGRAM_API_BASE_URL=other.base_url), "dlq", "replay", "1")
+    message ("The token `…` was rejected") included, reaches the terminal without the token.
+    Every known path now ends in a one-line error of ours, so the escape is provoked on purpose:
+    the real `main` runs a command that prints the token, warns with it and raises InvalidToken."""
+    script = (
+        "import sys, warnings, bot.__main__ as cli\n"
+        "from telegram.error import InvalidToken\n"
+        "def escape(args, settings):\n"
+        "    token = settings.telegram_bot_token.get_secret_value()\n"
+        "    print('printed', token, end='')\n"
+        "    print(' (split across writes)')\n"
+        "    warnings.warn(f'warned {token}')\n"
+        "    raise InvalidToken(f'The token `{token}` was rejected by the server.')\n"
+        "cli._dispatch = escape\n"
+        "sys.exit(cli.main(['doctor']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=bot_env(bot.env()),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
+    output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "[REDACTED]" in result.stdout + result.stderr or "rejected" in result.stderr
-    assert find_secret_lines(result.stdout + result.stderr) == []
+    assert "InvalidToken" in result.stderr and "was rejected" in result.stderr  # the traceback is shown…
+    assert "printed" in result.stdout and "[REDACTED]" in output  # …and what was printed, redacted
+    assert find_secret_lines(output) == []
