@@ -16,7 +16,6 @@ is retried on the next batch, so an unwritable DATA_DIR at start degrades tracin
 from __future__ import annotations
 
 import json
-import json.encoder as json_encoder
 import logging
 import sqlite3
 import threading
@@ -26,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 from sqlite_utils.migrations import Migrations
-
-from core.spans import Span, SpanRecord
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +61,28 @@ def clean_attributes(attributes: Mapping[str, Any] | None, redact: Redact) -> di
     return {key: clean(value, redact) for key, value in (attributes or {}).items()}
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """Compact JSON (ensure_ascii off, unknown types as str), set up once: json.dumps with
-    options and JSONEncoder.encode build a new C encoder on every call."""
-    slow = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
-    make = getattr(json_encoder, "c_make_encoder", None)
-    if make is None:  # a Python without the C accelerator
-        return slow
-    fast = make(None, str, json_encoder.encode_basestring, None, ":", ",", False, False, True)
-
-    def encode(value: Any) -> str:
-        return "".join(fast(value, 0))
-
-    return encode if encode({"a": [1, "é", None]}) == slow({"a": [1, "é", None]}) else slow
+# One encoder built once: json.dumps with options builds a new JSONEncoder per call. Compact,
+# non-ASCII kept as is, and anything JSON has no type for stored as its str().
+encode_json = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
 
 
-encode_json = _json_encoder()
+# (trace_id, span_id, parent_span_id | None, name, kind name, start_ns, end_ns, status code name,
+#  status description, attributes, events): what the store needs of a span. Ints, strings and a
+# dict of plain values: nothing the garbage collector has to follow (core/span_processor.py says
+# why), unless an attribute holds a list or the span has events.
+SpanRecord = tuple[int, int, int | None, str, str, int, int, str, str | None, dict[str, Any], tuple[Event, ...]]
+
+
+def record_of(span: ReadableSpan) -> SpanRecord:
+    """An ended SDK span as a SpanRecord (a plain dict copy of its attributes)."""
+    context, parent, status, kind = span.context, span.parent, span.status, span.kind
+    code = status.status_code
+    attributes = span.attributes
+    start_ns = span.start_time or 0
+    return (context.trace_id, context.span_id, parent.span_id if parent is not None else None, span.name,
+            "INTERNAL" if kind is _INTERNAL else kind.name, start_ns, span.end_time or start_ns,
+            "UNSET" if code is _UNSET else code.name, status.description,
+            dict(attributes) if attributes else {}, span.events)
 
 
 def _fits(attributes: dict[str, Any]) -> bool:
@@ -92,14 +95,6 @@ def _fits(attributes: dict[str, Any]) -> bool:
             if any(type(item) is str and len(item) > MAX_ATTRIBUTE_CHARS for item in value):
                 return False
     return True
-
-
-def record_of(span: ReadableSpan | Span) -> SpanRecord:
-    """Any span with ReadableSpan's fields (the SDK's, ours) as a SpanRecord."""
-    context, parent, status = span.context, span.parent, span.status
-    return (context.trace_id, context.span_id, parent.span_id if parent is not None else None, span.name,
-            span.kind, span.start_time or 0, span.end_time, status.status_code, status.description,
-            dict(span.attributes or {}), tuple(span.events))
 
 
 # Schema -------------------------------------------------------------------------------------
@@ -176,12 +171,12 @@ class SQLiteSpanExporter(SpanExporter):
         self._warned_at = -DROP_LOG_INTERVAL_S
         self._pruned_at = -PRUNE_INTERVAL_S
 
-    def export(self, spans: Sequence[ReadableSpan | Span]) -> SpanExportResult:
-        """The SDK exporter interface (any span with ReadableSpan's fields)."""
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """The SDK's exporter interface, for any span processor."""
         return self.export_records([record_of(span) for span in spans])
 
     def export_records(self, records: Sequence[SpanRecord]) -> SpanExportResult:
-        """What the tracer's queue calls: spans already reduced to `SpanRecord` tuples."""
+        """Store a batch of ended spans; core.span_processor's worker thread calls this."""
         if self._shut_down:
             return SpanExportResult.FAILURE
         try:
@@ -216,12 +211,9 @@ class SQLiteSpanExporter(SpanExporter):
         exact: set[int] = set()
         for trace_id, span_id, parent_id, name, kind, start_ns, end_ns, code, description, attributes, events \
                 in records:
-            if type(attributes) is not dict:
-                attributes = dict(attributes or {})
             # printf-style formatting: the cheapest way to hex here, and this runs per span
             item = ["%016x" % span_id, "%016x" % parent_id if parent_id is not None else None,  # noqa: UP031
-                    name, "INTERNAL" if kind is _INTERNAL else kind.name, start_ns or 0, end_ns or start_ns or 0,
-                    "UNSET" if code is _UNSET else code.name, description, attributes, []]
+                    name, kind, start_ns, end_ns, code, description, attributes, []]
             trace_spans = traces.get(trace_id)
             if trace_spans is None:
                 trace_spans = traces[trace_id] = []
