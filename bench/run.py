@@ -196,7 +196,7 @@ def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, pha
                            workdir / f"baseline-{phase}.log")
         needs = None
     bot.start()
-    bot.wait_polling(fake, needs=needs)
+    bot.wait_polling(fake, needs=needs, timeout_s=180 if probes else 30)  # tracemalloc slows the start a lot
     return bot
 
 
