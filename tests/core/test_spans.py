@@ -20,14 +20,8 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 
 from core.logs import redactor
 from core.span_processor import RecordBatchProcessor
-from core.span_store import (
-    MAX_ATTRIBUTE_CHARS,
-    SpanRecord,
-    SQLiteSpanExporter,
-    m001_spans,
-    migrations,
-    record_of,
-)
+from core.span_schema import m001_spans, migrations
+from core.span_store import MAX_ATTRIBUTE_CHARS, SpanRecord, SQLiteSpanExporter, record_of
 from core.telemetry import find_trace, recent_turns, scoreboard
 from core.tracing import _RedactingExporter, current_trace_id, new_turn_span
 
