@@ -23,7 +23,7 @@ from core.span_processor import RecordBatchProcessor
 from core.span_schema import m001_spans, migrations
 from core.span_store import MAX_ATTRIBUTE_CHARS, SpanRecord, SQLiteSpanExporter, record_of
 from core.telemetry import find_trace, recent_turns, scoreboard
-from core.tracing import _RedactingExporter, current_trace_id, new_turn_span
+from core.tracing import _RedactingExporter, current_trace_id, new_turn_span, setup_tracing
 
 
 class Sink:
@@ -134,26 +134,37 @@ def test_a_failing_exporter_does_not_stop_the_thread() -> None:
 
 
 def test_exceptions_mark_errors_but_cancellation_does_not(tmp_path: Path) -> None:
-    exporter = SQLiteSpanExporter(tmp_path / "telemetry.db")
-    tracer, processor, provider = make_tracer(exporter)
-    with new_turn_span(tracer):
+    telemetry = setup_tracing(data_dir=tmp_path)  # the tracer the bot uses, with its own context manager
+    tracer = telemetry.tracer
+    with pytest.raises(ValueError), new_turn_span(tracer):
         trace_id = current_trace_id() or ""
-        with pytest.raises(ValueError), tracer.start_as_current_span("fails"):
-            raise ValueError("bad input")
         with pytest.raises(asyncio.CancelledError), tracer.start_as_current_span("cancelled"):
             raise asyncio.CancelledError
+        with pytest.raises(KeyError), tracer.start_as_current_span("quiet", record_exception=False,
+                                                                  set_status_on_exception=False):
+            raise KeyError("x")
         with tracer.start_as_current_span("ok") as span:
             span.set_status(Status(StatusCode.OK))
             span.set_status(StatusCode.ERROR, "too late")  # OK is final
-    provider.force_flush()
-    spans = {span.name: span for span in find_trace(exporter.db_path, trace_id)}
-    assert spans["fails"].status == "ERROR" and spans["fails"].status_message == "ValueError: bad input"
-    event = spans["fails"].events[0]
-    assert event["name"] == "exception" and event["attributes"]["exception.type"] == "ValueError"
-    assert "bad input" in event["attributes"]["exception.stacktrace"]
+        kept_open = tracer.start_as_current_span("kept open", end_on_exit=False)
+        with kept_open as open_span:
+            pass
+        assert open_span.is_recording()
+        open_span.end()
+        with tracer.start_as_current_span("fails"):
+            raise ValueError("bad input")  # recorded here, and by the turn it escapes from
+    telemetry.force_flush()
+    spans = {span.name: span for span in find_trace(telemetry.db_path, trace_id)}
+    for name in ("fails", "turn"):
+        assert spans[name].status == "ERROR" and spans[name].status_message == "ValueError: bad input"
+        event = spans[name].events[0]
+        assert event["name"] == "exception" and event["attributes"]["exception.type"] == "ValueError"
+        assert "bad input" in event["attributes"]["exception.stacktrace"]
     assert spans["cancelled"].status == "UNSET" and not spans["cancelled"].events
-    assert spans["ok"].status == "OK" and spans["turn"].status == "UNSET"
-    provider.shutdown()
+    assert spans["quiet"].status == "UNSET" and not spans["quiet"].events
+    assert spans["ok"].status == "OK" and spans["kept open"].status == "UNSET"
+    assert current_trace_id() is None  # every block restored the context it found
+    telemetry.shutdown()
 
 
 async def test_tasks_inherit_the_turn() -> None:
