@@ -9,7 +9,7 @@ collections, so they are promoted and the expensive full collections of a 150 MB
 come more often. This processor reduces a span to a `SpanRecord` (one tuple of ints, strings
 and a plain dict: nothing inside for the collector to follow) the moment it ends, so the SDK's
 objects are freed at once. Measured with `python -m bench.run --probe gc` and callgrind
-(README, "Benchmark"). It also counts the spans it drops when the store falls far behind,
+(README, "Benchmarks"). It also counts the spans it drops when the store falls far behind,
 which the SDK's processor only logs.
 """
 

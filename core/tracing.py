@@ -6,11 +6,13 @@ an OTLP backend (Jaeger, Tempo, Honeycomb) shows, outbound LLM requests carry it
 W3C `traceparent` header, and context propagation through `asyncio` tasks comes for free from
 `opentelemetry.context` (contextvars). Spans are recorded by the SDK's `TracerProvider`, one
 private provider per `Telemetry` (never the global one), so tests and the console can build
-several side by side. Finished spans reach telemetry.db through the SDK's `BatchSpanProcessor`
-and `core.span_store.SQLiteSpanExporter`, in batches on the processor's worker thread: nothing
-on a turn's path waits for storage. The SDK reads the standard variables itself:
+several side by side. Finished spans reach telemetry.db through our span processor
+(core/span_processor.py says why not the SDK's `BatchSpanProcessor`) and
+`core.span_store.SQLiteSpanExporter`, in batches on the processor's worker thread: nothing on a
+turn's path waits for storage. The OTLP export, when configured, has the SDK's
+`BatchSpanProcessor` and its own thread. The SDK reads the standard variables itself:
 OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the resource), OTEL_TRACES_SAMPLER(_ARG),
-OTEL_BSP_*, OTEL_SPAN_*_LIMIT and, in the OTLP exporter, OTEL_EXPORTER_OTLP_*.
+OTEL_SPAN_*_LIMIT, OTEL_BSP_* (the OTLP export's batches) and OTEL_EXPORTER_OTLP_*.
 """
 
 from __future__ import annotations
