@@ -22,8 +22,9 @@ shared LLM stand-in (its own process); ours with a fresh DATA_DIR, LOG_LEVEL=WAR
 budget, no per-user throttle, ALLOWED_USER_IDS=*. A few warm-up turns run before measuring.
 
 Options for finding out why: `--profile` records a py-spy profile of each bot per phase (needs
-`pip install py-spy`; read it with `python -m bench.profile_summary FILE`); `--what-if PATCH`
-runs ours with a suggested fix patched in memory (bench/what_if.py).
+`pip install py-spy`; read it with `python -m bench.profile_summary FILE`); `--probe memory` and
+`--probe gc` run ours with instruments inside its process (bench/probe.py: tracemalloc at the
+peak, garbage-collector runs and CPU) and write their reports to the work dir.
 
 Pacing: the gateway paces its Bot API calls at Telegram's 30 per second
 (TELEGRAM_SENDS_PER_SECOND); the baseline, like most scripts, does not pace at all. Phase 1
@@ -172,7 +173,7 @@ def wait_for_replies(fake: BenchTelegram, tag: str, total: int, timeout_s: float
 
 # One bot, one phase ---------------------------------------------------------------------------
 def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, phase: str,
-              what_if: list[str], paced: bool) -> BotUnderTest:
+              probes: list[str], paced: bool) -> BotUnderTest:
     if kind == "ours":
         data_dir = workdir / f"data-{phase}"
         shutil.rmtree(data_dir, ignore_errors=True)
@@ -180,8 +181,11 @@ def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, pha
         if not paced:
             env["TELEGRAM_SENDS_PER_SECOND"] = "0"
         argv = [sys.executable, "-m", "bot", "run"]
-        if what_if:  # the same bot with suggested fixes patched in memory (bench/what_if.py)
-            argv = [sys.executable, "-m", "bench.what_if", *(f"--patch={p}" for p in what_if), "run"]
+        if probes:  # the same bot with instruments inside (bench/probe.py)
+            outputs = {"memory": f"probe-memory-{phase}.txt", "gc": f"probe-gc-{phase}.json"}
+            argv = [sys.executable, "-m", "bench.probe", *(f"--{probe}={workdir / outputs[probe]}"
+                                                          if probe in outputs else f"--{probe}" for probe in probes),
+                    "run"]
         bot = BotUnderTest("ours", argv, env, workdir / f"ours-{phase}.log")
         needs = "setMyCommands"
     else:
@@ -192,7 +196,7 @@ def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, pha
                            workdir / f"baseline-{phase}.log")
         needs = None
     bot.start()
-    bot.wait_polling(fake, needs=needs)
+    bot.wait_polling(fake, needs=needs, timeout_s=180 if probes else 30)  # tracemalloc slows the start a lot
     return bot
 
 
@@ -224,7 +228,7 @@ def run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, w
     profiler = None
     try:
         paced = args.paced if phase == "saturation" else kind == "ours" or args.paced
-        bot = start_bot(kind, fake, llm, workdir, phase, args.what_if, paced)
+        bot = start_bot(kind, fake, llm, workdir, phase, args.probe, paced)
         closed_loop(fake, list(WARMUP_USERS), WARMUP_MESSAGES, answer_chars=args.answer_chars, tag="warm",
                     timeout_s=30)
         warm = fake.delivered_count("warm")
@@ -340,8 +344,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", choices=["saturation", "ceiling", "growth"], action="append",
                         help="run only these phases (repeatable)")
     parser.add_argument("--bot", choices=BOTS, action="append", help="run only this bot (repeatable)")
-    parser.add_argument("--what-if", action="append", default=[], metavar="PATCH",
-                        help="run ours with a suggested fix patched in memory (see bench/what_if.py)")
+    parser.add_argument("--probe", choices=["memory", "gc", "gc-freeze"], action="append", default=[],
+                        help="run ours with tracemalloc or garbage-collector counters inside, or with "
+                             "gc.freeze() after its imports (bench/probe.py)")
     parser.add_argument("--paced", action="store_true",
                         help="phase 1 with both bots paced at Telegram's 30 calls/s (default: neither)")
     parser.add_argument("--profile", action="store_true", help="record a py-spy profile of each bot in each phase")
@@ -369,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("  saturation unpaced (ours with TELEGRAM_SENDS_PER_SECOND=0, the baseline has no limiter);"
               " ceiling: ours paced at 30/s")
-    if args.what_if:
-        print(f"  ours runs WITH what-if patches: {', '.join(args.what_if)} (bench/what_if.py)")
+    if args.probe:
+        print(f"  ours runs WITH probes inside: {', '.join(args.probe)} (bench/probe.py; its figures are not comparable)")
     results: dict[tuple[str, str], PhaseResult] = {}
     phases = [p for p in ("saturation", "ceiling") if p in args.only]
     if phases:
@@ -402,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
           " CPU per message is the steadiest figure)")
     if args.profile:
         print(f"\npy-spy profiles (raw collapsed stacks) in {workdir}")
+    for report in sorted(workdir.glob("probe-*")):
+        print(f"\n{report.name}:\n{report.read_text()}")
     return 0
 
 

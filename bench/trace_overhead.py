@@ -8,9 +8,9 @@ the inbox journal, then `Pipeline.run_turn` with every stage (real SQLite storag
 assembly, budget checks, usage ledger), an LLM port that answers at once inside the same GenAI
 span as the real adapter (core/llm.py `chat_span`), and a channel that renders the answer like
 the Telegram channel (`render` and `send` spans) and records it instead of calling Telegram.
-Tracing on is the production setup (core/spans.py tracer, SQLite exporter on its background
-queue); off is `build_services(..., tracing=False)` (unsampled spans: ids for refs and
-traceparent, nothing recorded or exported).
+Tracing on is the production setup (the SDK's TracerProvider, core/span_processor.py feeding
+the SQLite exporter on its worker thread); off is `build_services(..., tracing=False)` (spans
+with ids for refs and traceparent, nothing recorded or exported).
 
 CPU is `time.process_time()` over a whole run of N turns, which counts every thread of the
 process, so the exporter's background thread is charged to tracing: each traced run ends with a

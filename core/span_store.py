@@ -5,8 +5,8 @@ JSON array, plus the few columns queries need without opening the JSON (the root
 name, times, status and chat, and the `chat {model}` calls). A turn is one to three rows (its
 spans end over a few export rounds) instead of fifteen: per span that is a list and a share
 of one JSON encoding instead of an index insert, which is most of what tracing costs a turn
-(bench/trace_overhead.py). The `spans` and `turns` views show them as one row per span / per
-turn for people browsing the file (Datasette); core/telemetry.py reads the table.
+(bench/trace_overhead.py). The schema and its views are core/span_schema.py; core/telemetry.py
+reads the table.
 
 It never raises: when SQLite fails (locked, read-only, disk full) the batch is dropped and
 counted in `dropped_spans`, with at most one warning a minute. The database opens lazily and
@@ -16,7 +16,6 @@ is retried on the next batch, so an unwritable DATA_DIR at start degrades tracin
 from __future__ import annotations
 
 import json
-import json.encoder as json_encoder
 import logging
 import sqlite3
 import threading
@@ -26,21 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
-from sqlite_utils.migrations import Migrations
 
-from core.spans import Span, SpanRecord
+from core.span_schema import migrations
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTRIBUTE_CHARS = 4096  # applied after redaction, so a cut can never leave half a secret behind
 PRUNE_INTERVAL_S = 3600.0
 DROP_LOG_INTERVAL_S = 60.0
-# The order of a span inside `span_batches.spans` (and of the columns of the `spans` view).
-SPAN_FIELDS = ("span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "status", "status_message",
-               "attributes", "events")
 Redact = Callable[[str], str]
 # Enum members read once: looking one up on its class goes through a descriptor, per span.
 _INTERNAL = SpanKind.INTERNAL
@@ -64,22 +59,28 @@ def clean_attributes(attributes: Mapping[str, Any] | None, redact: Redact) -> di
     return {key: clean(value, redact) for key, value in (attributes or {}).items()}
 
 
-def _json_encoder() -> Callable[[Any], str]:
-    """Compact JSON (ensure_ascii off, unknown types as str), set up once: json.dumps with
-    options and JSONEncoder.encode build a new C encoder on every call."""
-    slow = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
-    make = getattr(json_encoder, "c_make_encoder", None)
-    if make is None:  # a Python without the C accelerator
-        return slow
-    fast = make(None, str, json_encoder.encode_basestring, None, ":", ",", False, False, True)
-
-    def encode(value: Any) -> str:
-        return "".join(fast(value, 0))
-
-    return encode if encode({"a": [1, "é", None]}) == slow({"a": [1, "é", None]}) else slow
+# One encoder built once: json.dumps with options builds a new JSONEncoder per call. Compact,
+# non-ASCII kept as is, and anything JSON has no type for stored as its str().
+encode_json = json.JSONEncoder(ensure_ascii=False, default=str, separators=(",", ":")).encode
 
 
-encode_json = _json_encoder()
+# (trace_id, span_id, parent_span_id | None, name, kind name, start_ns, end_ns, status code name,
+#  status description, attributes, events): what the store needs of a span. Ints, strings and a
+# dict of plain values: nothing the garbage collector has to follow (core/span_processor.py says
+# why), unless an attribute holds a list or the span has events.
+SpanRecord = tuple[int, int, int | None, str, str, int, int, str, str | None, dict[str, Any], tuple[Event, ...]]
+
+
+def record_of(span: ReadableSpan) -> SpanRecord:
+    """An ended SDK span as a SpanRecord (a plain dict copy of its attributes)."""
+    context, parent, status, kind = span.context, span.parent, span.status, span.kind
+    code = status.status_code
+    attributes = span.attributes
+    start_ns = span.start_time or 0
+    return (context.trace_id, context.span_id, parent.span_id if parent is not None else None, span.name,
+            "INTERNAL" if kind is _INTERNAL else kind.name, start_ns, span.end_time or start_ns,
+            "UNSET" if code is _UNSET else code.name, status.description,
+            dict(attributes) if attributes else {}, span.events)
 
 
 def _fits(attributes: dict[str, Any]) -> bool:
@@ -92,67 +93,6 @@ def _fits(attributes: dict[str, Any]) -> bool:
             if any(type(item) is str and len(item) > MAX_ATTRIBUTE_CHARS for item in value):
                 return False
     return True
-
-
-def record_of(span: ReadableSpan | Span) -> SpanRecord:
-    """Any span with ReadableSpan's fields (the SDK's, ours) as a SpanRecord."""
-    context, parent, status = span.context, span.parent, span.status
-    return (context.trace_id, context.span_id, parent.span_id if parent is not None else None, span.name,
-            span.kind, span.start_time or 0, span.end_time, status.status_code, status.description,
-            dict(span.attributes or {}), tuple(span.events))
-
-
-# Schema -------------------------------------------------------------------------------------
-migrations = Migrations("telemetry")
-
-
-@migrations()
-def m001_spans(db: sqlite_utils.Database) -> None:
-    db.execute("""CREATE TABLE spans (
-        trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_span_id TEXT, name TEXT NOT NULL,
-        kind TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, status TEXT NOT NULL,
-        status_message TEXT, attributes TEXT NOT NULL, events TEXT NOT NULL)""")
-    db.execute("CREATE INDEX spans_trace ON spans(trace_id)")
-    db.execute("CREATE INDEX spans_start ON spans(start_ns)")
-    db.execute("""CREATE VIEW turns AS SELECT
-        datetime(start_ns / 1000000000, 'unixepoch') AS started_utc, substr(trace_id, 1, 8) AS ref,
-        json_extract(attributes, '$."chat.id"') AS chat_id, status, (end_ns - start_ns) / 1e6 AS duration_ms,
-        trace_id FROM spans WHERE parent_span_id IS NULL AND name = 'turn'""")
-
-
-_IS_ROOT = "parent_span_id IS NULL"
-_IS_CALL = "name LIKE 'chat %' AND json_extract(attributes, '$.\"gen_ai.request.model\"') IS NOT NULL"
-
-
-@migrations()
-def m002_span_batches(db: sqlite_utils.Database) -> None:
-    # A row per span cost an index insert per span: most of tracing's CPU per turn.
-    db.execute("""CREATE TABLE span_batches (
-        trace_id TEXT NOT NULL, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL, span_count INTEGER NOT NULL,
-        root_name TEXT, root_start_ns INTEGER, root_end_ns INTEGER, root_status TEXT, chat_id INTEGER,
-        llm_calls TEXT, spans TEXT NOT NULL)""")
-    db.execute("CREATE INDEX span_batches_trace ON span_batches(trace_id)")
-    db.execute("CREATE INDEX span_batches_start ON span_batches(start_ns)")
-    db.execute("CREATE INDEX span_batches_roots ON span_batches(root_start_ns) WHERE root_name IS NOT NULL")
-    root = f"max(CASE WHEN {_IS_ROOT} THEN {{}} END)"
-    db.execute(f"""INSERT INTO span_batches SELECT trace_id, min(start_ns), max(end_ns), count(*),
-        {root.format('name')}, {root.format('start_ns')}, {root.format('end_ns')}, {root.format('status')},
-        {root.format('json_extract(attributes, ' + repr('$."chat.id"') + ')')},
-        CASE WHEN count(*) FILTER (WHERE {_IS_CALL}) > 0 THEN json_group_array(json_array(
-            json_extract(attributes, '$."gen_ai.request.model"'), start_ns, end_ns - start_ns, status))
-            FILTER (WHERE {_IS_CALL}) END,
-        json_group_array(json_array({", ".join(
-            f"json({field})" if field in ("attributes", "events") else field for field in SPAN_FIELDS)}))
-        FROM (SELECT * FROM spans ORDER BY rowid) GROUP BY trace_id""")
-    db.execute("DROP VIEW turns")
-    db.execute("DROP TABLE spans")
-    # For people browsing the file (Datasette); the code reads span_batches.
-    columns = ", ".join(f"json_extract(s.value, '$[{i}]') AS {field}" for i, field in enumerate(SPAN_FIELDS))
-    db.execute(f"CREATE VIEW spans AS SELECT b.trace_id, {columns} FROM span_batches b, json_each(b.spans) s")
-    db.execute("""CREATE VIEW turns AS SELECT
-        datetime(root_start_ns / 1000000000, 'unixepoch') AS started_utc, substr(trace_id, 1, 8) AS ref,
-        chat_id, root_status AS status, (root_end_ns - root_start_ns) / 1e6 AS duration_ms, trace_id
-        FROM span_batches WHERE root_name = 'turn'""")
 
 
 _INSERT = "INSERT INTO span_batches VALUES (?,?,?,?,?,?,?,?,?,?,?)"
@@ -176,12 +116,12 @@ class SQLiteSpanExporter(SpanExporter):
         self._warned_at = -DROP_LOG_INTERVAL_S
         self._pruned_at = -PRUNE_INTERVAL_S
 
-    def export(self, spans: Sequence[ReadableSpan | Span]) -> SpanExportResult:
-        """The SDK exporter interface (any span with ReadableSpan's fields)."""
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """The SDK's exporter interface, for any span processor."""
         return self.export_records([record_of(span) for span in spans])
 
     def export_records(self, records: Sequence[SpanRecord]) -> SpanExportResult:
-        """What the tracer's queue calls: spans already reduced to `SpanRecord` tuples."""
+        """Store a batch of ended spans; core.span_processor's worker thread calls this."""
         if self._shut_down:
             return SpanExportResult.FAILURE
         try:
@@ -216,12 +156,9 @@ class SQLiteSpanExporter(SpanExporter):
         exact: set[int] = set()
         for trace_id, span_id, parent_id, name, kind, start_ns, end_ns, code, description, attributes, events \
                 in records:
-            if type(attributes) is not dict:
-                attributes = dict(attributes or {})
             # printf-style formatting: the cheapest way to hex here, and this runs per span
             item = ["%016x" % span_id, "%016x" % parent_id if parent_id is not None else None,  # noqa: UP031
-                    name, "INTERNAL" if kind is _INTERNAL else kind.name, start_ns or 0, end_ns or start_ns or 0,
-                    "UNSET" if code is _UNSET else code.name, description, attributes, []]
+                    name, kind, start_ns, end_ns, code, description, attributes, []]
             trace_spans = traces.get(trace_id)
             if trace_spans is None:
                 trace_spans = traces[trace_id] = []

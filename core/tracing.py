@@ -1,12 +1,18 @@
-"""One OpenTelemetry trace per turn, stored in SQLite under DATA_DIR and optionally sent over OTLP.
+"""One OpenTelemetry trace per turn, recorded by the SDK, stored in SQLite under DATA_DIR and
+optionally sent over OTLP.
 
 Why OpenTelemetry rather than hand-rolled ids: the trace id users see as `ref:` is the very id
 an OTLP backend (Jaeger, Tempo, Honeycomb) shows, outbound LLM requests carry it in a standard
 W3C `traceparent` header, and context propagation through `asyncio` tasks comes for free from
-`opentelemetry.context` (contextvars). Spans are recorded by the lean tracer in core/spans.py
-(the SDK's recording spans cost too much CPU per turn, see there) and exported with SDK
-exporters. The tracer is private to a `Telemetry` object, never the global one, so tests and
-the console can build several side by side.
+`opentelemetry.context` (contextvars). Spans are recorded by the SDK's `TracerProvider`, one
+private provider per `Telemetry` (never the global one), so tests and the console can build
+several side by side. Finished spans reach telemetry.db through our span processor
+(core/span_processor.py says why not the SDK's `BatchSpanProcessor`) and
+`core.span_store.SQLiteSpanExporter`, in batches on the processor's worker thread: nothing on a
+turn's path waits for storage. The OTLP export, when configured, has the SDK's
+`BatchSpanProcessor` and its own thread. The SDK reads the standard variables itself:
+OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the resource), OTEL_TRACES_SAMPLER(_ARG),
+OTEL_SPAN_*_LIMIT, OTEL_BSP_* (the OTLP export's batches) and OTEL_EXPORTER_OTLP_*.
 """
 
 from __future__ import annotations
@@ -16,17 +22,21 @@ import os
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Status, StatusCode, format_trace_id
+from opentelemetry.sdk.resources import OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
+from core.span_processor import RecordBatchProcessor
 from core.span_store import (  # noqa: F401 - SQLiteSpanExporter is part of this module's interface
     Redact,
     SQLiteSpanExporter,
@@ -34,11 +44,11 @@ from core.span_store import (  # noqa: F401 - SQLiteSpanExporter is part of this
     clean_attributes,
     no_redaction,
 )
-from core.spans import ExportQueue, Tracer
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "telegram-llm-gateway"
+SCOPE_NAME = "telegram_llm_gateway"
 TELEMETRY_DB = "telemetry.db"
 _OTLP_ENV_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 # Explicit W3C propagator: the global one follows OTEL_PROPAGATORS, which could drop traceparent.
@@ -101,66 +111,158 @@ class _RedactingExporter(SpanExporter):
         return self.inner.force_flush(timeout_millis)
 
 
+class _Activation:
+    """`start_as_current_span`'s context manager as one small class, with `trace.use_span`'s rules.
+
+    Why: the API builds it from two nested generator context managers (the SDK tracer's and
+    `use_span`), about a tenth of what an SDK span costs to start and end (callgrind, README
+    "Benchmarks"), and a turn starts fifteen. Like `use_span`: only `Exception`s are errors (not
+    cancellation or GeneratorExit), recorded and set as the status unless the caller said not
+    to, and always raised on so that enclosing spans see them too.
+    """
+
+    __slots__ = ("span", "_token", "_end_on_exit", "_record_exception", "_set_status_on_exception")
+
+    def __init__(self, span: trace.Span, end_on_exit: bool, record_exception: bool,
+                 set_status_on_exception: bool) -> None:
+        self.span = span
+        self._end_on_exit = end_on_exit
+        self._record_exception = record_exception
+        self._set_status_on_exception = set_status_on_exception
+
+    def __enter__(self) -> trace.Span:
+        self._token = context_api.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 _traceback: TracebackType | None) -> None:
+        context_api.detach(self._token)
+        span = self.span
+        if isinstance(error, Exception) and span.is_recording():
+            if self._record_exception:
+                span.record_exception(error)
+            if self._set_status_on_exception:
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+        if self._end_on_exit:
+            span.end()
+
+
+class _ActivatingTracer(trace.Tracer):
+    """The SDK tracer (its sampler, ids, spans and processors), with `_Activation` as the
+    context manager of `start_as_current_span`."""
+
+    def __init__(self, sdk_tracer: trace.Tracer) -> None:
+        self.sdk_tracer = sdk_tracer
+
+    def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+        return self.sdk_tracer.start_span(*args, **kwargs)
+
+    def start_as_current_span(self, name: str, context: Context | None = None,  # type: ignore[override]
+                              kind: SpanKind = SpanKind.INTERNAL,
+                              attributes: Mapping[str, AttributeValue] | None = None,
+                              links: Sequence[trace.Link] | None = (), start_time: int | None = None,
+                              record_exception: bool = True, set_status_on_exception: bool = True,
+                              end_on_exit: bool = True) -> _Activation:
+        span = self.sdk_tracer.start_span(name, context, kind, attributes, links, start_time, record_exception,
+                                          set_status_on_exception)
+        return _Activation(span, end_on_exit, record_exception, set_status_on_exception)
+
+
+class _IdOnlyTracer(trace.Tracer):
+    """Tracing off: spans record nothing but still carry fresh ids, as an unsampled SDK span does.
+
+    Why not a TracerProvider: with OTEL_SDK_DISABLED=true the SDK hands out no-op tracers whose
+    spans have no ids at all, and every turn needs one for its `ref:` and `traceparent`.
+    """
+
+    def __init__(self) -> None:
+        self._ids = RandomIdGenerator()
+
+    def start_span(self, name: str, context: Context | None = None, *args: object,  # type: ignore[override]
+                   **kwargs: object) -> trace.Span:
+        parent = trace.get_current_span(context).get_span_context()
+        trace_id = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
+        return NonRecordingSpan(SpanContext(trace_id, self._ids.generate_span_id(), is_remote=False))
+
+    def start_as_current_span(self, name: str, context: Context | None = None,  # type: ignore[override]
+                              *args: object, **kwargs: object) -> AbstractContextManager[trace.Span]:
+        return trace.use_span(self.start_span(name, context), end_on_exit=True)
+
+
 # Setup --------------------------------------------------------------------------------------
 class Telemetry:
-    """What `setup_tracing` builds: the tracer to hand to the pipeline, and its export queues."""
+    """What `setup_tracing` builds: the tracer to hand to the pipeline, and what feeds the store."""
 
-    def __init__(self, *, tracer: Tracer, queues: Sequence[ExportQueue], exporter: SQLiteSpanExporter,
-                 db_path: Path, enabled: bool, otlp_exporter: SpanExporter | None) -> None:
+    def __init__(self, *, tracer: trace.Tracer, provider: TracerProvider | None, exporter: SQLiteSpanExporter,
+                 processor: RecordBatchProcessor | None, db_path: Path, otlp_exporter: SpanExporter | None) -> None:
         self.tracer = tracer
-        self.queues = tuple(queues)
+        self.provider = provider
         self.exporter = exporter
+        self.processor = processor
         self.db_path = db_path
-        self.enabled = enabled
         self.otlp_exporter = otlp_exporter
         self._shut_down = False
 
     @property
+    def enabled(self) -> bool:
+        """Spans are recorded (an unsampled turn still counts as enabled: the sampler decided)."""
+        return self.provider is not None
+
+    @property
     def dropped_spans(self) -> int:
-        """Spans lost: the SQLite store failed, or the queue was full (the store far behind)."""
-        sqlite_queue = self.queues[:1]  # the first queue feeds SQLite; OTLP keeps its own count
-        return self.exporter.dropped_spans + sum(queue.dropped for queue in sqlite_queue)
+        """Spans lost to SQLite: the store failed (locked, read-only, full disk) or fell far behind."""
+        return self.exporter.dropped_spans + (self.processor.dropped if self.processor is not None else 0)
 
     def force_flush(self, timeout_ms: int = 5000) -> bool:
         """Export every finished span now. Blocks: call it at shutdown or in tests, not in a turn."""
-        for queue in self.queues:
-            queue.flush()
-        return True
+        return self.provider.force_flush(timeout_ms) if self.provider is not None else True
 
     def shutdown(self) -> None:
-        """Flush and stop the exporters; safe to call twice."""
+        """Flush and stop the processors and their exporters; safe to call twice."""
         if not self._shut_down:
             self._shut_down = True
-            for queue in self.queues:
-                queue.shutdown()
+            if self.provider is not None:
+                self.provider.shutdown()
+            else:
+                self.exporter.shutdown()
 
 
 def setup_tracing(*, data_dir: Path, retention_days: int = 30, max_db_bytes: int = 256 * 1024 * 1024,
                   service_version: str = "0.1.0", otlp_endpoint: str | None = None, enabled: bool = True,
                   export_delay_ms: int = 500, redact: Redact = no_redaction) -> Telemetry:
-    """Build a private tracer: SQLite always, OTLP too when an endpoint is configured.
+    """Build a private TracerProvider: SQLite always, OTLP too when an endpoint is configured.
 
     Disabled tracing (or OTEL_SDK_DISABLED=true) records and exports nothing, but every turn
     still gets a valid trace id for its `ref` and `traceparent`. `otlp_endpoint` is a base URL
-    like OTEL_EXPORTER_OTLP_ENDPOINT (`/v1/traces` is appended).
+    like OTEL_EXPORTER_OTLP_ENDPOINT (`/v1/traces` is appended). `export_delay_ms` is how long
+    a finished span may wait before it is written (so `python -m bot trace` finds a turn soon).
     """
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         enabled = False
     db_path = Path(data_dir) / TELEMETRY_DB
     exporter = SQLiteSpanExporter(db_path, retention_days=retention_days, max_db_bytes=max_db_bytes, redact=redact)
+    if not enabled:
+        return Telemetry(tracer=_IdOnlyTracer(), provider=None, exporter=exporter, processor=None,
+                         db_path=db_path, otlp_exporter=None)
+    # shutdown_on_exit=False: the SDK's atexit hook would keep every provider (and its thread)
+    # alive until exit; Services.close() shuts ours down.
+    provider = TracerProvider(resource=_resource(service_version), shutdown_on_exit=False)
+    sqlite_processor = RecordBatchProcessor(exporter, delay_s=export_delay_ms / 1000)
+    provider.add_span_processor(sqlite_processor)
     otlp_exporter: SpanExporter | None = None
-    queues: list[ExportQueue] = []
-    if enabled:
-        queues.append(ExportQueue(exporter, delay_s=export_delay_ms / 1000, records=True))
-        if otlp_endpoint or any(os.environ.get(name) for name in _OTLP_ENV_VARS):
-            otlp_exporter = _otlp_exporter(otlp_endpoint, redact)
-            if otlp_exporter is not None:  # its own queue and thread: a slow collector never delays SQLite
-                queues.append(ExportQueue(otlp_exporter, delay_s=export_delay_ms / 1000))
-    tracer = Tracer(queues, resource=Resource.create({"service.name": SERVICE_NAME,
-                                                      "service.version": service_version}),
-                    scope=InstrumentationScope("telegram_llm_gateway", service_version))
-    return Telemetry(tracer=tracer, queues=queues, exporter=exporter, db_path=db_path, enabled=enabled,
-                     otlp_exporter=otlp_exporter)
+    if otlp_endpoint or any(os.environ.get(name) for name in _OTLP_ENV_VARS):
+        otlp_exporter = _otlp_exporter(otlp_endpoint, redact)
+        if otlp_exporter is not None:  # its own processor and thread: a slow collector never delays SQLite
+            provider.add_span_processor(BatchSpanProcessor(otlp_exporter))
+    tracer = _ActivatingTracer(provider.get_tracer(SCOPE_NAME, service_version))
+    return Telemetry(tracer=tracer, provider=provider, exporter=exporter, processor=sqlite_processor,
+                     db_path=db_path, otlp_exporter=otlp_exporter)
+
+
+def _resource(service_version: str) -> Resource:
+    """Our service name and version, unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say otherwise."""
+    ours = Resource.create({"service.name": SERVICE_NAME, "service.version": service_version})
+    return ours.merge(OTELResourceDetector().detect())
 
 
 def _otlp_exporter(endpoint: str | None, redact: Redact) -> SpanExporter | None:

@@ -7,8 +7,10 @@ import json
 import os
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -183,6 +185,46 @@ def test_otel_sdk_disabled_keeps_refs(tmp_path: Path, monkeypatch: pytest.Monkey
     telemetry.shutdown()
 
 
+@pytest.mark.parametrize("sampler, arg", [("always_off", None), ("traceidratio", "0"),
+                                          ("parentbased_traceidratio", "0")])
+def test_a_turn_the_sampler_drops_still_has_a_ref_and_traceparent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampler: str, arg: str | None) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    if arg is not None:
+        monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    telemetry = setup_tracing(data_dir=tmp_path, export_delay_ms=50)
+    with new_turn_span(telemetry.tracer) as root:
+        assert not root.is_recording()
+        trace_id = current_trace_id()
+        with telemetry.tracer.start_as_current_span("child"):
+            assert current_trace_id() == trace_id
+        header = traceparent_headers()["traceparent"]
+    assert trace_id is not None and len(trace_id) == 32 and int(trace_id, 16) != 0
+    assert len(short_ref(trace_id)) == 8
+    version, header_trace, span_id, flags = header.split("-")
+    assert (version, header_trace) == ("00", trace_id) and int(span_id, 16) != 0
+    assert int(flags, 16) & 1 == 0  # the W3C "sampled" bit is off: the LLM side need not record it either
+    telemetry.force_flush()
+    assert find_trace(telemetry.db_path, trace_id) == []  # not sampled: not stored
+    telemetry.shutdown()
+
+
+def test_service_name_is_ours_unless_otel_service_name_says_otherwise(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    default = setup_tracing(data_dir=tmp_path, service_version="9.9")
+    assert default.provider is not None
+    attributes = default.provider.resource.attributes
+    assert (attributes["service.name"], attributes["service.version"]) == ("telegram-llm-gateway", "9.9")
+    default.shutdown()
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging,service.name=from-attributes")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "family-bot")
+    named = setup_tracing(data_dir=tmp_path)
+    assert named.provider is not None
+    named_attributes = named.provider.resource.attributes
+    assert named_attributes["service.name"] == "family-bot" and named_attributes["deployment.environment"] == "staging"
+    named.shutdown()
+
+
 def test_exception_marks_the_turn_as_error(telemetry: Telemetry) -> None:
     with pytest.raises(RuntimeError), new_turn_span(telemetry.tracer):
         trace_id = current_trace_id()
@@ -218,6 +260,62 @@ def test_otlp_exporter_is_added_for_an_endpoint(tmp_path: Path, monkeypatch: pyt
     from_env = setup_tracing(data_dir=tmp_path)
     assert from_env.otlp_exporter is not None
     from_env.shutdown()
+
+
+class _Collector(ThreadingHTTPServer):
+    """A local OTLP/HTTP receiver: keeps each request's path, headers and body."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the http.server naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                collector.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+def test_spans_reach_an_otlp_collector_named_and_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    secret = "sk-live-0123456789abcdef"
+    collector = _Collector()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "family-bot")
+    telemetry = setup_tracing(data_dir=tmp_path, redact=redactor([secret]))
+    try:
+        with new_turn_span(telemetry.tracer, attributes={"chat.id": 42, "url": f"https://x/?key={secret}"}):
+            trace_id = current_trace_id()
+            with telemetry.tracer.start_as_current_span(f"chat {secret}"):
+                pass
+        telemetry.shutdown()  # flushes the OTLP processor too
+    finally:
+        collector.shutdown()
+    ((path, headers, body),) = collector.requests
+    assert path == "/v1/traces" and headers["content-type"] == "application/x-protobuf"
+    assert secret.encode() not in body and b"[REDACTED]" in body
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource_spans,) = request.resource_spans
+    resource = {kv.key: kv.value.string_value for kv in resource_spans.resource.attributes}
+    assert resource["service.name"] == "family-bot"
+    spans = [span for scope in resource_spans.scope_spans for span in scope.spans]
+    assert sorted(span.name for span in spans) == ["chat [REDACTED]", "turn"]
+    assert {span.trace_id.hex() for span in spans} == {trace_id}
+    assert find_trace(telemetry.db_path, trace_id or "")  # and SQLite got them as well
 
 
 def test_otlp_copies_are_redacted_too() -> None:
