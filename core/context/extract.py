@@ -13,8 +13,6 @@ import io
 import re
 import time
 
-from pypdf import PdfReader
-
 MAX_DOCUMENT_BYTES = 20 * 1024 * 1024  # Telegram's getFile limit for bots
 MAX_SUMMARY_CHARS = 500
 # A PDF's text is extracted page by page; past these it is refused with a clear reason.
@@ -85,6 +83,10 @@ def pdf_text(data: bytes, *, max_pages: int = PDF_MAX_PAGES, max_seconds: float 
     """The text of every page; refused past `max_pages` pages or `max_seconds` of work (a 20 MB
     PDF can take minutes: the caller runs this in a worker thread, and the cap ends the thread)."""
     deadline = time.monotonic() + max_seconds
+    # Imported here, in the worker thread of the first PDF: pypdf brings PIL and fontTools, 11 MB
+    # of resident memory that a bot nobody sends a PDF to never needs.
+    from pypdf import PdfReader
+
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
