@@ -182,4 +182,6 @@ def open_services(settings: Settings, **kwargs: object) -> Services:
             reason += " (DATA_DIR must be writable)"
         elif getattr(error, "errno", None) == errno.ENOSPC or "full" in reason or "No space" in reason:
             reason += " (free some disk space)"
+        elif getattr(error, "errno", None) == errno.EFBIG:  # RLIMIT_FSIZE or a quota on the file's size
+            reason += " (free some disk space or raise the file-size limit)"
         raise StorageUnavailable(f"cannot use DATA_DIR={settings.data_dir}: {reason}") from error
