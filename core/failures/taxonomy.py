@@ -18,8 +18,9 @@ from typing import Any, Literal, NamedTuple
 
 import httpx2
 import openai
+from pydantic import ValidationError
 
-from core.contracts import ContractViolation
+from core.contracts import ContractViolation, named_violation
 from core.failures.parsing import parse_retry_after_s, redact
 
 DETAIL_MAX_CHARS = 300
@@ -327,6 +328,8 @@ def classify_llm_error(error: BaseException, *, secrets: Iterable[str] = (),
     if isinstance(error, ContractViolation):
         kind = Kind.llm_malformed if error.producer == "llm" else Kind.contract_violation
         return GatewayError(kind, short(str(error)))
+    if isinstance(error, ValidationError):  # a contract made directly, `Model(...)`, from values that broke it
+        return GatewayError(Kind.contract_violation, short(str(named_violation(error, producer="pipeline"))))
     if isinstance(error, json.JSONDecodeError):
         return GatewayError(Kind.llm_malformed, f"invalid JSON in the response: {short(error.msg)} at {error.pos}")
     return GatewayError(Kind.internal, f"{type(error).__name__}: {short(str(error))}")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from core.contracts import DlqEntry, Escalation
+from core.contracts import DlqEntry, Escalation, build
 from core.failures.classify import to_gateway_error
 from core.failures.taxonomy import GatewayError, Kind
 from core.failures.undelivered import keep_undelivered, record_blocked
@@ -60,10 +60,10 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
         if info.dlq and turn.replay_dlq_id is None:
             attempts = [a._asdict() if hasattr(a, "_asdict") else dict(a) for a in gateway_error.attempts]
             dlq_id = services.dlq.add(
-                DlqEntry(trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
-                         inbound=inbound, error_kind=str(gateway_error.kind),
-                         error_message=gateway_error.detail[:2000] or str(gateway_error.kind),
-                         replayable=info.outage),
+                build(DlqEntry, "dlq_entry_valid", "pipeline", trace_id=inbound.trace_id, chat_id=inbound.chat_id,
+                      user_id=inbound.user_id, inbound=inbound, error_kind=str(gateway_error.kind),
+                      error_message=gateway_error.detail[:2000] or str(gateway_error.kind),
+                      replayable=info.outage),
                 attempts=attempts, now=services.clock.iso(), update_id=inbound.update_id)
             failure_span.set_attribute("dlq.id", dlq_id)
         elif turn.replay_dlq_id is not None:

@@ -185,11 +185,13 @@ def record_attempt(services: Services, turn: Turn, request: AgentRequest, result
         usage = TokenUsage(input_tokens=input_tokens, output_tokens=0, total_tokens=input_tokens,
                            estimated=input_tokens > 0)
     price = services.prices.price_for(request.model)
-    record = UsageRecord(at=services.clock.now(), trace_id=inbound.trace_id, chat_id=inbound.chat_id,
-                         user_id=inbound.user_id, model=request.model, usage=usage,
-                         cost_usd=cost_usd(price=price, input_tokens=usage.input_tokens,
-                                           output_tokens=usage.output_tokens),
-                         wasted=error is not None)
+    # Built like any record that crosses into storage: a price table gone wrong is named here.
+    record = build(UsageRecord, "usage_record_valid", "pipeline", at=services.clock.now(),
+                   trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
+                   model=request.model, usage=usage,
+                   cost_usd=cost_usd(price=price, input_tokens=usage.input_tokens,
+                                     output_tokens=usage.output_tokens),
+                   wasted=error is not None)
     services.ledger.record(record)
     turn.tokens_spent += usage.total_tokens
 
