@@ -95,7 +95,7 @@ class OpenAICompatibleLLM:
                 if isinstance(content, str) and content:
                     text_parts.append(content)
                     if on_delta is not None:
-                        await on_delta("".join(text_parts))
+                        await on_delta(content)
                 for call in _objects(delta.get("tool_calls"), "tool_calls"):
                     index = call.get("index", 0)
                     slot = calls.setdefault(index if isinstance(index, int) else 0,

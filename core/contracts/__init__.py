@@ -22,7 +22,8 @@ Producers are literal fields: only the pipeline makes agent requests, escalation
 writes; only the LLM adapter makes LLM results; only a channel makes inbound messages.
 
 The models live in three modules: `base` (Contract, ContractViolation, build, named_violation), `messages` (the
-conversation) and `records` (what a turn produces); import them from here.
+conversation), `records` (what a turn produces) and `streamed` (a draft's growing answer);
+import them from here.
 """
 
 from core.contracts.base import (
@@ -56,6 +57,7 @@ from core.contracts.records import (
     TurnGuard,
     UsageRecord,
 )
+from core.contracts.streamed import StreamedText
 
 __all__ = [
     "AgentRequest",
@@ -74,6 +76,7 @@ __all__ = [
     "NonNegFloat",
     "NonNegInt",
     "ReplyEvent",
+    "StreamedText",
     "TokenUsage",
     "ToolCall",
     "ToolSpec",

@@ -24,6 +24,8 @@ from core.contracts import (
     ContractViolation,
     Escalation,
     LLMResult,
+    ReplyEvent,
+    StreamedText,
     TokenUsage,
     UsageRecord,
     build,
@@ -31,6 +33,7 @@ from core.contracts import (
 from core.failures.classify import to_gateway_error
 from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
+from core.ports import DeltaSink
 from core.turn import NoticeError, Turn
 from core.usage import cost_usd, record_prompt_metrics
 
@@ -86,11 +89,6 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
     breaker = services.breakers.get(settings.llm_base_url, settings.llm_model)
     span = trace.get_current_span()
 
-    async def on_delta(text: str) -> None:
-        failpoints.hit("llm.during")
-        turn.drafting = True
-        await turn.send("draft", text)
-
     async def attempt(number: int, shrink_context: bool) -> LLMResult:
         if shrink_context:
             _rebuild_smaller(turn)
@@ -106,7 +104,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
             # A late answer (a DLQ replay) is not streamed: nobody is watching it grow, and its
             # first sight should already say that it answers an earlier message.
             live = stream and turn.late_of is None
-            result = await services.llm.complete(request, on_delta=on_delta if live else None)
+            result = await services.llm.complete(request, on_delta=draft_sink(turn) if live else None)
             if result.producer != "llm":
                 raise ContractViolation("role_exclusivity", field="producer", producer=result.producer,
                                         detail="only the LLM adapter makes LLM results")
@@ -136,6 +134,23 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
 
     return await call_with_retry(attempt, policy=services.retry_policy, classify=to_gateway_error,
                                  on_retry=on_retry)
+
+
+def draft_sink(turn: Turn) -> DeltaSink:
+    """One attempt's streamed answer as a draft: one event holding the answer by reference, delivered
+    again per chunk. Per chunk this is an append; the text is joined only when the channel reads
+    it for a preview. A retried attempt gets a new sink, so its draft starts over."""
+    streamed = StreamedText()
+    event = ReplyEvent(kind="draft", trace_id=turn.inbound.trace_id, chat_id=turn.inbound.chat_id,
+                       reply_to_message_id=turn.inbound.message_id, streamed=streamed)
+
+    async def on_delta(delta: str) -> None:
+        failpoints.hit("llm.during")
+        turn.drafting = True
+        streamed.append(delta)
+        await turn.channel.deliver(event)
+
+    return on_delta
 
 
 def _rebuild_smaller(turn: Turn) -> None:
