@@ -25,14 +25,15 @@ from core.failures.breaker import BreakerRegistry
 from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Escalator, Outbox
 from core.failures.retry import RetryPolicy
-from core.failures.taxonomy import storage_reason
+from core.failures.storage_errors import storage_reason
 from core.llm import OpenAICompatibleLLM
 from core.logs import redactor
 from core.ports import LLM
 from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
-from core.usage import PriceTable, UsageLedger, WarningLog
+from core.usage import UsageLedger, WarningLog
+from core.usage_prices import PriceTable
 
 VERSION = "0.1.0"
 SYSTEM_PROMPT_FILE = Path(__file__).resolve().parent.parent / "config" / "prompts" / "system.md"

@@ -35,7 +35,8 @@ from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
 from core.ports import DeltaSink
 from core.turn import NoticeError, Turn
-from core.usage import cost_usd, record_prompt_metrics
+from core.usage import record_prompt_metrics
+from core.usage_prices import cost_usd
 
 if TYPE_CHECKING:
     from core.failures.breaker import Transition

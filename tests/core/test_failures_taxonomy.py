@@ -13,17 +13,10 @@ import openai
 import pytest
 
 from core.contracts import ContractViolation
+from core.failures.llm_errors import classify_llm_error
 from core.failures.parsing import parse_retry_after_s
-from core.failures.taxonomy import (
-    OUTAGE_KINDS,
-    PER_SETTINGS,
-    TAXONOMY,
-    GatewayError,
-    Kind,
-    classify_llm_error,
-    is_storage_failure,
-    taxonomy_markdown,
-)
+from core.failures.storage_errors import is_storage_failure
+from core.failures.taxonomy import OUTAGE_KINDS, PER_SETTINGS, TAXONOMY, GatewayError, Kind, taxonomy_markdown
 
 BASE_URL = "http://127.0.0.1:9/v1"
 CLIENT = openai.AsyncOpenAI(api_key="sk-test-key-not-real", base_url=BASE_URL, max_retries=0)

@@ -17,7 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from core.context.tokens import counter_for_model
 from core.contracts import AgentRequest, ChatMessage, ContractViolation
-from core.failures.taxonomy import Kind, classify_llm_error
+from core.failures.llm_errors import classify_llm_error
+from core.failures.taxonomy import Kind
 from core.llm import OpenAICompatibleLLM
 
 TRACE = "0123456789abcdef0123456789abcdef"
