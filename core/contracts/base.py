@@ -33,7 +33,7 @@ def _snake(name: str) -> str:
 
 def named_violation(error: ValidationError, *, producer: str) -> ContractViolation:
     """Name pydantic's first error after the invariant it breaks (never echoing the input). Also
-    what a ValidationError escaping a stage becomes (core/failures/classify.py): a direct
+    what a ValidationError escaping a stage becomes (core/failures/llm_errors.py): a direct
     `Model(...)` of a contract raises pydantic's own error, and it is still a named violation."""
     first = error.errors(include_url=False, include_input=False)[0]
     loc, kind = first["loc"], first["type"]
@@ -61,7 +61,7 @@ class Contract(BaseModel):
     There is no custom `__init__` on purpose: one would put pydantic's validation of every nested
     model back into Python (about twice as slow) and name a nested error after the inner model
     instead of its path. `Model(...)` of known-good values is fine; if it fails anyway, pydantic's
-    ValidationError is classified as a contract violation all the same (core/failures/classify.py).
+    ValidationError is classified as a contract violation all the same (core/failures/llm_errors.py).
     """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
