@@ -16,7 +16,12 @@ import pytest
 from opentelemetry import trace
 
 from core.context.tokens import counter_for_model
-from core.context.tools import InvalidToolArguments, parse_tool_call
+from core.context.tools import (
+    InvalidToolArguments,
+    parse_tool_call,
+    to_hot_state_write,
+    validate_tool_arguments,
+)
 from core.contracts import (
     AgentRequest,
     Attachment,
@@ -501,3 +506,11 @@ def test_contracts_have_no_custom_init() -> None:
         model = getattr(contracts, name)
         if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
             assert "__init__" not in vars(model), name
+
+
+def test_a_hot_state_write_from_tool_arguments_fails_named_not_with_pydantics_error() -> None:
+    """to_hot_state_write catches ContractViolation: it must build through a path that names errors."""
+    arguments = validate_tool_arguments("update_hot_state", {"set_objective": "goal"})
+    with pytest.raises(InvalidToolArguments) as caught:
+        to_hot_state_write(arguments, trace_id="not-a-trace-id", chat_id=1)  # type: ignore[arg-type]
+    assert "trace_id" in str(caught.value)
