@@ -69,7 +69,6 @@ def _first_draft_at() -> float:
 class _Draft:
     message_id: int | None = None
     shown: str = ""  # the preview Telegram shows now
-    latest: str = ""  # the newest answer so far, as core gave it: only previewed when an edit is due
     edited_at: float = field(default_factory=_first_draft_at)
     # No more drafts: the chat refused the bot (the final reports it), the preview reached the
     # length limit (it cannot change any more), or the draft's message id is unknown.
@@ -143,27 +142,27 @@ class TelegramChannel:
             raise to_delivery_failed(error) from None
 
     def _draft(self, event: ReplyEvent) -> None:
-        """Keep the newest text; when pacing says an edit is due, cut the preview once and start
-        the one draft call in flight without waiting for it, so the model's stream never waits on
-        Telegram. Per chunk this is O(1) in the answer's length: the text is only referenced."""
+        """When pacing says an edit is due, read the text (a streamed answer is joined only then),
+        cut the preview once and start the one draft call in flight without waiting for it, so the
+        model's stream never waits on Telegram. Per chunk this is O(1) in the answer's length."""
         key = (event.chat_id, event.trace_id)
         draft = self._drafts.get(key)
         if draft is None:
             if len(self._drafts) >= MAX_STREAMS:
                 self._drafts.pop(next(iter(self._drafts)))
             draft = self._drafts[key] = _Draft()
-        draft.latest = event.text
         busy = draft.task is not None and not draft.task.done()
-        if draft.stopped or busy or not draft.latest or draft.latest.isspace():
-            return
         now = time.monotonic()
-        if now - draft.edited_at < EDIT_INTERVAL_S:
+        if draft.stopped or busy or now - draft.edited_at < EDIT_INTERVAL_S:
             return
-        preview = preview_text(draft.latest)
+        latest = event.text_now()  # a streamed answer is joined here: once per edit due, not per chunk
+        if not latest or latest.isspace():
+            return
+        preview = preview_text(latest)
         if preview == draft.shown:
             return
         # A preview cut at the length limit is final: later text only grows past the cut.
-        draft.stopped = preview != draft.latest
+        draft.stopped = preview != latest
         draft.edited_at = now
         draft.task = asyncio.create_task(self._flush_draft(event, draft, preview))
 

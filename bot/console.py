@@ -17,7 +17,7 @@ import sys
 
 from config.settings import Settings
 from core.context.hot_state import format_for_user
-from core.contracts import InboundMessage, ReplyEvent
+from core.contracts import InboundMessage, ReplyEvent, build
 from core.logs import configure_logging
 from core.pipeline import Pipeline
 from core.ports import DeliveryFailed
@@ -72,9 +72,9 @@ async def run_console(settings: Settings) -> int:
             if await _local_command(text, services, pipeline, channel):
                 continue
             with new_turn_span(services.tracer, "turn", {"chat.id": CONSOLE_CHAT_ID, "console": True}):
-                inbound = InboundMessage(update_id=-next(counter), trace_id=current_trace_id() or "0" * 32,
-                                         chat_id=CONSOLE_CHAT_ID, chat_type="console", user_id=user_id,
-                                         user_name="console", text=text, received_at=services.clock.now())
+                inbound = build(InboundMessage, "inbound_message_valid", "channel", update_id=-next(counter),
+                                trace_id=current_trace_id() or "0" * 32, chat_id=CONSOLE_CHAT_ID, chat_type="console",
+                                user_id=user_id, user_name="console", text=text, received_at=services.clock.now())
                 await pipeline.run_turn(inbound, channel)
     finally:
         await services.close()

@@ -14,7 +14,7 @@ from openai import AsyncOpenAI
 from bot.startup import check_get_me
 from config.settings import Settings
 from core.context.tokens import counter_for_model
-from core.failures.taxonomy import classify_llm_error
+from core.failures.llm_errors import classify_llm_error
 from core.store import GATEWAY_DB, open_database
 
 TIMEOUT_S = 10.0

@@ -25,7 +25,7 @@ from bot.storage_alarm import StorageAlarm
 from core import failpoints
 from core.contracts import ContractViolation, ReplyEvent
 from core.failures.backoff_schedule import ceiling_wait_s
-from core.failures.taxonomy import is_storage_failure
+from core.failures.storage_errors import is_storage_failure
 from core.failures.undelivered import record_blocked
 from core.pipeline import Pipeline
 from core.ports import DeliveryFailed

@@ -29,7 +29,8 @@ from telegram import Update
 
 from bot.handlers import BotIdentity, route, update_ids
 from core.failures.parsing import redact
-from core.failures.taxonomy import TAXONOMY, Kind, is_storage_failure, storage_reason
+from core.failures.storage_errors import is_storage_failure, storage_reason
+from core.failures.taxonomy import TAXONOMY, Kind
 from core.services import Services
 from core.store import bump_counter, transaction
 

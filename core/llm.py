@@ -95,7 +95,7 @@ class OpenAICompatibleLLM:
                 if isinstance(content, str) and content:
                     text_parts.append(content)
                     if on_delta is not None:
-                        await on_delta("".join(text_parts))
+                        await on_delta(content)
                 for call in _objects(delta.get("tool_calls"), "tool_calls"):
                     index = call.get("index", 0)
                     slot = calls.setdefault(index if isinstance(index, int) else 0,
@@ -151,11 +151,12 @@ class OpenAICompatibleLLM:
         if isinstance(usage, dict) and _is_int(usage.get("prompt_tokens")):
             prompt = max(0, usage["prompt_tokens"])
             completion = max(0, usage["completion_tokens"]) if _is_int(usage.get("completion_tokens")) else 0
-            return TokenUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion)
+            return build(TokenUsage, "token_usage_valid", "llm", input_tokens=prompt, output_tokens=completion,
+                         total_tokens=prompt + completion)
         prompt = sum(self.counter.count_message(m.content or "") for m in request.messages)
         completion = self.counter.count(text) + sum(self.counter.count(json.dumps(c.arguments)) for c in tool_calls)
-        return TokenUsage(input_tokens=prompt, output_tokens=completion, total_tokens=prompt + completion,
-                          estimated=True)
+        return build(TokenUsage, "token_usage_valid", "llm", input_tokens=prompt, output_tokens=completion,
+                     total_tokens=prompt + completion, estimated=True)
 
 
 def _objects(value: Any, field: str) -> list[dict[str, Any]]:

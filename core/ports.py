@@ -27,7 +27,10 @@ class Channel(Protocol):
 
 
 class DeltaSink(Protocol):
-    async def __call__(self, text_so_far: str) -> None: ...
+    """Takes each new piece of a streamed answer. Pieces, not the text so far: rejoining the whole
+    answer per chunk is quadratic in its length (the LLM stage keeps them in a StreamedText)."""
+
+    async def __call__(self, delta: str) -> None: ...
 
 
 class LLM(Protocol):

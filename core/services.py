@@ -25,14 +25,15 @@ from core.failures.breaker import BreakerRegistry
 from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Escalator, Outbox
 from core.failures.retry import RetryPolicy
-from core.failures.taxonomy import storage_reason
+from core.failures.storage_errors import storage_reason
 from core.llm import OpenAICompatibleLLM
 from core.logs import redactor
 from core.ports import LLM
 from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
-from core.usage import PriceTable, UsageLedger, WarningLog
+from core.usage import UsageLedger, WarningLog
+from core.usage_prices import PriceTable
 
 VERSION = "0.1.0"
 SYSTEM_PROMPT_FILE = Path(__file__).resolve().parent.parent / "config" / "prompts" / "system.md"
@@ -182,4 +183,6 @@ def open_services(settings: Settings, **kwargs: object) -> Services:
             reason += " (DATA_DIR must be writable)"
         elif getattr(error, "errno", None) == errno.ENOSPC or "full" in reason or "No space" in reason:
             reason += " (free some disk space)"
+        elif getattr(error, "errno", None) == errno.EFBIG:  # RLIMIT_FSIZE or a quota on the file's size
+            reason += " (free some disk space or raise the file-size limit)"
         raise StorageUnavailable(f"cannot use DATA_DIR={settings.data_dir}: {reason}") from error

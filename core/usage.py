@@ -1,25 +1,19 @@
-"""Usage accounting and spend caps: prices, UTC periods, the ledger, cap checks, warning log.
+"""Usage accounting: UTC periods, the ledger, the once-per-period warning log, prompt sizes.
 
-Money is only ever computed from a listed price (config/prices.json): a model missing there
-has an unknown cost (None), never a guessed one, and the monthly cap then fails closed.
 Periods are UTC days ("YYYY-MM-DD") and months ("YYYY-MM"), stored on every usage row so that
 each query is an index lookup on (user_id, day) or (month), whatever the length of the history.
-The arithmetic (`cost_usd`, the period helpers, `check_caps`) is pure and keyword-only; the
-ledger and the warning log are the narrow storage interfaces a PostgreSQL version would replace.
-What users read (refusals, warnings, /budget and /usage) is worded in core/usage_text.py.
+The ledger and the warning log are the narrow storage interfaces a PostgreSQL version would
+replace. Prices and the cost of an attempt are in core/usage_prices.py, the spend caps in
+core/usage_caps.py; what users read (refusals, warnings, /budget and /usage) is worded in
+core/usage_text.py.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from importlib import resources
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import sqlite_utils
 
@@ -29,87 +23,6 @@ from core.store import transaction
 if TYPE_CHECKING:
     from core.contracts import ContextPlan
     from core.store import Chats
-
-CapName = Literal["user_daily_tokens", "monthly_usd"]
-WARN_FRACTION = 0.8
-TOKENS_PER_MTOK = 1_000_000
-# Sums of float dollars are not exact (0.1 + 0.2 > 0.3); a nano-dollar of slack keeps
-# "exactly at the cap" allowed without letting any real overspend through.
-_USD_SLACK = 1e-9
-_DATED_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")  # -2024-07-18, -20241022, -0125
-
-
-# Prices ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Price:
-    input_per_mtok: float
-    output_per_mtok: float
-
-
-class PriceTable:
-    """Model name -> Price. Lookup: exact, then without provider prefixes, then a dated
-    variant mapped to its base; aliases and "anthropic/x" reachable as bare "x" at each step."""
-
-    def __init__(self, prices: Mapping[str, Price], aliases: Mapping[str, str] | None = None) -> None:
-        self._prices = {name.lower(): price for name, price in prices.items()}
-        self._aliases = {alias.lower(): target.lower() for alias, target in (aliases or {}).items()}
-        bare: dict[str, str | None] = {}
-        for name in self._prices:
-            if "/" in name:
-                short = name.rsplit("/", 1)[1]
-                bare[short] = None if short in bare else name  # ambiguous bare names map to nothing
-        self._bare = {short: name for short, name in bare.items() if name and short not in self._prices}
-
-    @classmethod
-    def load(cls, path: Path | None = None) -> PriceTable:
-        """Read a prices file (default: the shipped config/prices.json); malformed = ValueError."""
-        if path is None:
-            text = resources.files("config").joinpath("prices.json").read_text(encoding="utf-8")
-        else:
-            text = Path(path).read_text(encoding="utf-8")
-        data = json.loads(text)
-        prices: dict[str, Price] = {}
-        for name, entry in data.get("models", {}).items():
-            if name.startswith("_"):
-                continue
-            try:
-                price = Price(float(entry["input_per_mtok"]), float(entry["output_per_mtok"]))
-            except (KeyError, TypeError, ValueError) as error:
-                raise ValueError(f"prices: model {name!r} needs numeric input_per_mtok and output_per_mtok") from error
-            if price.input_per_mtok < 0 or price.output_per_mtok < 0 or not all(
-                    map(math.isfinite, (price.input_per_mtok, price.output_per_mtok))):
-                raise ValueError(f"prices: model {name!r} has a negative or non-finite price")
-            prices[name] = price
-        aliases = {k: v for k, v in data.get("aliases", {}).items() if not k.startswith("_")}
-        known = {name.lower() for name in prices}
-        for alias, target in aliases.items():
-            if target.lower() not in known:
-                raise ValueError(f"prices: alias {alias!r} points to unknown model {target!r}")
-        return cls(prices, aliases)
-
-    def _lookup(self, name: str) -> Price | None:
-        name = self._aliases.get(name, name)
-        return self._prices.get(name) or self._prices.get(self._bare.get(name, ""))
-
-    def price_for(self, model: str) -> Price | None:
-        name = model.strip().lower()
-        candidates = [name]
-        while "/" in name:  # "openrouter/openai/gpt-4o" -> "openai/gpt-4o" -> "gpt-4o"
-            name = name.split("/", 1)[1]
-            candidates.append(name)
-        for candidate in [*candidates, *(_DATED_SUFFIX.sub("", c) for c in candidates)]:
-            if (price := self._lookup(candidate)) is not None:
-                return price
-        return None
-
-
-def cost_usd(*, price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
-    """Dollars for one attempt, or None when the price is unknown."""
-    if input_tokens < 0 or output_tokens < 0:
-        raise ValueError("token counts must be non-negative")
-    if price is None:
-        return None
-    return (input_tokens * price.input_per_mtok + output_tokens * price.output_per_mtok) / TOKENS_PER_MTOK
 
 
 # Periods (UTC) ------------------------------------------------------------------------
@@ -269,63 +182,7 @@ class UsageLedger:
         return self._per_day(f"month IN ({','.join('?' * len(months))})", months, days)
 
 
-# Caps ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CapDecision:
-    """The pre-call verdict, as numbers (core/usage_text.py words it). On a refusal, `limit` is
-    the refusing cap and `left` what remained of it before this turn (tokens or USD)."""
-
-    allowed: bool
-    cap: CapName | None = None  # the cap that refused, when not allowed
-    limit: float = 0.0
-    left: float = 0.0
-    price_unknown: bool = False  # refused because the monthly cap cannot be checked
-    warn: tuple[CapName, ...] = ()  # caps this turn takes to >= 80%; the caller warns once per period
-    user_tokens_after: int = 0  # the user's tokens today if this turn spends its estimate
-    month_cost_after_usd: float = 0.0  # the bot's month spend likewise
-
-
-def check_caps(*, is_operator: bool, estimated_tokens: int, estimated_cost_usd: float | None,
-               user_tokens_today: int, user_daily_token_cap: int, month_cost_usd: float,
-               monthly_cap_usd: float) -> CapDecision:
-    """Decide, before the LLM call, whether this turn fits the caps (0 = unlimited). The monthly
-    cap is checked first (a daily reset would not help) and fails closed on an unknown price;
-    the operator is exempt from the per-user daily cap only."""
-    if min(estimated_tokens, user_tokens_today, user_daily_token_cap, month_cost_usd, monthly_cap_usd,
-           estimated_cost_usd or 0.0) < 0:
-        raise ValueError("check_caps: token counts, costs and caps must be non-negative")
-    warn: list[CapName] = []
-    month_after_usd = month_cost_usd + (estimated_cost_usd or 0.0)
-    day_after_tokens = user_tokens_today + estimated_tokens
-    if monthly_cap_usd > 0:
-        if estimated_cost_usd is None:
-            return CapDecision(False, "monthly_usd", limit=monthly_cap_usd,
-                               left=max(monthly_cap_usd - month_cost_usd, 0.0), price_unknown=True)
-        if month_after_usd > monthly_cap_usd + _USD_SLACK:
-            left_usd = monthly_cap_usd - month_cost_usd
-            return CapDecision(False, "monthly_usd", limit=monthly_cap_usd,
-                               left=left_usd if left_usd > _USD_SLACK else 0.0)
-        if month_after_usd >= monthly_cap_usd * WARN_FRACTION - _USD_SLACK:
-            warn.append("monthly_usd")
-    if user_daily_token_cap > 0 and not is_operator:
-        if day_after_tokens > user_daily_token_cap:
-            return CapDecision(False, "user_daily_tokens", limit=user_daily_token_cap,
-                               left=max(user_daily_token_cap - user_tokens_today, 0))
-        if day_after_tokens * 10 >= user_daily_token_cap * 8:  # integer form of >= 80%
-            warn.append("user_daily_tokens")
-    return CapDecision(True, warn=tuple(warn), user_tokens_after=day_after_tokens,
-                       month_cost_after_usd=month_after_usd)
-
-
 # Warnings -----------------------------------------------------------------------------
-def daily_warning_key(user_id: int, day: str) -> str:
-    return f"daily:{user_id}:{day}"
-
-
-def monthly_warning_key(month: str) -> str:
-    return f"monthly:{month}"
-
-
 class WarningLog:
     """The `warnings` table: remembers which once-per-period warnings were already given."""
 

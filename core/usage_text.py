@@ -10,15 +10,8 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from core.usage import (
-    CapDecision,
-    CapName,
-    DayTotals,
-    PeriodTotals,
-    UserTotals,
-    next_day_start,
-    next_month_start,
-)
+from core.usage import DayTotals, PeriodTotals, UserTotals, next_day_start, next_month_start
+from core.usage_caps import CapDecision, CapName
 
 
 def _attempts(count: int) -> str:

@@ -10,8 +10,10 @@ are fine. What it cannot see: private attributes of objects reached through vari
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
+import pydantic
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,4 +93,44 @@ def test_core_and_bot_use_no_private_api_of_a_dependency() -> None:
     offences = [f"{path.relative_to(ROOT)}:{line}: {what}"
                 for package in SCANNED for path in sorted((ROOT / package).rglob("*.py"))
                 for line, what in private_uses(path.read_text(encoding="utf-8"))]
+    assert offences == []
+
+
+# pydantic's dunders -------------------------------------------------------------------------------
+# `__pydantic_*__` names are pydantic's machinery. The ones BaseModel's own docstring lists as its
+# attributes are documented; any other (`__pydantic_base_init__`, which tells pydantic a custom
+# __init__ is not custom) is an internal that can change in any release, reached without an import,
+# so the scan above cannot see it.
+DOCUMENTED_PYDANTIC_DUNDERS = frozenset(re.findall(r"__pydantic_\w+__", pydantic.BaseModel.__doc__ or ""))
+
+
+def undocumented_pydantic_dunders(source: str) -> list[tuple[int, str]]:
+    """(line, name) for each `__pydantic_*__` name, attribute or string that pydantic does not document."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else \
+            node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+        if name and re.fullmatch(r"__pydantic_\w+__", name) and name not in DOCUMENTED_PYDANTIC_DUNDERS:
+            found.append((node.lineno, name))
+    return sorted(found)
+
+
+@pytest.mark.parametrize(("source", "expected"), [
+    ("def __init__(self): ...\n__init__.__pydantic_base_init__ = True", ["__pydantic_base_init__"]),
+    ("setattr(f, '__pydantic_base_init__', True)", ["__pydantic_base_init__"]),
+    ("x = Model.__pydantic_fields__\ny = Model.model_fields", []),
+])
+def test_the_scan_finds_undocumented_pydantic_dunders(source: str, expected: list[str]) -> None:
+    assert [name for _, name in undocumented_pydantic_dunders(source)] == expected
+
+
+def test_the_documented_list_is_read_from_pydantic() -> None:
+    assert {"__pydantic_validator__", "__pydantic_fields__"} <= DOCUMENTED_PYDANTIC_DUNDERS
+    assert "__pydantic_base_init__" not in DOCUMENTED_PYDANTIC_DUNDERS
+
+
+def test_no_undocumented_pydantic_dunder_is_used() -> None:
+    offences = [f"{path.relative_to(ROOT)}:{line}: {name}"
+                for package in (*SCANNED, "config") for path in sorted((ROOT / package).rglob("*.py"))
+                for line, name in undocumented_pydantic_dunders(path.read_text(encoding="utf-8"))]
     assert offences == []

@@ -167,11 +167,11 @@ def parse_tool_call(call: ToolCall) -> ToolArguments:
 
 def to_hot_state_write(arguments: UpdateHotStateArguments, *, trace_id: str, chat_id: int) -> HotStateWrite:
     """An agent's update_hot_state call as a HotStateWrite (whose own rules are checked too)."""
-    # Not `contracts.build`: its own `producer` parameter collides with the model's field.
     try:
-        return HotStateWrite(producer="pipeline", source="agent", trace_id=trace_id, chat_id=chat_id,
-                             set_objective=arguments.set_objective, remove=tuple(arguments.remove),
-                             add=tuple((item.section, item.text) for item in arguments.add))
+        return HotStateWrite.model_validate({  # named errors, unlike HotStateWrite(...)
+            "producer": "pipeline", "source": "agent", "trace_id": trace_id, "chat_id": chat_id,
+            "set_objective": arguments.set_objective, "remove": tuple(arguments.remove),
+            "add": tuple((item.section, item.text) for item in arguments.add)})
     except ContractViolation as violation:
         raise InvalidToolArguments(UPDATE_HOT_STATE.name, violation.field,
                                    [f"{violation.field}: {violation.detail}"]) from None

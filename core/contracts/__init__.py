@@ -6,10 +6,13 @@ validators) and again where it is consumed (`TurnGuard`, and the pipeline re-val
 it receives). A violation raises `ContractViolation`, naming the invariant, the field and the
 producer; the pipeline turns that into an error reply with a ref and a DLQ entry.
 
-One error type for all of it: constructing or re-validating a contract never raises pydantic's
-ValidationError. Its errors are named after the invariant they break (`role_exclusivity` for a
-wrong producer, `counts_sane` for a negative count or cost, `no_unknown_fields`,
-`text_is_unicode`, `immutable` for an attempted change), else `<model>_valid`. The named
+One error type for all of it: making a contract from data (`build` at its producer,
+`Model.model_validate` where it is consumed) never raises pydantic's ValidationError. A direct
+`Model(...)`, kept for known-good values, raises pydantic's own error; should one escape a stage it
+is classified as a contract violation all the same (`named_violation`). Errors are named after
+the invariant they break (`role_exclusivity` for a wrong producer, `counts_sane` for a negative
+count or cost, `no_unknown_fields`, `text_is_unicode`, `immutable` for an attempted change), else
+`<model>_valid`. The named
 invariants: role_exclusivity, message_list_well_formed, one_turn_identity, counts_sane,
 hot_state_within_cap, prompt_within_budget, no_empty_user_turn, tool_call_ids_unique; the LLM
 adapter adds llm_response_has_choices and tool_call_named for what a provider returns. (Tool
@@ -18,8 +21,9 @@ arguments the model got wrong are not violations: core/context/tools.py answers 
 Producers are literal fields: only the pipeline makes agent requests, escalations and memory
 writes; only the LLM adapter makes LLM results; only a channel makes inbound messages.
 
-The models live in three modules: `base` (Contract, ContractViolation, build), `messages` (the
-conversation) and `records` (what a turn produces); import them from here.
+The models live in three modules: `base` (Contract, ContractViolation, build, named_violation), `messages` (the
+conversation), `records` (what a turn produces) and `streamed` (a draft's growing answer);
+import them from here.
 """
 
 from core.contracts.base import (
@@ -31,6 +35,7 @@ from core.contracts.base import (
     NonNegInt,
     TraceId,
     build,
+    named_violation,
 )
 from core.contracts.messages import (
     AgentRequest,
@@ -52,6 +57,7 @@ from core.contracts.records import (
     TurnGuard,
     UsageRecord,
 )
+from core.contracts.streamed import StreamedText
 
 __all__ = [
     "AgentRequest",
@@ -70,6 +76,7 @@ __all__ = [
     "NonNegFloat",
     "NonNegInt",
     "ReplyEvent",
+    "StreamedText",
     "TokenUsage",
     "ToolCall",
     "ToolSpec",
@@ -78,4 +85,5 @@ __all__ = [
     "UsageRecord",
     "build",
     "check_message_list",
+    "named_violation",
 ]

@@ -31,8 +31,10 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def _violation(model: type[Contract], error: ValidationError, data: Any) -> ContractViolation:
-    """Name pydantic's first error after the invariant it breaks (never echoing the input)."""
+def named_violation(error: ValidationError, *, producer: str) -> ContractViolation:
+    """Name pydantic's first error after the invariant it breaks (never echoing the input). Also
+    what a ValidationError escaping a stage becomes (core/failures/llm_errors.py): a direct
+    `Model(...)` of a contract raises pydantic's own error, and it is still a named violation."""
     first = error.errors(include_url=False, include_input=False)[0]
     loc, kind = first["loc"], first["type"]
     ctx = first.get("ctx") or {}
@@ -46,28 +48,25 @@ def _violation(model: type[Contract], error: ValidationError, data: Any) -> Cont
             or kind == "finite_number":
         invariant = "counts_sane"
     else:
-        invariant = f"{_snake(model.__name__)}_valid"
-    field = ".".join(str(part) for part in loc) or model.__name__
-    return ContractViolation(invariant, field=field, producer=model.producer_of(data), detail=first["msg"])
+        invariant = f"{_snake(error.title)}_valid"
+    field = ".".join(str(part) for part in loc) or error.title
+    return ContractViolation(invariant, field=field, producer=producer, detail=first["msg"])
 
 
 class Contract(BaseModel):
-    """Base of every boundary message: strict, closed, immutable; violations are named."""
+    """Base of every boundary message: strict, closed, immutable; violations are named.
+
+    Made from data through a public path that names its errors: `build(Model, invariant, producer,
+    **data)` where data crosses a boundary, `Model.model_validate(data)` where it is consumed.
+    There is no custom `__init__` on purpose: one would put pydantic's validation of every nested
+    model back into Python (about twice as slow) and name a nested error after the inner model
+    instead of its path. `Model(...)` of known-good values is fine; if it fails anyway, pydantic's
+    ValidationError is classified as a contract violation all the same (core/failures/llm_errors.py).
+    """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
     # Who makes this kind of message when it has no `producer` field of its own.
     made_by: ClassVar[str] = "pipeline"
-
-    def __init__(self, /, **data: Any) -> None:
-        # What BaseModel.__init__ does (our validators always return self), with the error named.
-        try:
-            self.__pydantic_validator__.validate_python(data, self_instance=self)
-        except ValidationError as error:
-            raise _violation(type(self), error, data) from None
-
-    # Tell pydantic this is not a custom __init__: validation of nested models and
-    # model_validate keep pydantic's fast path instead of calling back into Python.
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -75,14 +74,14 @@ class Contract(BaseModel):
         try:
             return super().model_validate(obj, *args, **kwargs)
         except ValidationError as error:
-            raise _violation(cls, error, obj) from None
+            raise named_violation(error, producer=cls.producer_of(obj)) from None
 
     @classmethod
     def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().model_validate_json(json_data, *args, **kwargs)
         except ValidationError as error:
-            raise _violation(cls, error, {}) from None
+            raise named_violation(error, producer=cls.producer_of({})) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise ContractViolation("immutable", field=name, producer=self.producer_of(self.__dict__),
@@ -108,7 +107,7 @@ def build(model: type[M], invariant: str, made_by: str, /, **data: Any) -> M:
     """Construct a contract at its producer; a schema error is reported under `invariant`
     (the named invariants, such as role_exclusivity or counts_sane, keep their own names)."""
     try:
-        return model(**data)
+        return model.model_validate(data)
     except ContractViolation as violation:
         name = invariant if violation.invariant == f"{_snake(model.__name__)}_valid" else violation.invariant
         raise ContractViolation(name, field=violation.field, producer=made_by, detail=violation.detail) from None

@@ -6,21 +6,32 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from core.contracts.base import Contract, ContractViolation, Int64, NonNegFloat, TraceId
 from core.contracts.messages import InboundMessage, TokenUsage
+from core.contracts.streamed import StreamedText
 
 
 class ReplyEvent(Contract):
-    """What core hands back to a channel: a streamed draft, the final answer, or a notice."""
+    """What core hands back to a channel: a streamed draft, the final answer, or a notice.
 
+    A draft from the LLM stage carries the answer by reference (`streamed`): the same event is
+    delivered again for every chunk, and the text is joined only when a channel reads it
+    (`text_now`), so a channel that previews once a second does not pay per chunk."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)  # StreamedText: checked with isinstance
     producer: Literal["pipeline"] = "pipeline"
     kind: Literal["typing", "draft", "final", "error", "notice"]
     trace_id: TraceId
     chat_id: Int64
     text: str = ""
     reply_to_message_id: Int64 | None = None
+    streamed: StreamedText | None = Field(default=None, exclude=True)  # a draft's growing answer
+
+    def text_now(self) -> str:
+        """The text to show: a streamed draft's answer as far as it has come, else `text`."""
+        return self.text if self.streamed is None else self.streamed.text
 
 
 class UsageRecord(Contract):

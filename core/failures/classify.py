@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from core.contracts import ContractViolation
 from core.failures.escalation import DeliveryFailed
-from core.failures.taxonomy import GatewayError, Kind, classify_llm_error
+from core.failures.llm_errors import classify_llm_error
+from core.failures.taxonomy import GatewayError, Kind
 
 
 def to_gateway_error(error: BaseException) -> GatewayError:

@@ -2,25 +2,15 @@
 
 `TAXONOMY` is the one table that decides retries, DLQ, outage replay, escalation, the user's
 reply and the operator's action; everything else looks kinds up here instead of branching on
-exception types. `classify_llm_error` turns whatever the LLM call raised (openai SDK errors,
-timeouts, broken JSON, contract violations) into a `GatewayError` carrying its `Kind`.
+exception types. Which kind an exception is, is decided by core/failures/llm_errors.py
+(`classify_llm_error`) and core/failures/storage_errors.py.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Literal, NamedTuple
-
-import httpx2
-import openai
-
-from core.contracts import ContractViolation
-from core.failures.parsing import parse_retry_after_s, redact
+from typing import Literal, NamedTuple
 
 DETAIL_MAX_CHARS = 300
 Severity = Literal["info", "warning", "error", "critical"]
@@ -212,121 +202,3 @@ class GatewayError(Exception):
     def user_message(self) -> str:
         """What the user is told: the one given to the constructor, else the taxonomy's."""
         return self._user_message or self.info.user_message
-
-
-_CONTEXT_MARKERS = ("context_length_exceeded", "maximum context length", "context length", "context window",
-                    "prompt is too long", "too many tokens")
-_QUOTA_MARKERS = ("insufficient_quota", "exceeded your current quota", "insufficient credits")
-
-
-def _provider_message(error: openai.APIError) -> str:
-    body = error.body
-    if isinstance(body, dict):
-        message = body.get("message") or body.get("error")
-        if isinstance(message, dict):
-            message = message.get("message")
-        if isinstance(message, str) and message:
-            return message
-    elif isinstance(body, str) and body.strip():
-        return body.strip()
-    return error.message
-
-
-def _body_marks(error: openai.APIError, markers: tuple[str, ...]) -> bool:
-    fields: list[Any] = [error.code, error.type, _provider_message(error)]
-    text = " ".join(str(f) for f in fields if f).lower()
-    return any(marker in text for marker in markers)
-
-
-def _status_kind(error: openai.APIStatusError) -> Kind:
-    status = error.status_code
-    if status == 429:
-        return Kind.llm_quota if _body_marks(error, _QUOTA_MARKERS) else Kind.llm_rate_limit
-    if status == 402:
-        return Kind.llm_quota
-    if status == 413 or (status in (400, 422) and _body_marks(error, _CONTEXT_MARKERS)):
-        return Kind.llm_context_overflow
-    if status in (401, 403):
-        return Kind.llm_auth
-    if status == 408:
-        return Kind.llm_timeout
-    if status == 409 or status >= 500:  # 409: the provider's lock timeout; 529: overloaded
-        return Kind.llm_server
-    return Kind.llm_bad_request
-
-
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
-# SQLite's primary result codes that mean the disk or the lock, not the SQL: SQLITE_BUSY (5) and
-# SQLITE_LOCKED (6) once the busy timeout has run out, SQLITE_READONLY (8), SQLITE_IOERR (10),
-# SQLITE_FULL (13), SQLITE_CANTOPEN (14: the file or its directory cannot be opened or created).
-STORAGE_SQLITE_CODES = frozenset({5, 6, 8, 10, 13, 14})
-# The same, by message, for errors that carry no code (raised by hand, or by a wrapper).
-_STORAGE_SQLITE_MESSAGES = ("database or disk is full", "readonly database", "disk i/o error", "database is locked",
-                            "database table is locked", "unable to open database file")
-
-
-def is_storage_failure(error: BaseException) -> bool:
-    """The disk or the database refused (full, read-only, I/O error, a lock held too long): not a
-    bug of the turn, and nothing more can be written until it is fixed. Any other SQLite error
-    (`no such table`, a constraint) is a bug: classified `internal`, so it reaches the DLQ once
-    instead of being deferred and retried for ever."""
-    if isinstance(error, sqlite3.Error):
-        code = getattr(error, "sqlite_errorcode", None)
-        if isinstance(code, int):
-            return code & 0xFF in STORAGE_SQLITE_CODES  # extended codes keep the primary in the low byte
-        message = str(error).lower()
-        return any(marker in message for marker in _STORAGE_SQLITE_MESSAGES)
-    return isinstance(error, OSError) and error.errno in STORAGE_ERRNOS
-
-
-def storage_reason(error: BaseException) -> str:
-    """What a storage failure says, in a few words ("No space left on device", "database is
-    locked"), without the file name an OSError carries."""
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error) or type(error).__name__
-
-
-def classify_llm_error(error: BaseException, *, secrets: Iterable[str] = (),
-                       now_s: float | None = None) -> GatewayError:
-    """Map what an LLM call raised to a GatewayError; the detail is short and secret-free.
-
-    `secrets` are masked in the detail in addition to key-shaped strings; `now_s` (wall clock)
-    resolves a Retry-After given as an HTTP date.
-    """
-    if isinstance(error, GatewayError):
-        return error
-
-    def short(text: str) -> str:
-        return redact(" ".join(text.split()), secrets=secrets)[:DETAIL_MAX_CHARS]
-
-    if isinstance(error, openai.APIStatusError):
-        kind = _status_kind(error)
-        retry_after_s = parse_retry_after_s(error.response.headers, now_s=now_s)
-        detail = f"HTTP {error.status_code}: {short(_provider_message(error))}"
-        return GatewayError(kind, detail, retry_after_s=retry_after_s, status_code=error.status_code)
-    if isinstance(error, openai.APITimeoutError):  # before APIConnectionError, its base
-        return GatewayError(Kind.llm_timeout, "the request timed out")
-    if isinstance(error, openai.APIConnectionError):
-        cause = error.__cause__ or error.__context__
-        reason = type(cause).__name__ if cause is not None else "connection error"
-        return GatewayError(Kind.llm_connection, f"connection failed ({reason})")
-    if isinstance(error, openai.APIResponseValidationError):
-        return GatewayError(Kind.llm_malformed, f"HTTP {error.status_code}: response did not match the schema",
-                            status_code=error.status_code)
-    if isinstance(error, openai.ContentFilterFinishReasonError):
-        return GatewayError(Kind.llm_refusal, "the provider's content filter stopped the answer")
-    if isinstance(error, openai.LengthFinishReasonError):
-        return GatewayError(Kind.llm_malformed, "the answer was cut off at the output token limit")
-    if is_storage_failure(error):  # a write inside the attempt (usage, artifacts) failed
-        return GatewayError(Kind.storage_unavailable, short(storage_reason(error)))
-    if isinstance(error, TimeoutError | httpx2.TimeoutException):  # asyncio.TimeoutError is TimeoutError
-        return GatewayError(Kind.llm_timeout, f"timed out ({type(error).__name__})")
-    if isinstance(error, httpx2.TransportError):  # raised unwrapped while a stream is being read
-        return GatewayError(Kind.llm_connection, f"connection failed while streaming ({type(error).__name__})")
-    if isinstance(error, ContractViolation):
-        kind = Kind.llm_malformed if error.producer == "llm" else Kind.contract_violation
-        return GatewayError(kind, short(str(error)))
-    if isinstance(error, json.JSONDecodeError):
-        return GatewayError(Kind.llm_malformed, f"invalid JSON in the response: {short(error.msg)} at {error.pos}")
-    return GatewayError(Kind.internal, f"{type(error).__name__}: {short(str(error))}")

@@ -9,16 +9,9 @@ from opentelemetry import trace
 from core.contracts import ContextPlan, Escalation
 from core.failures.taxonomy import Kind
 from core.turn import NoticeError, Turn
-from core.usage import (
-    CapDecision,
-    CapName,
-    check_caps,
-    cost_usd,
-    daily_warning_key,
-    monthly_warning_key,
-    utc_day,
-    utc_month,
-)
+from core.usage import utc_day, utc_month
+from core.usage_caps import CapDecision, CapName, check_caps, daily_warning_key, monthly_warning_key
+from core.usage_prices import cost_usd
 from core.usage_text import format_cap_warning, format_refusal
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
-from core.contracts import DlqEntry, Escalation
+from core.contracts import DlqEntry, Escalation, build
 from core.failures.classify import to_gateway_error
 from core.failures.taxonomy import GatewayError, Kind
 from core.failures.undelivered import keep_undelivered, record_blocked
@@ -60,10 +60,10 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
         if info.dlq and turn.replay_dlq_id is None:
             attempts = [a._asdict() if hasattr(a, "_asdict") else dict(a) for a in gateway_error.attempts]
             dlq_id = services.dlq.add(
-                DlqEntry(trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
-                         inbound=inbound, error_kind=str(gateway_error.kind),
-                         error_message=gateway_error.detail[:2000] or str(gateway_error.kind),
-                         replayable=info.outage),
+                build(DlqEntry, "dlq_entry_valid", "pipeline", trace_id=inbound.trace_id, chat_id=inbound.chat_id,
+                      user_id=inbound.user_id, inbound=inbound, error_kind=str(gateway_error.kind),
+                      error_message=gateway_error.detail[:2000] or str(gateway_error.kind),
+                      replayable=info.outage),
                 attempts=attempts, now=services.clock.iso(), update_id=inbound.update_id)
             failure_span.set_attribute("dlq.id", dlq_id)
         elif turn.replay_dlq_id is not None:
@@ -117,6 +117,20 @@ async def _send_error_reply(turn: Turn, text: str, *, keep: bool = True) -> None
         trace.get_current_span().set_attribute("failure.reply_error", type(error).__name__)
 
 
+def alert_action(error: GatewayError, *, entry_id: int | None, ref: str, chat_type: str) -> str:
+    """The operator's action for a failed turn; a DLQ entry's always says how to retry it. A console
+    turn's entry is replayed from the terminal: /replay refuses it (core/replay.py)."""
+    action = error.info.action_text(dlq_id=entry_id, ref=ref)
+    if entry_id is None:
+        return action
+    replay = f"python -m bot dlq replay {entry_id}" if chat_type == "console" else f"/replay {entry_id}"
+    if chat_type == "console":  # the taxonomy's own "/replay {dlq_id}" too
+        action = action.replace(f"/replay {entry_id}", replay)
+    if replay in action:
+        return action
+    return f"{action}; {replay} to retry it now" if action and action != "none" else replay
+
+
 def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq_id: int | None,
                      spent_tokens: int) -> None:
     inbound, info = turn.inbound, error.info
@@ -125,10 +139,7 @@ def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq
               "user_id": inbound.user_id}
     alerts: list[Escalation] = []
     entry_id = dlq_id if dlq_id is not None else turn.replay_dlq_id  # a failed replay: the same entry
-    action = info.action_text(dlq_id=entry_id, ref=turn.ref)
-    if entry_id is not None and f"/replay {entry_id}" not in action:  # every DLQ alert says how to retry
-        action = f"{action}; /replay {entry_id} to retry it now" if action and action != "none" \
-            else f"/replay {entry_id}"
+    action = alert_action(error, entry_id=entry_id, ref=turn.ref, chat_type=inbound.chat_type)
     severity = info.severity if info.severity != "info" else "warning"
     if info.escalates == "now":
         what = ("The LLM provider refused the request" if str(error.kind).startswith("llm_")

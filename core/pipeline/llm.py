@@ -24,6 +24,8 @@ from core.contracts import (
     ContractViolation,
     Escalation,
     LLMResult,
+    ReplyEvent,
+    StreamedText,
     TokenUsage,
     UsageRecord,
     build,
@@ -31,8 +33,10 @@ from core.contracts import (
 from core.failures.classify import to_gateway_error
 from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
+from core.ports import DeltaSink
 from core.turn import NoticeError, Turn
-from core.usage import cost_usd, record_prompt_metrics
+from core.usage import record_prompt_metrics
+from core.usage_prices import cost_usd
 
 if TYPE_CHECKING:
     from core.failures.breaker import Transition
@@ -86,11 +90,6 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
     breaker = services.breakers.get(settings.llm_base_url, settings.llm_model)
     span = trace.get_current_span()
 
-    async def on_delta(text: str) -> None:
-        failpoints.hit("llm.during")
-        turn.drafting = True
-        await turn.send("draft", text)
-
     async def attempt(number: int, shrink_context: bool) -> LLMResult:
         if shrink_context:
             _rebuild_smaller(turn)
@@ -106,7 +105,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
             # A late answer (a DLQ replay) is not streamed: nobody is watching it grow, and its
             # first sight should already say that it answers an earlier message.
             live = stream and turn.late_of is None
-            result = await services.llm.complete(request, on_delta=on_delta if live else None)
+            result = await services.llm.complete(request, on_delta=draft_sink(turn) if live else None)
             if result.producer != "llm":
                 raise ContractViolation("role_exclusivity", field="producer", producer=result.producer,
                                         detail="only the LLM adapter makes LLM results")
@@ -136,6 +135,23 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
 
     return await call_with_retry(attempt, policy=services.retry_policy, classify=to_gateway_error,
                                  on_retry=on_retry)
+
+
+def draft_sink(turn: Turn) -> DeltaSink:
+    """One attempt's streamed answer as a draft: one event holding the answer by reference, delivered
+    again per chunk. Per chunk this is an append; the text is joined only when the channel reads
+    it for a preview. A retried attempt gets a new sink, so its draft starts over."""
+    streamed = StreamedText()
+    event = ReplyEvent(kind="draft", trace_id=turn.inbound.trace_id, chat_id=turn.inbound.chat_id,
+                       reply_to_message_id=turn.inbound.message_id, streamed=streamed)
+
+    async def on_delta(delta: str) -> None:
+        failpoints.hit("llm.during")
+        turn.drafting = True
+        streamed.append(delta)
+        await turn.channel.deliver(event)
+
+    return on_delta
 
 
 def _rebuild_smaller(turn: Turn) -> None:
@@ -185,11 +201,13 @@ def record_attempt(services: Services, turn: Turn, request: AgentRequest, result
         usage = TokenUsage(input_tokens=input_tokens, output_tokens=0, total_tokens=input_tokens,
                            estimated=input_tokens > 0)
     price = services.prices.price_for(request.model)
-    record = UsageRecord(at=services.clock.now(), trace_id=inbound.trace_id, chat_id=inbound.chat_id,
-                         user_id=inbound.user_id, model=request.model, usage=usage,
-                         cost_usd=cost_usd(price=price, input_tokens=usage.input_tokens,
-                                           output_tokens=usage.output_tokens),
-                         wasted=error is not None)
+    # Built like any record that crosses into storage: a price table gone wrong is named here.
+    record = build(UsageRecord, "usage_record_valid", "pipeline", at=services.clock.now(),
+                   trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
+                   model=request.model, usage=usage,
+                   cost_usd=cost_usd(price=price, input_tokens=usage.input_tokens,
+                                     output_tokens=usage.output_tokens),
+                   wasted=error is not None)
     services.ledger.record(record)
     turn.tokens_spent += usage.total_tokens
 

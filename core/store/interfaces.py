@@ -43,7 +43,7 @@ class HistoryMessage:
     def chat_message(self) -> ChatMessage:
         """This message as a prompt carries it, validated once: History keeps a chat's recent
         messages in memory, so a long conversation's prompt is not validated again every turn."""
-        return ChatMessage(role=self.role, content=self.content)
+        return ChatMessage.model_validate({"role": self.role, "content": self.content})  # a stored row: named errors
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ class RecordingChannel:
         return self.files[file_id]
 
     def texts(self, *kinds: str) -> list[str]:
-        return [e.text for e in self.events if not kinds or e.kind in kinds]
+        return [e.text_now() for e in self.events if not kinds or e.kind in kinds]
 
 
 def build_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object):

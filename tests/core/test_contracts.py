@@ -16,12 +16,18 @@ import pytest
 from opentelemetry import trace
 
 from core.context.tokens import counter_for_model
-from core.context.tools import InvalidToolArguments, parse_tool_call
+from core.context.tools import (
+    InvalidToolArguments,
+    parse_tool_call,
+    to_hot_state_write,
+    validate_tool_arguments,
+)
 from core.contracts import (
     AgentRequest,
     Attachment,
     ChatMessage,
     ContextPlan,
+    Contract,
     ContractViolation,
     DlqEntry,
     Escalation,
@@ -60,10 +66,16 @@ def expect(make: Any, invariant: str, field: str, producer: str) -> ContractViol
     return error
 
 
+def new(model: type[Contract], /, **data: Any) -> Contract:
+    """Make a contract from data the way code that takes data in does: through `model_validate`,
+    whose errors are named (a direct `Model(...)` raises pydantic's own ValidationError)."""
+    return model.model_validate(data)
+
+
 def inbound(**overrides: Any) -> InboundMessage:
     data: dict[str, Any] = {"update_id": 1, "trace_id": TRACE, "chat_id": 100, "chat_type": "private",
                             "user_id": 100, "text": "hi", "received_at": NOW}
-    return InboundMessage(**{**data, **overrides})
+    return InboundMessage.model_validate({**data, **overrides})
 
 
 def usage(input_tokens: int = 10, output_tokens: int = 5) -> TokenUsage:
@@ -90,7 +102,7 @@ def tool_result(call_id: str | None) -> ChatMessage:
 def request(*messages: ChatMessage, **overrides: Any) -> AgentRequest:
     data: dict[str, Any] = {"producer": "pipeline", "trace_id": TRACE, "chat_id": 100, "user_id": 100,
                             "model": "gpt-4o-mini", "messages": messages, "max_output_tokens": 100}
-    return AgentRequest(**{**data, **overrides})
+    return AgentRequest.model_validate({**data, **overrides})
 
 
 def plan(**overrides: int) -> ContextPlan:
@@ -98,7 +110,7 @@ def plan(**overrides: int) -> ContextPlan:
             "history_kept": 2, "history_dropped": 0, "current_tokens": 10, "tools_tokens": 40,
             "artifact_count": 0, "total_tokens": 400, "budget_tokens": 1000}
     data.update(overrides)
-    return ContextPlan(**data)
+    return ContextPlan.model_validate(data)
 
 
 # role_exclusivity -------------------------------------------------------------------------------
@@ -106,20 +118,20 @@ def plan(**overrides: int) -> ContextPlan:
 ROLE_CASES = [
     ("AgentRequest made by a channel", lambda: request(SYSTEM, USER, producer="channel"), "channel"),
     ("LLMResult made by the pipeline",
-     lambda: LLMResult(producer="pipeline", trace_id=TRACE, text="hi", finish_reason="stop", usage=usage(),
+     lambda: new(LLMResult, producer="pipeline", trace_id=TRACE, text="hi", finish_reason="stop", usage=usage(),
                        model="m"), "pipeline"),
     ("LLMResult made by a channel",
-     lambda: LLMResult(producer="channel", trace_id=TRACE, text="hi", finish_reason="stop", usage=usage(),
+     lambda: new(LLMResult, producer="channel", trace_id=TRACE, text="hi", finish_reason="stop", usage=usage(),
                        model="m"), "channel"),
     ("Escalation made by the LLM",
-     lambda: Escalation(producer="llm", key="k", kind="internal", severity="error", summary="s"), "llm"),
+     lambda: new(Escalation, producer="llm", key="k", kind="internal", severity="error", summary="s"), "llm"),
     ("HotStateWrite made by a channel",
-     lambda: HotStateWrite(producer="channel", source="user", trace_id=TRACE, chat_id=1), "channel"),
+     lambda: new(HotStateWrite, producer="channel", source="user", trace_id=TRACE, chat_id=1), "channel"),
     ("HotStateWrite made by the LLM",
-     lambda: HotStateWrite(producer="llm", source="agent", trace_id=TRACE, chat_id=1), "llm"),
+     lambda: new(HotStateWrite, producer="llm", source="agent", trace_id=TRACE, chat_id=1), "llm"),
     ("InboundMessage made by the pipeline", lambda: inbound(producer="pipeline"), "pipeline"),
     ("ReplyEvent made by a channel",
-     lambda: ReplyEvent(producer="channel", kind="final", trace_id=TRACE, chat_id=1, text="x"), "channel"),
+     lambda: new(ReplyEvent, producer="channel", kind="final", trace_id=TRACE, chat_id=1, text="x"), "channel"),
 ]
 
 
@@ -266,9 +278,9 @@ def test_message_list_check_agrees_with_the_plain_loop_on_every_short_list() -> 
     ("trace_id", lambda: request(SYSTEM, USER, trace_id=OTHER_TRACE)),
     ("chat_id", lambda: request(SYSTEM, USER, chat_id=101)),
     ("user_id", lambda: request(SYSTEM, USER, user_id=101)),
-    ("trace_id", lambda: LLMResult(producer="llm", trace_id=OTHER_TRACE, text="x", finish_reason="stop",
+    ("trace_id", lambda: new(LLMResult, producer="llm", trace_id=OTHER_TRACE, text="x", finish_reason="stop",
                                    usage=usage(), model="m")),
-    ("chat_id", lambda: HotStateWrite(producer="pipeline", source="agent", trace_id=TRACE, chat_id=7)),
+    ("chat_id", lambda: new(HotStateWrite, producer="pipeline", source="agent", trace_id=TRACE, chat_id=7)),
 ])
 def test_one_turn_identity(field: str, item: Any) -> None:
     guard = TurnGuard(inbound())
@@ -285,29 +297,29 @@ def test_a_dlq_entry_keeps_its_turns_identity() -> None:
 # counts_sane, hot_state_within_cap, prompt_within_budget ---------------------------------------
 
 @pytest.mark.parametrize(("make", "field", "producer"), [
-    (lambda: TokenUsage(input_tokens=-1, output_tokens=0, total_tokens=-1), "input_tokens", "llm"),
-    (lambda: TokenUsage(input_tokens=1, output_tokens=2, total_tokens=4), "total_tokens", "llm"),
+    (lambda: new(TokenUsage, input_tokens=-1, output_tokens=0, total_tokens=-1), "input_tokens", "llm"),
+    (lambda: new(TokenUsage, input_tokens=1, output_tokens=2, total_tokens=4), "total_tokens", "llm"),
     (lambda: plan(current_tokens=-3), "current_tokens", "pipeline"),
     (lambda: plan(total_tokens=401), "total_tokens", "pipeline"),
     (lambda: plan(history_tokens=0, total_tokens=350, history_kept=0, history_dropped=-1), "history_dropped",
      "pipeline"),
     (lambda: plan(history_kept=0), "history_tokens", "pipeline"),
     (lambda: plan(hot_state_tokens=301, hot_state_cap=1000), "hot_state_tokens", "pipeline"),
-    (lambda: UsageRecord(at=NOW, trace_id=TRACE, chat_id=1, user_id=1, model="m", usage=usage(), cost_usd=-0.01,
+    (lambda: new(UsageRecord, at=NOW, trace_id=TRACE, chat_id=1, user_id=1, model="m", usage=usage(), cost_usd=-0.01,
                          wasted=False), "cost_usd", "pipeline"),
-    (lambda: UsageRecord(at=NOW, trace_id=TRACE, chat_id=1, user_id=1, model="m", usage=usage(),
+    (lambda: new(UsageRecord, at=NOW, trace_id=TRACE, chat_id=1, user_id=1, model="m", usage=usage(),
                          cost_usd=float("nan"), wasted=False), "cost_usd", "pipeline"),
-    (lambda: LLMResult(producer="llm", trace_id=TRACE, text="", finish_reason="stop", usage=usage(), model="m",
+    (lambda: new(LLMResult, producer="llm", trace_id=TRACE, text="", finish_reason="stop", usage=usage(), model="m",
                        latency_s=-1.0), "latency_s", "llm"),
     (lambda: request(SYSTEM, USER, max_output_tokens=0), "max_output_tokens", "pipeline"),
-    (lambda: Attachment(file_id="f", size_bytes=-1), "size_bytes", "channel"),
+    (lambda: new(Attachment, file_id="f", size_bytes=-1), "size_bytes", "channel"),
 ])
 def test_counts_sane(make: Any, field: str, producer: str) -> None:
     expect(make, "counts_sane", field, producer)
 
 
 def test_usage_total_is_the_sum_of_its_parts_in_the_error() -> None:
-    error = violation(lambda: TokenUsage(input_tokens=100, output_tokens=20, total_tokens=100))
+    error = violation(lambda: new(TokenUsage, input_tokens=100, output_tokens=20, total_tokens=100))
     assert "100 != input_tokens 100 + output_tokens 20" in error.detail
 
 
@@ -340,7 +352,7 @@ def test_frozen_models_reject_mutation() -> None:
     (lambda: inbound(is_admin=True), "is_admin", "channel"),
     (lambda: usage().model_validate({**usage().model_dump(), "cached": 1}), "cached", "llm"),
     (lambda: request(SYSTEM, USER, temperature=0.2), "temperature", "pipeline"),
-    (lambda: ChatMessage(role="user", content="x", name="bob"), "name", "pipeline"),
+    (lambda: new(ChatMessage, role="user", content="x", name="bob"), "name", "pipeline"),
 ])
 def test_extra_fields_are_refused(make: Any, field: str, producer: str) -> None:
     expect(make, "no_unknown_fields", field, producer)
@@ -460,3 +472,45 @@ async def test_a_good_answer_passes_every_check(fake_llm: FakeLLM, llm: OpenAICo
     fake_llm.enqueue(Reply("fine", usage=(12, 3)))
     result = await llm.complete(request(SYSTEM, USER))
     assert (result.text, result.usage.total_tokens, result.usage.estimated) == ("fine", 15, False)
+
+
+# how contracts are made: public paths only --------------------------------------------------------
+
+def test_a_nested_error_is_named_by_its_path_in_the_outer_model() -> None:
+    data = {"producer": "pipeline", "trace_id": TRACE, "chat_id": 1, "user_id": 1, "model": "m",
+            "max_output_tokens": 5, "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": 5}]}
+    expect(lambda: AgentRequest.model_validate(data, strict=False), "agent_request_valid", "messages.1.content",
+           "pipeline")
+
+
+def test_a_direct_construction_raises_pydantics_error_which_is_still_named() -> None:
+    import pydantic
+
+    from core.failures.classify import to_gateway_error
+    from core.failures.taxonomy import Kind
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        ChatMessage(role="user", content=5)  # type: ignore[arg-type]
+    classified = to_gateway_error(caught.value)
+    assert classified.kind is Kind.contract_violation
+    assert "[chat_message_valid] field=content producer=pipeline" in classified.detail
+
+
+def test_contracts_have_no_custom_init() -> None:
+    """A custom __init__ would move nested validation back into Python and misname nested errors."""
+    import pydantic
+
+    from core import contracts
+
+    for name in contracts.__all__:
+        model = getattr(contracts, name)
+        if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+            assert "__init__" not in vars(model), name
+
+
+def test_a_hot_state_write_from_tool_arguments_fails_named_not_with_pydantics_error() -> None:
+    """to_hot_state_write catches ContractViolation: it must build through a path that names errors."""
+    arguments = validate_tool_arguments("update_hot_state", {"set_objective": "goal"})
+    with pytest.raises(InvalidToolArguments) as caught:
+        to_hot_state_write(arguments, trace_id="not-a-trace-id", chat_id=1)  # type: ignore[arg-type]
+    assert "trace_id" in str(caught.value)

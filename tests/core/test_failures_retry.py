@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.failures.backoff_schedule import jittered_wait_s
+from core.failures.llm_errors import classify_llm_error
 from core.failures.retry import RetryPolicy, call_with_retry, compute_wait_s
-from core.failures.taxonomy import GatewayError, Kind, classify_llm_error
+from core.failures.taxonomy import GatewayError, Kind
 
 ZERO_WAIT = RetryPolicy(max_retries=1, wait_scale=0.0)
 

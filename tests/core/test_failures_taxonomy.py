@@ -13,17 +13,10 @@ import openai
 import pytest
 
 from core.contracts import ContractViolation
+from core.failures.llm_errors import classify_llm_error
 from core.failures.parsing import parse_retry_after_s
-from core.failures.taxonomy import (
-    OUTAGE_KINDS,
-    PER_SETTINGS,
-    TAXONOMY,
-    GatewayError,
-    Kind,
-    classify_llm_error,
-    is_storage_failure,
-    taxonomy_markdown,
-)
+from core.failures.storage_errors import is_storage_failure
+from core.failures.taxonomy import OUTAGE_KINDS, PER_SETTINGS, TAXONOMY, GatewayError, Kind, taxonomy_markdown
 
 BASE_URL = "http://127.0.0.1:9/v1"
 CLIENT = openai.AsyncOpenAI(api_key="sk-test-key-not-real", base_url=BASE_URL, max_retries=0)
@@ -227,3 +220,16 @@ def test_real_sqlite_errors_are_classified_by_their_result_code(tmp_path) -> Non
     assert not is_storage_failure(missing) and classify_llm_error(missing).kind == Kind.internal
     read_only = real_sqlite_error(tmp_path, "INSERT INTO t VALUES (1)", read_only=True)
     assert is_storage_failure(read_only) and classify_llm_error(read_only).kind == Kind.storage_unavailable
+
+
+def test_a_pydantic_error_escaping_a_stage_is_a_named_contract_violation() -> None:
+    from pydantic import ValidationError
+
+    from core.contracts import TokenUsage
+
+    with pytest.raises(ValidationError) as caught:
+        TokenUsage(input_tokens=-1, output_tokens=0, total_tokens=0)
+    error = classify_llm_error(caught.value)
+    assert error.kind is Kind.contract_violation
+    assert error.detail.startswith("contract violation [counts_sane] field=input_tokens producer=pipeline")
+    assert "-1" not in error.detail  # the offending value is not echoed

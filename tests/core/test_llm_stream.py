@@ -17,7 +17,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from core.context.tokens import counter_for_model
 from core.contracts import AgentRequest, ChatMessage, ContractViolation
-from core.failures.taxonomy import Kind, classify_llm_error
+from core.failures.llm_errors import classify_llm_error
+from core.failures.taxonomy import Kind
 from core.llm import OpenAICompatibleLLM
 
 TRACE = "0123456789abcdef0123456789abcdef"
@@ -172,3 +173,17 @@ async def test_the_request_carries_traceparent_and_the_bearer_key_only(
     assert (version, trace_id, parent_id) == ("00", f"{chat.context.trace_id:032x}", f"{chat.context.span_id:016x}")
     assert int(flags, 16) & 1  # sampled
     assert "sk-admin-secret" not in json.dumps(sent)
+
+
+async def test_each_delta_is_passed_on_as_it_came_never_the_text_so_far(server: RawSSE,
+                                                                       llm: OpenAICompatibleLLM) -> None:
+    pieces = [f"w{i} " for i in range(50)]
+    server.bodies.append(("".join(f"data: {chunk(piece)}\n\n" for piece in pieces) + "data: [DONE]\n\n").encode())
+    received: list[str] = []
+
+    async def sink(delta: str) -> None:
+        received.append(delta)
+
+    result = await llm.complete(request(), on_delta=sink)
+    assert received == pieces  # the adapter joins nothing per chunk: 50 pieces, not 50 growing prefixes
+    assert result.text == "".join(pieces)

@@ -13,24 +13,19 @@ from hypothesis import strategies as st
 from core.contracts import TokenUsage, UsageRecord
 from core.store import open_database
 from core.usage import (
-    CapDecision,
     DayTotals,
     PeriodTotals,
-    Price,
-    PriceTable,
     UsageLedger,
     UserTotals,
     WarningLog,
-    check_caps,
-    cost_usd,
-    daily_warning_key,
     days_back,
-    monthly_warning_key,
     next_day_start,
     next_month_start,
     utc_day,
     utc_month,
 )
+from core.usage_caps import CapDecision, check_caps, daily_warning_key, monthly_warning_key
+from core.usage_prices import Price, PriceTable, cost_usd
 from core.usage_text import (
     format_cap_warning,
     format_cost,
