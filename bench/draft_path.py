@@ -5,8 +5,8 @@
 
 Two figures, both process CPU time for the whole answer: `channel` is `TelegramChannel.deliver`
 for every draft event (what bot/channel.py costs), `stream` adds what core does per delta before
-that (the text so far joined from the chunks, a `ReplyEvent` built), as core/llm.py and the
-pipeline do today. The bot is a stand-in whose calls return at once. The pacing runs on the real
+that (each delta appended to the one streamed text the draft event holds; the text is joined only
+when the channel reads it for a preview), as core/pipeline/llm.py does. The bot is a stand-in whose calls return at once. The pacing runs on the real
 clock and the deltas come much faster than a model sends them, so hardly any edit falls due: the
 figures are the per-chunk cost (tests/bot/test_drafts.py counts edits and previews on a simulated
 clock). Each figure is the best of `--repeat` runs.
@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bot.channel import TelegramChannel
-from core.contracts import ReplyEvent
+from core.contracts import ReplyEvent, StreamedText
 
 TRACE_ID = "0" * 31 + "1"
 
@@ -42,14 +42,15 @@ class _InstantBot:
 
 
 async def _with_core(deltas: list[str]) -> tuple[float, int]:
-    """What core does per delta (join the chunks so far, build the event), then `deliver`."""
+    """What core does per delta (core/pipeline/llm.py `draft_sink`: append to one StreamedText that
+    one draft event holds by reference, deliver that event again), then `deliver`."""
     bot = _InstantBot()
     channel = TelegramChannel(bot)  # type: ignore[arg-type]
-    parts: list[str] = []
     started = time.process_time()
+    streamed = StreamedText()
+    event = ReplyEvent(kind="draft", trace_id=TRACE_ID, chat_id=1, streamed=streamed)
     for delta in deltas:
-        parts.append(delta)
-        event = ReplyEvent(kind="draft", trace_id=TRACE_ID, chat_id=1, text="".join(parts))
+        streamed.append(delta)
         await channel.deliver(event)
         await asyncio.sleep(0)  # let a draft call in flight finish, as the event loop would
     return time.process_time() - started, bot.calls
