@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from core.context.assemble import assemble, rebuild_smaller
 from core.context.budget import ContextTooLarge
 from core.contracts import ChatMessage, ContextPlan, InboundMessage, ReplyEvent, TurnGuard
 from core.failures.taxonomy import GatewayError, Kind
 from core.tracing import short_ref
+from core.usage import record_prompt_metrics
 
 if TYPE_CHECKING:
     from core.ports import Channel
@@ -76,3 +78,17 @@ def refusal_text(user_id: int) -> str:
     """What a user who may not chat is told (the authorize stage, and the bot before a turn starts)."""
     return (f"Sorry, this bot is private. Your Telegram user id is {user_id}: "
             "ask the operator to add it to ALLOWED_USER_IDS if you should have access.")
+
+
+def plan_prompt(turn: Turn, *, smaller: bool = False) -> None:
+    """The turn's prompt, token-budgeted, and its plan recorded (for /status and traces): built by
+    the context stage, rebuilt with half the history (`smaller`) by the llm stage after the
+    provider refused it. A message that cannot fit even alone ends the turn with a notice."""
+    try:
+        rebuild_smaller(turn) if smaller else assemble(turn)
+    except ContextTooLarge as error:
+        raise NoticeError.context_too_large(error) from None
+    assert turn.plan is not None
+    services, inbound = turn.services, turn.inbound
+    record_prompt_metrics(services.db, services.chats, trace_id=inbound.trace_id, chat_id=inbound.chat_id,
+                          plan=turn.plan, now=services.clock.iso())

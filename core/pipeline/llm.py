@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 
 from core import failpoints
-from core.context.assemble import rebuild_smaller
-from core.context.budget import ContextTooLarge
 from core.context.tool_calls import execute_tool
 from core.context.tools import MAX_TOOL_ROUNDS, TOOLS
 from core.contracts import (
@@ -34,8 +32,7 @@ from core.failures.classify import to_gateway_error
 from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
 from core.ports import DeltaSink
-from core.turn import NoticeError, Turn
-from core.usage import record_prompt_metrics
+from core.turn import Turn, plan_prompt
 from core.usage_prices import cost_usd
 
 if TYPE_CHECKING:
@@ -92,7 +89,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
 
     async def attempt(number: int, shrink_context: bool) -> LLMResult:
         if shrink_context:
-            _rebuild_smaller(turn)
+            plan_prompt(turn, smaller=True)
         now_s = services.clock.monotonic()
         if not breaker.allow(now_s=now_s):
             raise GatewayError(Kind.circuit_open, f"circuit {breaker.name} is open")
@@ -152,18 +149,6 @@ def draft_sink(turn: Turn) -> DeltaSink:
         await turn.channel.deliver(event)
 
     return on_delta
-
-
-def _rebuild_smaller(turn: Turn) -> None:
-    """The retry after context_length_exceeded carries half the history (same turn, same tool rounds)."""
-    try:
-        rebuild_smaller(turn)
-    except ContextTooLarge as error:
-        raise NoticeError.context_too_large(error) from None
-    assert turn.plan is not None
-    services, inbound = turn.services, turn.inbound
-    record_prompt_metrics(services.db, services.chats, trace_id=inbound.trace_id, chat_id=inbound.chat_id,
-                          plan=turn.plan, now=services.clock.iso())
 
 
 def _on_transition(services: Services, turn: Turn, transition: Transition | None) -> None:
