@@ -18,6 +18,8 @@ import contextlib
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
+from opentelemetry import trace
+
 from core.contracts import TokenUsage, UsageRecord, build
 from core.usage_prices import cost_usd
 
@@ -78,3 +80,4 @@ def end_stopped(turn: Turn) -> None:
         record_stopped_usage(turn, model=turn.llm_request.model, partial=partial)
     turn.answer = stopped_answer(partial)
     turn.outcome = "stopped"
+    trace.get_current_span().add_event("stopped", {"stopped.partial_chars": len(partial)})

@@ -13,6 +13,7 @@ from core.control import STOPPED_MARK, stopped_answer, until_stopped
 from core.failures.taxonomy import GatewayError, Kind
 from core.ports import DeltaSink
 from core.running import RunningTurns
+from core.telemetry import find_trace
 from core.tracing import current_trace_id, new_turn_span
 from tests.core.fakes import MakePipeline
 
@@ -81,6 +82,13 @@ async def test_stop_midway_keeps_the_partial_answer_and_accounts_it(make_pipelin
     [breaker] = services.breakers.all()
     assert breaker.state == "closed" and breaker.consecutive_failures == 0
     assert not services.running.is_running(CHAT) and services.running.stop(CHAT) is False
+    # The trace says so: an event on the llm stage, the outcome on the turn, and no error anywhere.
+    services.telemetry.force_flush()
+    spans = {span.name: span for span in find_trace(services.telemetry.db_path, channel.events[-1].trace_id)}
+    [stopped] = [e for e in spans["llm"].events if e["name"] == "stopped"]
+    assert stopped["attributes"]["stopped.partial_chars"] >= len(final.removesuffix("\n\n" + STOPPED_MARK))
+    assert spans["turn"].attributes["turn.outcome"] == "stopped"
+    assert all(span.status != "ERROR" for span in spans.values())
 
 
 async def test_stop_before_the_first_token_still_accounts_the_prompt(make_pipeline: MakePipeline) -> None:

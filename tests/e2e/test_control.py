@@ -60,7 +60,7 @@ def test_stop_cuts_a_long_streamed_answer_keeps_it_and_accounts_it(bot, fake_tel
     # The tokens are accounted (estimated: the provider sends usage only at a stream's end), not as waste.
     [usage] = fake_telegram.wait_for(lambda: rows(data_dir, "SELECT * FROM usage WHERE chat_id = ?", USER),
                                      timeout=10)
-    assert usage["estimated"] == 1 and usage["wasted"] == 0
+    assert usage["estimated"] == 1 and usage["wasted"] == 0 and usage["model"] == "gpt-4o-mini"
     assert usage["input_tokens"] > 0 and 0 < usage["output_tokens"] < len(STORY) // 4
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     # The history keeps the partial answer, marked; nothing is a dead letter; the journal says replied.
