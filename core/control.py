@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,6 +34,10 @@ T = TypeVar("T")
 async def until_stopped(stop: asyncio.Event, call: Awaitable[T]) -> T | None:
     """`call`'s result, or None when `stop` is set first: then the call is cancelled (and waited
     for, so its HTTP stream is closed before the turn goes on)."""
+    if stop.is_set():  # stopped before the call: it never starts (no request goes out)
+        if inspect.iscoroutine(call):
+            call.close()
+        return None
     task = asyncio.ensure_future(call)
     stopper = asyncio.ensure_future(stop.wait())
     try:

@@ -104,6 +104,20 @@ async def test_stop_before_the_first_token_still_accounts_the_prompt(make_pipeli
     assert input_tokens > 0 and output_tokens == 0 and estimated == 1
 
 
+async def test_stop_before_the_llm_stage_sends_no_request(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
+
+    async def stop_now(turn) -> None:  # noqa: ANN001 - a stage: /stop arrives while the context is built
+        assert services.running.stop(turn.inbound.chat_id)
+
+    names = [name for name, _ in pipeline.stages]
+    pipeline.stages.insert(names.index("llm"), ("stop_now", stop_now))
+    assert await (await start_turn(services, pipeline, channel, "hello")) == "stopped"
+    assert llm.requests == [] and channel.texts("final") == [STOPPED_MARK]
+    assert services.db.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 0  # nothing was sent
+    assert [m.content for m in services.history.recent(CHAT, max_tokens=10_000)] == ["hello", STOPPED_MARK]
+
+
 async def test_a_stopped_probe_frees_the_half_open_circuit(make_pipeline: MakePipeline) -> None:
     services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=0.05)
     llm.enqueue(GatewayError(Kind.llm_server, "down"))
@@ -151,8 +165,18 @@ async def test_until_stopped_returns_the_result_or_the_error_of_a_call_that_ends
             raise
         return "late"
 
-    assert await until_stopped(stop, forever()) is None
+    stopped_later = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.01, stopped_later.set)
+    assert await until_stopped(stopped_later, forever()) is None
     assert cancelled.is_set()  # cancelled and waited for, not left running
+    started = []
+
+    async def records() -> str:
+        started.append(True)
+        return "late"
+
+    assert await until_stopped(stop, records()) is None  # already stopped: the call never starts
+    assert started == []
 
 
 async def test_running_turns_knows_one_turn_per_chat() -> None:
