@@ -33,6 +33,8 @@ class CommandContext:
     trace_id: str
     replay: Callable[[int], Awaitable[ReplayResult]]  # one DLQ entry, answered in its own chat
     replay_all: Callable[[], Awaitable[list[ReplayResult]]]  # every pending Telegram entry
+    # A turn in this chat for this text, as if the user had sent it; returns its outcome (/retry).
+    run_turn: Callable[[str], Awaitable[str]] | None = None
 
     @property
     def is_operator(self) -> bool:

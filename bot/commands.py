@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bot.command_context import CommandContext, Reply
+from bot.commands_control import retry, stop
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError, parse_ref
 from core.context.hot_state import format_for_user
 from core.contracts import HotStateWrite
@@ -195,6 +196,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("budget", budget, "allowed", "tokens and spend, and what is left"),
     Command("usage", usage, "allowed", "your last 7 days"),
     Command("status", status, "allowed", "health, model, circuit and context use"),
+    Command("stop", stop, "allowed", "stop the answer being written"),
+    Command("retry", retry, "allowed", "answer your last message again"),
     Command("trace", trace_cmd, "operator", "show the trace of a ref"),
     Command("dlq", dlq, "operator", "dead-letter queue (or one entry)"),
     Command("replay", replay, "operator", "run a DLQ entry again (ID or all)"),

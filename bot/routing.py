@@ -163,6 +163,13 @@ class Router:
             return "failed"
         return await self.pipeline.run_turn(inbound, self.channel)
 
+    async def run_text(self, update: Update, trace_id: str, text: str) -> str:
+        """A turn answering `text` in the update's chat, as if its sender had written it (/retry)."""
+        inbound = to_inbound(update, trace_id=trace_id, bot_username=self.identity.username,
+                             received_at=self.services.clock.now())
+        return await self.pipeline.run_turn(inbound.model_copy(update={"text": text, "attachment": None}),
+                                            self.channel)
+
     async def run_command(self, routed: Routed, update: Update, trace_id: str) -> str:
         services = self.services
         message = update.message
@@ -182,7 +189,8 @@ class Router:
             with services.tracer.start_as_current_span(f"command {command.name}"):
                 ctx = CommandContext(services=services, chat_id=chat_id, user_id=user.id,
                                      user_name=user.first_name or user.username or "", args=routed.args,
-                                     trace_id=trace_id, replay=self.replay, replay_all=self.replay_all)
+                                     trace_id=trace_id, replay=self.replay, replay_all=self.replay_all,
+                                     run_turn=lambda text: self.run_text(update, trace_id, text))
                 reply = await command.run(ctx)
         await self.send_reply(chat_id, trace_id, reply, reply_to=message.message_id)
         return "replied"

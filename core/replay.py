@@ -116,7 +116,7 @@ async def replay_entry(pipeline: TurnRunner, services: Services, dlq_id: int, ch
         inbound = row.inbound.model_copy(update={"trace_id": trace_id})
         late = row.first_failed_at[11:16] + " UTC" if len(row.first_failed_at) >= 16 else row.first_failed_at
         outcome = await pipeline.run_turn(inbound, channel, late_of=late, replay_dlq_id=dlq_id)
-    ok = outcome == "replied"
+    ok = outcome in ("replied", "stopped")  # a user who stopped the late answer has it
     services.dlq.finish_replay(dlq_id, ok=ok, trace_id=trace_id, now=services.clock.iso(),
                                error=None if ok else outcome)
     return ReplayResult(dlq_id, ReplayStatus.answered if ok else ReplayStatus.failed_again, trace_id=trace_id,

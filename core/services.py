@@ -29,6 +29,7 @@ from core.failures.storage_errors import storage_reason
 from core.llm import OpenAICompatibleLLM
 from core.logs import redactor
 from core.ports import LLM
+from core.running import RunningTurns
 from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
@@ -69,6 +70,7 @@ class Services:
     started_monotonic: float = field(default_factory=Clock.monotonic)
     mode: str = "console"
     last_error: dict[str, str] = field(default_factory=dict)
+    running: RunningTurns = field(default_factory=RunningTurns)  # each chat's running turn, for /stop
     # Hooks the bot's runtime sets (the console and tests leave them None); core calls them directly.
     # Storage refused a write mid-turn: (update_id, reason) -> True the first time for that update.
     # Set by bot/storage_alarm.py; without it every such turn tells its user.

@@ -6,12 +6,21 @@ never another stage: only `core.pipeline` knows the order they run in.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from core.context.assemble import assemble, rebuild_smaller
 from core.context.budget import ContextTooLarge
-from core.contracts import ChatMessage, ContextPlan, InboundMessage, ReplyEvent, TurnGuard
+from core.contracts import (
+    AgentRequest,
+    ChatMessage,
+    ContextPlan,
+    InboundMessage,
+    ReplyEvent,
+    StreamedText,
+    TurnGuard,
+)
 from core.failures.taxonomy import GatewayError, Kind
 from core.tracing import short_ref
 from core.usage import record_prompt_metrics
@@ -20,9 +29,10 @@ if TYPE_CHECKING:
     from core.ports import Channel
     from core.services import Services
 
+# "stopped": the user's /stop ended the answer midway (shown, kept and accounted: not a failure).
 # "deferred": storage refused a write mid-turn; the journal row stays unfinished and the update
 # runs again once storage takes writes (bot/storage_alarm.py), or at the next start.
-Outcome = Literal["replied", "failed", "refused", "throttled", "notice", "dlq", "deferred"]
+Outcome = Literal["replied", "failed", "refused", "throttled", "notice", "dlq", "deferred", "stopped"]
 ReplyKind = Literal["notice", "error", "final", "draft", "typing"]
 
 
@@ -64,6 +74,10 @@ class Turn:
     tokens_spent: int = 0
     history_share: float = 1.0
     outcome: Outcome = "replied"
+    # /stop (core/control.py): set from outside the turn; the llm stage reads what streamed so far.
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    streamed: StreamedText | None = None  # the current attempt's streamed text
+    llm_request: AgentRequest | None = None  # the current attempt's request (its model)
 
     @property
     def ref(self) -> str:

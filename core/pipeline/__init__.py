@@ -84,7 +84,8 @@ class Pipeline:
         self._enter()
         try:
             async with lock:
-                return await self._run_stages(turn)
+                with self.services.running.running(inbound.chat_id, turn.stop):  # /stop finds it here
+                    return await self._run_stages(turn)
         finally:
             if not lock.locked() and len(self._chat_locks) > 10_000:
                 self._chat_locks.pop(inbound.chat_id, None)

@@ -28,6 +28,7 @@ from core.contracts import (
     UsageRecord,
     build,
 )
+from core.control import end_stopped, until_stopped
 from core.failures.classify import to_gateway_error
 from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
@@ -51,7 +52,10 @@ async def run(turn: Turn) -> None:
     try:
         for round_number in range(MAX_TOOL_ROUNDS + 1):
             offer_tools = round_number < MAX_TOOL_ROUNDS
-            result = await call_llm(turn, tools=TOOLS if offer_tools else (), stream=True)
+            result = await until_stopped(turn.stop, call_llm(turn, tools=TOOLS if offer_tools else (), stream=True))
+            if result is None:  # /stop: the call was cancelled; the turn goes on with what streamed
+                end_stopped(turn)
+                return
             if result.tool_calls and offer_tools:
                 turn.messages.append(ChatMessage(role="assistant", content=result.text or None,
                                                  tool_calls=result.tool_calls))
@@ -98,6 +102,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
                         model=settings.llm_model, messages=tuple(turn.messages), tools=tuple(tools),
                         max_output_tokens=settings.llm_max_output_tokens)
         turn.guard.check(request, producer="pipeline")
+        turn.llm_request, turn.streamed = request, None
         try:
             # A late answer (a DLQ replay) is not streamed: nobody is watching it grow, and its
             # first sight should already say that it answers an earlier message.
@@ -109,6 +114,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
             turn.guard.check(result, producer="llm")
         except BaseException as error:
             if isinstance(error, asyncio.CancelledError):
+                breaker.record_neutral()  # a stopped call says nothing of the provider (frees a probe)
                 raise
             classified = to_gateway_error(error)
             if classified.kind == Kind.llm_malformed or classified.info.outage:
@@ -138,7 +144,7 @@ def draft_sink(turn: Turn) -> DeltaSink:
     """One attempt's streamed answer as a draft: one event holding the answer by reference, delivered
     again per chunk. Per chunk this is an append; the text is joined only when the channel reads
     it for a preview. A retried attempt gets a new sink, so its draft starts over."""
-    streamed = StreamedText()
+    streamed = turn.streamed = StreamedText()
     event = ReplyEvent(kind="draft", trace_id=turn.inbound.trace_id, chat_id=turn.inbound.chat_id,
                        reply_to_message_id=turn.inbound.message_id, streamed=streamed)
 

@@ -212,6 +212,34 @@ class History:
         return cursor.rowcount
 
 
+    # /retry (bot/commands_control.py): the last exchange is set aside while it is answered again,
+    # then deleted (the new answer replaces it) or, when the new turn does not answer, put back.
+    def last_exchange(self, chat_id: int) -> list[HistoryMessage]:
+        """The chat's last active user message and what followed it, oldest first ([] if none)."""
+        row = self.db.execute("SELECT MAX(id) FROM messages WHERE chat_id = ? AND archived = 0 AND role = 'user'",
+                              [chat_id]).fetchone()
+        if row is None or row[0] is None:
+            return []
+        rows = self.db.execute("SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0"
+                               " AND id >= ? ORDER BY id", [chat_id, row[0]]).fetchall()
+        return [HistoryMessage(*r) for r in rows]
+
+    def set_aside(self, chat_id: int, message_ids: list[int], *, aside: bool = True) -> int:
+        """Take these messages out of the conversation (`aside`), or put them back."""
+        marks = ",".join("?" * len(message_ids))
+        cursor = self.db.execute(f"UPDATE messages SET archived = ? WHERE chat_id = ? AND id IN ({marks})",
+                                 [int(aside), chat_id, *message_ids])
+        self._forget(chat_id)
+        return cursor.rowcount
+
+    def delete(self, chat_id: int, message_ids: list[int]) -> int:
+        """Remove these messages for good (an answer /retry replaced, and its question, now asked again)."""
+        marks = ",".join("?" * len(message_ids))
+        cursor = self.db.execute(f"DELETE FROM messages WHERE chat_id = ? AND id IN ({marks})",
+                                 [chat_id, *message_ids])
+        self._forget(chat_id)
+        return cursor.rowcount
+
 def _fit(window: _Window, *, max_tokens: int, max_messages: int) -> tuple[int | None, int]:
     """Where the newest messages that fit start in `window.messages`, and their tokens; None
     when the window ends (it is not the whole active conversation) before the limits are met."""

@@ -142,6 +142,16 @@ class HistoryStore(Protocol):
         """/new: archive every active message of the chat; returns how many."""
         ...
 
+    def last_exchange(self, chat_id: int) -> list[HistoryMessage]:
+        """/retry: the last active user message and what followed it, oldest first ([] if none)."""
+        ...
+
+    def set_aside(self, chat_id: int, message_ids: list[int], *, aside: bool = True) -> int:
+        """Take messages out of the conversation (or, `aside=False`, put them back)."""
+        ...
+
+    def delete(self, chat_id: int, message_ids: list[int]) -> int: ...
+
 
 @runtime_checkable
 class ChatStore(Protocol):

@@ -247,6 +247,7 @@ class FakeLLM(BackgroundServer):
         self._default: Callable[[dict[str, Any]], Item] = echo_reply
         self._fail_all: Item | None = None
         self._ids = itertools.count(1)
+        self._aborted_streams = 0
 
     @property
     def base_url(self) -> str:
@@ -297,6 +298,11 @@ class FakeLLM(BackgroundServer):
     def count(self) -> int:
         """Number of chat completion requests: what cost money."""
         return len(self.completions())
+
+    def aborted_streams(self) -> int:
+        """Streamed answers the client closed before their end (not ``cut_after_chunks``)."""
+        with self._lock:
+            return self._aborted_streams
 
     def last_request(self) -> RecordedRequest:
         """The most recent chat completion request (AssertionError if none)."""
@@ -586,5 +592,7 @@ class FakeLLM(BackgroundServer):
             await send("[DONE]")
             await response.write_eof()
         except (ConnectionResetError, ConnectionError):
-            pass  # the client went away (e.g. its timeout fired); nothing left to say
+            # the client went away (its timeout fired, or it stopped reading): nothing left to say
+            with self._lock:
+                self._aborted_streams += 1
         return response
