@@ -62,6 +62,9 @@ class Turn:
     tokens_spent: int = 0
     history_share: float = 1.0
     outcome: Outcome = "replied"
+    model: str = ""  # the chat's model (/model), set by the gate stage; "" means LLM_MODEL
+    answered_by: str = ""  # a fallback model that answered this turn (later tool rounds start there)
+    fallback_note: str = ""  # the line the reply adds after a fallback's answer
 
     @property
     def ref(self) -> str:
