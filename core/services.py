@@ -28,7 +28,7 @@ from core.failures.retry import RetryPolicy
 from core.failures.storage_errors import storage_reason
 from core.llm_router import LLMRouter
 from core.logs import redactor
-from core.models import ModelCatalog
+from core.models import ModelCatalog, ModelsFileError
 from core.ports import LLM
 from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
 from core.store.chat_models import ChatModels
@@ -170,12 +170,19 @@ class StorageUnavailable(Exception):
     """DATA_DIR cannot be used: a clear, one-line reason for the operator."""
 
 
+class ModelsUnavailable(StorageUnavailable):
+    """config/models.toml cannot be used: one line, caught wherever a start reports StorageUnavailable."""
+
+
 def open_services(settings: Settings, **kwargs: object) -> Services:
-    """build_services, turning storage failures into one readable StorageUnavailable."""
+    """build_services, turning storage failures into one readable StorageUnavailable (a bad
+    models file into ModelsUnavailable, which every caller reports the same way)."""
     import sqlite3
 
     try:
         return build_services(settings, **kwargs)  # type: ignore[arg-type]
+    except ModelsFileError as error:
+        raise ModelsUnavailable(f"cannot use the models file: {error}") from None
     except (OSError, sqlite3.Error) as error:
         reason = storage_reason(error)
         if "locked" in reason:

@@ -114,6 +114,15 @@ def test_a_primary_answering_500_is_covered_by_the_fallback_with_a_notice(bot, f
     assert models_asked(fake_llm) == ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o"]  # one retry, one fallback
     assert dlq_entries(proc) == []
     assert not [t for t in fake_telegram.sent_texts(100) if "ref:" in t]  # no error reply
+    say(fake_telegram, "/budget", user=OPERATOR_ID)
+    budget = answer(fake_telegram, OPERATOR_ID, "By model this month:")
+    assert "\n  gpt-4o: " in budget and "\n  gpt-4o-mini: " in budget
+    say(fake_telegram, "/usage")
+    assert "By model:" in answer(fake_telegram, 100, "Your last 7 days")
+    say(fake_telegram, "/status")
+    status = answer(fake_telegram, 100, "Circuit: ")
+    assert "Model: gpt-4o-mini @ 127.0.0.1" in status and "failures 100%" in status
+    assert "gpt-4o (fallback): circuit closed; 1 calls, p50 " in status
     assert proc.stop() == 0
 
     with sqlite3.connect(data_dir / "gateway.db") as db:
@@ -178,3 +187,18 @@ def test_two_providers_each_receive_only_their_own_key(bot, fake_telegram, fake_
         assert other.server_errors() == []
     finally:
         other.stop()
+
+
+def test_a_broken_models_file_stops_the_start_with_one_line(bot, tmp_path: Path) -> None:
+    models_file = tmp_path / "models.toml"
+    models_file.write_text('[models."llama3.1"]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "UNSET_KEY"\n',
+                           encoding="utf-8")
+    proc = bot(wait=False, MODELS_FILE=models_file)
+    for _ in range(200):
+        if not proc.alive():
+            break
+        time.sleep(0.05)
+    assert proc.returncode == 1
+    assert "cannot use the models file: model 'llama3.1': api_key_env names 'UNSET_KEY', which is not set" \
+        in proc.output()
+    assert "Traceback" not in proc.output()
