@@ -184,6 +184,12 @@ def test_two_providers_each_receive_only_their_own_key(bot, fake_telegram, fake_
         assert models_asked(other) == ["llama3.1"] and models_asked(fake_llm) == ["gpt-4o-mini"]
         assert proc.stop() == 0
         assert OTHER_KEY not in proc.output()
+
+        doctor = run_cli(proc.env, "doctor")  # checks the second provider with its own key
+        assert "[ok  ] models: choices gpt-4o-mini, llama3.1; fallbacks none" in doctor.stdout
+        assert "[ok  ] llm llama3.1: 127.0.0.1:" in doctor.stdout and "llama3.1 available" in doctor.stdout
+        assert OTHER_KEY not in doctor.stdout + doctor.stderr
+        assert other.requests[-1].header("Authorization") == f"Bearer {OTHER_KEY}"
         assert other.server_errors() == []
     finally:
         other.stop()
