@@ -20,7 +20,7 @@ from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Up
 from telegram.error import TelegramError
 from telegram.ext import AIORateLimiter, Application, TypeHandler
 
-from bot.commands import COMMANDS
+from bot.commands import COMMANDS, in_menu
 from bot.handlers import on_error, on_update
 from bot.polling import CheckedUpdatesRequest
 from bot.runtime import JournalingQueue, Runtime
@@ -62,11 +62,12 @@ def build_application(settings: Settings, token: str, *, webhook: bool,
 
 async def register_commands(application: Application, settings: Settings) -> None:
     """The command menu: user commands for everyone, all commands in the operator's chat."""
-    user = [BotCommand(c.name, c.help) for c in COMMANDS if c.access != "operator"]
+    user = [BotCommand(c.name, c.help) for c in COMMANDS if c.access != "operator" and in_menu(c, settings)]
     try:
         await application.bot.set_my_commands(user, scope=BotCommandScopeDefault())
         if settings.operator_chat_id is not None:
-            await application.bot.set_my_commands([BotCommand(c.name, c.help) for c in COMMANDS],
+            await application.bot.set_my_commands([BotCommand(c.name, c.help) for c in COMMANDS
+                                                   if in_menu(c, settings)],
                                                   scope=BotCommandScopeChat(settings.operator_chat_id))
     except TelegramError as error:
         log.warning("could not register the command menu: %s", error)

@@ -13,9 +13,12 @@ from typing import Literal
 
 from bot.command_context import CommandContext, Reply
 from bot.commands_control import retry, stop
+from bot.commands_models import model
+from config.settings import Settings
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError, parse_ref
 from core.context.hot_state import format_for_user
 from core.contracts import HotStateWrite
+from core.models import split_names
 from core.replay import entry_origin
 from core.status import budget_text, spend_chart, status_text, usage_week_text
 from core.telemetry import AmbiguousRef, find_trace, format_tree
@@ -41,7 +44,8 @@ async def start(ctx: CommandContext) -> Reply:
 
 async def help_(ctx: CommandContext) -> Reply:
     lines = ["Send me a message or a document and I'll answer.", ""]
-    lines += [f"/{c.name} - {c.help}" for c in COMMANDS if c.access != "operator"]
+    settings = ctx.services.settings
+    lines += [f"/{c.name} - {c.help}" for c in COMMANDS if c.access != "operator" and in_menu(c, settings)]
     if ctx.is_operator:
         lines += ["", "Operator:"] + [f"/{c.name} - {c.help}" for c in COMMANDS if c.access == "operator"]
     return Reply("\n".join(lines))
@@ -198,12 +202,20 @@ COMMANDS: tuple[Command, ...] = (
     Command("status", status, "allowed", "health, model, circuit and context use"),
     Command("stop", stop, "allowed", "stop the answer being written"),
     Command("retry", retry, "allowed", "answer your last message again"),
+    Command("model", model, "allowed", "the model of this chat (or switch: /model NAME)"),
     Command("trace", trace_cmd, "operator", "show the trace of a ref"),
     Command("dlq", dlq, "operator", "dead-letter queue (or one entry)"),
     Command("replay", replay, "operator", "run a DLQ entry again (ID or all)"),
     Command("discard", discard, "operator", "drop a DLQ entry"),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def in_menu(command: Command, settings: Settings) -> bool:
+    """/model is offered only when there is a choice (LLM_MODELS names another model)."""
+    if command.name == "model":
+        return len({settings.llm_model, *split_names(settings.llm_models)}) > 1
+    return True
 
 
 def may_use(command: Command, *, allowed: bool, operator_chat: bool) -> bool:

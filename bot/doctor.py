@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import httpx
 from openai import AsyncOpenAI
@@ -15,6 +16,7 @@ from bot.startup import check_get_me
 from config.settings import Settings
 from core.context.tokens import counter_for_model
 from core.failures.llm_errors import classify_llm_error
+from core.models import ModelCatalog, ModelsFileError
 from core.store import GATEWAY_DB, open_database
 
 TIMEOUT_S = 10.0
@@ -54,27 +56,56 @@ def check_platform() -> Check | None:
 
 async def check_llm(settings: Settings) -> Check:
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    client = AsyncOpenAI(base_url=settings.llm_base_url, api_key=key or "not-needed", max_retries=0, timeout=TIMEOUT_S)
+    return await check_endpoint("llm", base_url=settings.llm_base_url, api_key=key, model=settings.llm_model,
+                                secrets=settings.secrets(), key_name="LLM_API_KEY (or OPENAI_API_KEY)",
+                                url_name="LLM_BASE_URL")
+
+
+async def check_models(settings: Settings) -> list[Check]:
+    """config/models.toml reads, and every other endpoint it names answers for its first model."""
+    try:
+        catalog = ModelCatalog.from_settings(settings, path=settings.models_file)
+    except ModelsFileError as error:
+        return [Check("models", False, str(error), "fix config/models.toml (see config/models.example.toml)")]
+    checks = [Check("models", True, f"choices {', '.join(catalog.choices)}; "
+                    f"fallbacks {', '.join(catalog.fallbacks) or 'none'}")]
+    main = catalog.endpoint(catalog.default)
+    for endpoint in catalog.endpoints():
+        if endpoint == main:
+            continue
+        model = next(m for m in catalog.all_models() if catalog.endpoint(m) == endpoint)
+        checks.append(await check_endpoint(f"llm {model}", base_url=endpoint.base_url, api_key=endpoint.api_key,
+                                           model=model, secrets=settings.secrets(),
+                                           key_name="its api_key_env in config/models.toml",
+                                           url_name="its base_url in config/models.toml"))
+    return checks
+
+
+async def check_endpoint(name: str, *, base_url: str, api_key: str | None, model: str, secrets: list[str],
+                         key_name: str, url_name: str) -> Check:
+    """One endpoint answers for `model`: its models list, or else a one-token completion."""
+    host = urlparse(base_url).netloc
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=TIMEOUT_S)
     try:
         try:
             models = await client.models.list()
             names = [m.id for m in models.data]
-            found = settings.llm_model in names
-            detail = f"{settings.llm_host}: {len(names)} models listed" + (
-                f", {settings.llm_model} available" if found else f"; {settings.llm_model} not listed (may still work)")
-            return Check("llm", True, detail)
+            found = model in names
+            detail = f"{host}: {len(names)} models listed" + (
+                f", {model} available" if found else f"; {model} not listed (may still work)")
+            return Check(name, True, detail)
         except Exception:  # noqa: BLE001 - some providers have no models list: try a one-token completion
-            await client.chat.completions.create(model=settings.llm_model, max_tokens=1,
+            await client.chat.completions.create(model=model, max_tokens=1,
                                                  messages=[{"role": "user", "content": "ping"}])
-            return Check("llm", True, f"{settings.llm_host}: one-token completion with {settings.llm_model} worked")
+            return Check(name, True, f"{host}: one-token completion with {model} worked")
     except Exception as error:  # noqa: BLE001
-        classified = classify_llm_error(error, secrets=settings.secrets())
-        fix = {"llm_auth": "check LLM_API_KEY (or OPENAI_API_KEY)",
-               "llm_connection": "check LLM_BASE_URL and the network",
-               "llm_timeout": "check LLM_BASE_URL and the network",
+        classified = classify_llm_error(error, secrets=secrets)
+        fix = {"llm_auth": f"check {key_name}",
+               "llm_connection": f"check {url_name} and the network",
+               "llm_timeout": f"check {url_name} and the network",
                "llm_quota": "add credit or raise the quota at the provider",
-               "llm_bad_request": "check LLM_MODEL"}.get(str(classified.kind), "see the error above")
-        return Check("llm", False, f"{settings.llm_host}: {classified.kind}: {classified.detail}", fix)
+               "llm_bad_request": "check LLM_MODEL" if name == "llm" else f"check the model name {model}"}.get(str(classified.kind), "see the error above")
+        return Check(name, False, f"{host}: {classified.kind}: {classified.detail}", fix)
     finally:
         await client.close()
 
@@ -152,6 +183,7 @@ async def run_doctor(settings: Settings) -> int:
     counter = counter_for_model(settings.llm_model)
     checks.append(Check("tokens", True, f"encoding {counter.describe()}"))
     checks.append(await check_llm(settings))
+    checks.extend(await check_models(settings))
     checks.extend(await check_telegram(settings))
     secrets = settings.secrets()
     failed = False

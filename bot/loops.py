@@ -115,8 +115,8 @@ class Loops:
 
     def circuit_closed(self) -> bool:
         """A replay that failed on a one-off fault (circuit still closed) should not stop the rest."""
-        settings = self.services.settings
-        return self.services.breakers.get(settings.llm_base_url, settings.llm_model).state == "closed"
+        models = self.services.models
+        return self.services.breakers.get(models.endpoint(models.default).base_url, models.default).state == "closed"
 
     def schedule_auto_replay(self) -> None:
         """Replay outage entries in the background, one run at a time (DLQ_AUTO_REPLAY). A

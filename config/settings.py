@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,8 @@ class TestHooks(BaseModel):
     retry_wait_scale: float = Field(default=1.0, ge=0)
     # A file holding a number of seconds added to the wall clock (see core/clock.py).
     gateway_clock_offset_file: Path | None = None
+    # Another models file than the shipped config/models.toml (see core/models.py).
+    models_file: Path | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> TestHooks:
@@ -69,6 +72,8 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("LLM_API_KEY", "OPENAI_API_KEY")
     )
     llm_model: str = "gpt-4o-mini"
+    llm_models: str = ""  # more models users may choose with /model (LLM_MODEL is always one)
+    llm_fallback_models: str = ""  # tried in order when the chat's model is down (core/models.py)
     llm_context_tokens: int = Field(default=128000, ge=1024)
     llm_max_output_tokens: int = Field(default=2048, ge=16)
     operator_chat_id: int | None = None
@@ -112,6 +117,10 @@ class Settings(BaseSettings):
     @property
     def gateway_clock_offset_file(self) -> Path | None:
         return self._test_hooks.gateway_clock_offset_file
+
+    @property
+    def models_file(self) -> Path | None:
+        return self._test_hooks.models_file
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -178,6 +187,7 @@ class Settings(BaseSettings):
         """Values that must never reach logs, spans, replies or stored rows."""
         values = [self.telegram_bot_token, self.llm_api_key, self.webhook_secret]
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        found += _model_keys(self.models_file or SHIPPED_MODELS_FILE)
         if self.telegram_bot_token is not None:
             found.append(self.webhook_secret_value)
             # The part after "id:" on its own: a library that masks or reformats the bot id
@@ -186,6 +196,20 @@ class Settings(BaseSettings):
             if bot_id and secret_half:
                 found.append(secret_half)
         return found
+
+
+SHIPPED_MODELS_FILE = Path(__file__).resolve().parent / "models.toml"
+
+
+def _model_keys(path: Path) -> list[str]:
+    """The keys of the providers config/models.toml names (by their variables' names): secrets too.
+    A file that cannot be read here is reported by core/models.py at start."""
+    try:
+        models = tomllib.loads(path.read_text(encoding="utf-8")).get("models", {})
+        names = {str(entry["api_key_env"]) for entry in models.values() if "api_key_env" in entry}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    return [os.environ[name] for name in sorted(names) if os.environ.get(name)]
 
 
 _HINTS = {

@@ -26,11 +26,13 @@ from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Escalator, Outbox
 from core.failures.retry import RetryPolicy
 from core.failures.storage_errors import storage_reason
-from core.llm import OpenAICompatibleLLM
+from core.llm_router import LLMRouter
 from core.logs import redactor
+from core.models import ModelCatalog, ModelsFileError
 from core.ports import LLM
 from core.running import RunningTurns
 from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
+from core.store.chat_models import ChatModels
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
 from core.usage import UsageLedger, WarningLog
@@ -66,6 +68,8 @@ class Services:
     retry_policy: RetryPolicy
     throttle: Throttle
     system_prompt: str
+    models: ModelCatalog
+    chat_models: ChatModels
     static_tokens: tuple[int, int] | None = None  # base system prompt and tool specs, counted once
     started_monotonic: float = field(default_factory=Clock.monotonic)
     mode: str = "console"
@@ -114,16 +118,13 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
     with transaction(db):
         bump_counter(db, "storage_opened")
     counter = counter_for_model(settings.llm_model)
+    models = ModelCatalog.from_settings(settings, path=settings.models_file)
     redact = redactor(settings.secrets())
     telemetry = setup_tracing(data_dir=data_dir, retention_days=settings.telemetry_retention_days,
                               service_version=VERSION, otlp_endpoint=settings.otel_exporter_otlp_endpoint,
                               enabled=tracing, redact=redact)
     if llm is None:
-        llm = OpenAICompatibleLLM(
-            base_url=settings.llm_base_url,
-            api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
-            model=settings.llm_model, timeout_s=settings.llm_timeout_seconds, tracer=telemetry.tracer,
-            counter=counter)
+        llm = LLMRouter(models, timeout_s=settings.llm_timeout_seconds, tracer=telemetry.tracer, counter=counter)
     artifacts = ArtifactStore(db, data_dir / "artifacts", counter=counter)
 
     def archive(chat_id: int, markdown: str, label: str) -> str:
@@ -136,7 +137,7 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
         settings=settings, clock=clock, db=db, journal=Journal(db), history=History(db), chats=Chats(db),
         counter=counter, telemetry=telemetry, llm=llm,
         hot_state=HotStateStore(db, counter=counter, max_tokens=settings.hot_state_max_tokens, archive=archive),
-        artifacts=artifacts, ledger=UsageLedger(db), warnings=WarningLog(db), prices=PriceTable.load(),
+        artifacts=artifacts, ledger=UsageLedger(db), warnings=WarningLog(db), prices=PriceTable.load().overlaid(models.prices()),
         dlq=DeadLetterQueue(db), outbox=outbox,
         escalator=Escalator(db, outbox, operator_chat_id=settings.operator_chat_id,
                             cooldown_s=settings.escalation_cooldown_seconds,
@@ -146,6 +147,7 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
         retry_policy=RetryPolicy.from_settings(settings),
         throttle=Throttle(per_minute=settings.user_messages_per_minute),
         system_prompt=SYSTEM_PROMPT_FILE.read_text(encoding="utf-8").strip(),
+        models=models, chat_models=ChatModels(db),
     )
 
 
@@ -170,12 +172,19 @@ class StorageUnavailable(Exception):
     """DATA_DIR cannot be used: a clear, one-line reason for the operator."""
 
 
+class ModelsUnavailable(StorageUnavailable):
+    """config/models.toml cannot be used: one line, caught wherever a start reports StorageUnavailable."""
+
+
 def open_services(settings: Settings, **kwargs: object) -> Services:
-    """build_services, turning storage failures into one readable StorageUnavailable."""
+    """build_services, turning storage failures into one readable StorageUnavailable (a bad
+    models file into ModelsUnavailable, which every caller reports the same way)."""
     import sqlite3
 
     try:
         return build_services(settings, **kwargs)  # type: ignore[arg-type]
+    except ModelsFileError as error:
+        raise ModelsUnavailable(f"cannot use the models file: {error}") from None
     except (OSError, sqlite3.Error) as error:
         reason = storage_reason(error)
         if "locked" in reason:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from core.charts import spend_chart_png
 from core.telemetry import ALL_MODELS, ModelScore, scoreboard
 from core.usage import days_back, utc_day, utc_month
-from core.usage_text import format_operator_budget, format_usage_table, format_user_budget
+from core.usage_text import format_by_model, format_operator_budget, format_usage_table, format_user_budget
 
 if TYPE_CHECKING:
     from core.services import Services
@@ -31,27 +31,26 @@ def _uptime(seconds: float) -> str:
 def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
     from core.services import VERSION
 
-    settings = services.settings
-    breaker = services.breakers.get(settings.llm_base_url, settings.llm_model)
-    snap = breaker.snapshot(now_s=services.clock.monotonic())
-    circuit = snap.state + (f" (retry in {snap.retry_in_s:.0f} s)" if snap.state == "open" and snap.retry_in_s else "")
+    settings, models = services.settings, services.models
+    model = models.resolve(services.chat_models.get(chat_id))
     now_ns = time.time_ns()
     scores = scoreboard(services.telemetry.db_path, since_ns=now_ns - DAY_NS, now_ns=now_ns)
-    llm = next((s for s in scores if s.model == settings.llm_model), None)
-    if llm is None:
-        llm = next((s for s in scores if s.model != ALL_MODELS), None)
     hot_tokens = services.hot_state.tokens(chat_id)
     last = services.chats.last_prompt(chat_id)
     lines = [
         f"Gateway {VERSION}, up {_uptime(services.clock.monotonic() - services.started_monotonic)}, {services.mode}",
-        f"Model: {settings.llm_model} @ {settings.llm_host}",
-        f"Circuit: {circuit}",
+        f"Model: {model} @ {models.endpoint(model).host}",
+        f"Circuit: {_circuit(services, model)}",
     ]
-    if llm is not None and llm.llm_calls:
-        lines.append(f"LLM 24h: {llm.llm_calls} calls, p50 {llm.llm_p50_ms:.0f} ms, p95 {llm.llm_p95_ms:.0f} ms, "
-                     f"failures {llm.llm_failure_rate:.0%}")
-    else:
-        lines.append("LLM 24h: no calls yet")
+    llm = next((s for s in scores if s.model == model), None)
+    if llm is None and len(models.all_models()) == 1:
+        llm = next((s for s in scores if s.model != ALL_MODELS), None)
+    lines.append(f"LLM 24h: {_calls(llm)}")
+    for other in models.all_models():
+        if other != model:
+            score = next((s for s in scores if s.model == other), None)
+            role = "fallback" if other in models.fallbacks else "choice"
+            lines.append(f"{other} ({role}): circuit {_circuit(services, other)}; {_calls(score)}")
     if operator:
         lines += turn_score_lines(scores, dropped_spans=services.telemetry.dropped_spans)
     lines.append(f"Hot state: {hot_tokens} / {settings.hot_state_max_tokens} tokens")
@@ -64,6 +63,19 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
     error = services.last_error
     lines.append(f"Last error: {error['kind']} (ref: {error['ref']})" if error else "Last error: none")
     return "\n".join(lines)
+
+
+def _circuit(services: Services, model: str) -> str:
+    breaker = services.breakers.get(services.models.endpoint(model).base_url, model)
+    snap = breaker.snapshot(now_s=services.clock.monotonic())
+    return snap.state + (f" (retry in {snap.retry_in_s:.0f} s)" if snap.state == "open" and snap.retry_in_s else "")
+
+
+def _calls(score: ModelScore | None) -> str:
+    if score is None or not score.llm_calls:
+        return "no calls yet"
+    return (f"{score.llm_calls} calls, p50 {score.llm_p50_ms:.0f} ms, p95 {score.llm_p95_ms:.0f} ms, "
+            f"failures {score.llm_failure_rate:.0%}")
 
 
 def turn_score_lines(scores: list[ModelScore], *, max_models: int = 2, dropped_spans: int = 0) -> list[str]:
@@ -86,21 +98,26 @@ def budget_text(services: Services, *, user_id: int, operator: bool) -> str:
     now = services.clock.now()
     day, month = utc_day(now), utc_month(now)
     if operator:
-        return format_operator_budget(
+        text = format_operator_budget(
             now=now, month=ledger.month_totals(month), today=ledger.day_totals(day), wasted=ledger.wasted(month),
             top=ledger.top_users(month, 5), monthly_cap_usd=settings.monthly_budget_usd,
             user_daily_token_cap=settings.user_daily_token_budget, unknown_models=ledger.unknown_models(month))
+        return "\n".join([text, *format_by_model(ledger.by_model(month=month), title="By model this month:")])
     today = ledger.user_day(user_id, day)
-    return format_user_budget(now=now, user_tokens_today=today.total_tokens,
+    text = format_user_budget(now=now, user_tokens_today=today.total_tokens,
                               user_daily_token_cap=settings.user_daily_token_budget, user_today=today,
                               user_month=ledger.user_month(user_id, month),
                               is_operator=services.is_operator_user(user_id))
+    by_model = ledger.by_model(month=month, user_id=user_id)
+    return "\n".join([text, *format_by_model(by_model, title="Your month by model:")])
 
 
 def usage_week_text(services: Services, *, user_id: int) -> str:
     """/usage: the user's last 7 days, one line per day, in a fixed-width block."""
-    table = format_usage_table(services.ledger.user_days(user_id, days_back(services.clock.now(), 7)))
-    return f"Your last 7 days:\n```\n{table}\n```"
+    days = days_back(services.clock.now(), 7)
+    table = format_usage_table(services.ledger.user_days(user_id, days))
+    by_model = format_by_model(services.ledger.by_model(days=days, user_id=user_id), title="By model:")
+    return "\n".join([f"Your last 7 days:\n```\n{table}\n```", *by_model])
 
 
 async def spend_chart(services: Services) -> bytes | None:

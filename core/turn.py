@@ -78,6 +78,9 @@ class Turn:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     streamed: StreamedText | None = None  # the current attempt's streamed text
     llm_request: AgentRequest | None = None  # the current attempt's request (its model)
+    model: str = ""  # the chat's model (/model), set by the gate stage; "" means LLM_MODEL
+    answered_by: str = ""  # a fallback model that answered this turn (later tool rounds start there)
+    fallback_note: str = ""  # the line the reply adds after a fallback's answer
 
     @property
     def ref(self) -> str:

@@ -76,6 +76,12 @@ class DayTotals:
 
 
 @dataclass(frozen=True)
+class ModelTotals:
+    model: str
+    totals: PeriodTotals
+
+
+@dataclass(frozen=True)
 class UserTotals:
     user_id: int
     totals: PeriodTotals
@@ -162,6 +168,20 @@ class UsageLedger:
         rows = self.db.execute("SELECT DISTINCT model FROM usage WHERE month = ? AND cost_usd IS NULL ORDER BY model",
                                [month]).fetchall()
         return [row[0] for row in rows]
+
+    def by_model(self, *, month: str | None = None, days: Sequence[str] = (),
+                 user_id: int | None = None) -> list[ModelTotals]:
+        """Totals per model for a month or for some days (the model that really answered or
+        failed: fallbacks appear under their own name), the costliest first."""
+        if month is not None:
+            where, params = "month = ?", [month]
+        else:
+            where, params = f"day IN ({','.join('?' * len(days)) or 'NULL'})", list(days)
+        if user_id is not None:
+            where, params = f"user_id = ? AND {where}", [user_id, *params]
+        rows = self.db.execute(f"SELECT model, {_TOTALS_SQL} FROM usage WHERE {where} GROUP BY model"
+                               " ORDER BY TOTAL(cost_usd) DESC, SUM(total_tokens) DESC, model", params).fetchall()
+        return [ModelTotals(row[0], PeriodTotals(*row[1:])) for row in rows]
 
     def _per_day(self, where: str, params: Sequence[object], days: list[str]) -> list[DayTotals]:
         if not days:

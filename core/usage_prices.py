@@ -65,6 +65,10 @@ class PriceTable:
                 raise ValueError(f"prices: alias {alias!r} points to unknown model {target!r}")
         return cls(prices, aliases)
 
+    def overlaid(self, prices: Mapping[str, Price]) -> PriceTable:
+        """This table with `prices` (config/models.toml's) added or taking precedence."""
+        return PriceTable({**self._prices, **{name.lower(): p for name, p in prices.items()}}, self._aliases)
+
     def _lookup(self, name: str) -> Price | None:
         name = self._aliases.get(name, name)
         return self._prices.get(name) or self._prices.get(self._bare.get(name, ""))

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from core.usage import DayTotals, PeriodTotals, UserTotals, next_day_start, next_month_start
+from core.usage import DayTotals, ModelTotals, PeriodTotals, UserTotals, next_day_start, next_month_start
 from core.usage_caps import CapDecision, CapName
 
 
@@ -159,3 +159,10 @@ def format_usage_table(days: list[DayTotals]) -> str:
     if total.unknown_cost_attempts:
         lines.append("? = price unknown for some attempts")
     return "\n".join(lines)
+
+
+def format_by_model(rows: Sequence[ModelTotals], *, title: str) -> list[str]:
+    """Tokens and cost per model, one short line each (nothing when there was no usage)."""
+    if not rows:
+        return []
+    return [title] + [f"  {r.model}: {r.totals.total_tokens:,} tok, {format_cost(r.totals)}" for r in rows]

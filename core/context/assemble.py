@@ -50,7 +50,9 @@ def assemble(turn: TurnView) -> None:
     base_system_tokens, tools_tokens = static_token_costs(services)
     current_tokens = services.counter.count_message(turn.user_text)
     turn.user_tokens = current_tokens
-    prompt_budget = settings.llm_context_tokens - settings.llm_max_output_tokens
+    # The chat's model's window (config/models.toml), else LLM_CONTEXT_TOKENS.
+    context_tokens = services.models.spec(turn.model).context_tokens if turn.model else settings.llm_context_tokens
+    prompt_budget = context_tokens - settings.llm_max_output_tokens
     shrinking = turn.history_share < 1.0
     history_cap = None
     if shrinking and isinstance(turn.plan, ContextPlan):
@@ -69,7 +71,7 @@ def assemble(turn: TurnView) -> None:
         plan = plan_context(system_tokens=system_tokens, current_tokens=current_tokens,
                             tools_tokens=tools_tokens,
                             history_tokens_newest_first=newest_first,
-                            context_tokens=settings.llm_context_tokens,
+                            context_tokens=context_tokens,
                             reserve_output_tokens=settings.llm_max_output_tokens,
                             history_share=turn.history_share, max_history_tokens=history_cap)
         kept = candidates[len(candidates) - plan.history_kept:] if plan.history_kept else []

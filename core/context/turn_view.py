@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from core.context.hot_state import HotStateStore
     from core.context.tokens import TokenCounter
     from core.contracts import ChatMessage, ContextPlan, InboundMessage, TurnGuard
+    from core.models import ModelCatalog
 
 
 class StoredMessage(Protocol):
@@ -65,6 +66,8 @@ class ContextServices(Protocol):
     def system_prompt(self) -> str: ...
     @property
     def tracer(self) -> Any: ...  # noqa: ANN401 - an opentelemetry Tracer
+    @property
+    def models(self) -> ModelCatalog: ...
 
     static_tokens: tuple[int, int] | None
 
@@ -86,3 +89,4 @@ class TurnView(Protocol):
     current_message: ChatMessage | None
     history_in_prompt: list[int]
     history_share: float
+    model: str  # the chat's model (its context window is the budget); "" before the gate stage

@@ -23,7 +23,7 @@ async def run(turn: Turn) -> None:
     assert isinstance(plan, ContextPlan)
     now = services.clock.now()
     estimated_tokens = plan.total_tokens + settings.llm_max_output_tokens
-    price = services.prices.price_for(settings.llm_model)
+    price = services.prices.price_for(turn.model or settings.llm_model)
     estimated_cost = cost_usd(price=price, input_tokens=plan.total_tokens, output_tokens=settings.llm_max_output_tokens)
     is_operator = services.is_operator_user(inbound.user_id)
     used_today = services.ledger.user_day_tokens(inbound.user_id, utc_day(now))

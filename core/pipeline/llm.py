@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
@@ -30,7 +31,8 @@ from core.contracts import (
 )
 from core.control import end_stopped, until_stopped
 from core.failures.classify import to_gateway_error
-from core.failures.retry import call_with_retry
+from core.failures.fallback import fallback_note, fallback_reason
+from core.failures.retry import RetryPolicy, call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
 from core.ports import DeltaSink
 from core.turn import Turn, plan_prompt
@@ -86,9 +88,38 @@ async def _keep_typing(turn: Turn) -> None:
 
 
 async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
-    """One LLM call with retries (at most LLM_MAX_RETRIES), each attempt behind the breaker."""
+    """The chat's model with retries (at most LLM_MAX_RETRIES), then each fallback once, in order,
+    while the failure is one a fallback may answer (core/failures/fallback.py). When every model
+    fails, the chat's model's error is raised: the turn fails as it would without fallbacks."""
+    services = turn.services
+    chat_model = turn.model or services.settings.llm_model
+    order = services.models.order_for(turn.answered_by or chat_model)
+    first: tuple[GatewayError, str, str] | None = None
+    for index, model in enumerate(order):
+        policy = services.retry_policy if model == chat_model else replace(services.retry_policy, max_retries=0)
+        try:
+            result = await _call_model(turn, model, tools=tools, stream=stream, policy=policy)
+        except GatewayError as error:
+            reason = fallback_reason(error)
+            if first is None:
+                first = (error, model, reason or "")
+            if reason is None or index == len(order) - 1:
+                raise first[0] from first[0].__cause__
+            trace.get_current_span().add_event("fallback", {"gen_ai.request.model": model, "error.type": str(error.kind)})
+            log.info("model %s failed (%s); trying fallback %s", model, error.kind, order[index + 1])
+            continue
+        if model != chat_model:
+            turn.answered_by = model
+            if first is not None and not turn.fallback_note:
+                turn.fallback_note = fallback_note(answered_by=model, failed_model=first[1], reason=first[2])
+        return result
+    raise AssertionError("unreachable: the order holds the chat's model")
+
+
+async def _call_model(turn: Turn, model: str, *, tools: tuple, stream: bool, policy: RetryPolicy) -> LLMResult:
+    """One model's call with retries (at most `policy.max_retries`), each attempt behind its breaker."""
     services, inbound, settings = turn.services, turn.inbound, turn.services.settings
-    breaker = services.breakers.get(settings.llm_base_url, settings.llm_model)
+    breaker = services.breakers.get(services.models.endpoint(model).base_url, model)
     span = trace.get_current_span()
 
     async def attempt(number: int, shrink_context: bool) -> LLMResult:
@@ -99,7 +130,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
             raise GatewayError(Kind.circuit_open, f"circuit {breaker.name} is open")
         request = build(AgentRequest, "agent_request_valid", "pipeline", producer="pipeline",
                         trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
-                        model=settings.llm_model, messages=tuple(turn.messages), tools=tuple(tools),
+                        model=model, messages=tuple(turn.messages), tools=tuple(tools),
                         max_output_tokens=settings.llm_max_output_tokens)
         turn.guard.check(request, producer="pipeline")
         turn.llm_request, turn.streamed = request, None
@@ -123,11 +154,11 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
                 breaker.record_neutral()
                 transition = None
             record_attempt(services, turn, request, None, error=classified)
-            _on_transition(services, turn, transition)
+            _on_transition(services, turn, transition, model=model)
             raise classified from error
         transition = breaker.record_success(now_s=services.clock.monotonic())
         record_attempt(services, turn, request, result, error=None)
-        _on_transition(services, turn, transition)
+        _on_transition(services, turn, transition, model=model)
         if services.on_llm_success is not None and transition is None:
             services.on_llm_success()  # the provider answers: replay what waits
         return result
@@ -136,7 +167,7 @@ async def call_llm(turn: Turn, *, tools: tuple, stream: bool) -> LLMResult:
         span.add_event("retry", {"retry.attempt": number, "error.type": str(error.kind), "retry.wait_s": wait_s})
         log.info("retrying LLM call after %s (attempt %d, waiting %.2fs)", error.kind, number, wait_s)
 
-    return await call_with_retry(attempt, policy=services.retry_policy, classify=to_gateway_error,
+    return await call_with_retry(attempt, policy=policy, classify=to_gateway_error,
                                  on_retry=on_retry)
 
 
@@ -157,23 +188,24 @@ def draft_sink(turn: Turn) -> DeltaSink:
     return on_delta
 
 
-def _on_transition(services: Services, turn: Turn, transition: Transition | None) -> None:
+def _on_transition(services: Services, turn: Turn, transition: Transition | None, *, model: str) -> None:
     if transition is None:
         return
     settings = services.settings
+    host = services.models.endpoint(model).host
     common = {"producer": "pipeline", "trace_id": turn.inbound.trace_id}
     if transition.to_state == "open" and transition.from_state == "closed":
         services.escalator.raise_alert(Escalation(
-            key=f"circuit:{settings.llm_host}:{settings.llm_model}", kind="circuit_open", severity="critical",
-            summary=f"The circuit to {settings.llm_host} ({settings.llm_model}) opened after "
+            key=f"circuit:{host}:{model}", kind="circuit_open", severity="critical",
+            summary=f"The circuit to {host} ({model}) opened after "
                     f"{transition.consecutive_failures} consecutive failures; turns fail fast for "
                     f"{settings.breaker_reset_seconds:g} s at a time.",
             action="check the provider's status page and /status; messages wait in /dlq", **common),
             now=services.clock.now())
     elif transition.to_state == "closed":
         services.escalator.raise_alert(Escalation(
-            key=f"circuit-closed:{settings.llm_host}:{settings.llm_model}", kind="circuit_closed", severity="info",
-            summary=f"Recovered: the circuit to {settings.llm_host} ({settings.llm_model}) closed again.",
+            key=f"circuit-closed:{host}:{model}", kind="circuit_closed", severity="info",
+            summary=f"Recovered: the circuit to {host} ({model}) closed again.",
             action="queued messages are replayed automatically" if settings.dlq_auto_replay else "/replay all",
             **common), now=services.clock.now())
         if services.on_circuit_closed is not None:

@@ -11,6 +11,8 @@ from core.turn import Turn
 
 async def run(turn: Turn) -> None:
     text = turn.answer
+    if turn.fallback_note:
+        text = f"{text}\n\n{turn.fallback_note}"
     if turn.late_of:
         text = f"(Sorry for the delay: this answers your message from {turn.late_of}.)\n\n{text}"
     try:

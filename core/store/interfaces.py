@@ -171,6 +171,17 @@ class ChatStore(Protocol):
 
 
 @runtime_checkable
+class ChatModelStore(Protocol):
+    """The model a chat chose with /model; None: the default."""
+
+    def get(self, chat_id: int) -> str | None: ...
+
+    def set(self, chat_id: int, model: str, *, now: str) -> None: ...
+
+    def clear(self, chat_id: int) -> None: ...
+
+
+@runtime_checkable
 class DeadLetterStore(Protocol):
     """Failed turns kept to run again: pending -> replaying -> replayed | pending; pending ->
     discarded | resolved. A replay is claimed atomically, so it never runs twice."""

@@ -95,3 +95,10 @@ def m005_usage_totals(db: sqlite_utils.Database) -> None:
 def m006_usage_by_trace(db: sqlite_utils.Database) -> None:
     """A failed turn marks its attempts wasted by trace id: an index, not a scan of all usage."""
     db.execute("CREATE INDEX usage_trace ON usage(trace_id)")
+
+
+@migrations()
+def m007_models_chat_model(db: sqlite_utils.Database) -> None:
+    """/model: the model a chat chose (no row: the default, LLM_MODEL)."""
+    db.execute("""CREATE TABLE chat_models (
+        chat_id INTEGER PRIMARY KEY, model TEXT NOT NULL, updated_at TEXT NOT NULL)""")

@@ -53,7 +53,7 @@ def test_every_setting_is_in_the_readme_table_and_no_test_hook_is() -> None:
     table = markdown_table(text.split("## Configuration", 1)[1], "| variable |")
     documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
     assert env_names() - {"OPENAI_API_KEY"} <= documented
-    for hook in ("RETRY_WAIT_SCALE", "GATEWAY_CLOCK_OFFSET_FILE", "GATEWAY_TEST_HOOKS"):
+    for hook in ("RETRY_WAIT_SCALE", "GATEWAY_CLOCK_OFFSET_FILE", "GATEWAY_TEST_HOOKS", "MODELS_FILE"):
         assert hook not in text
         assert hook not in ENV_EXAMPLE.read_text(encoding="utf-8")
 

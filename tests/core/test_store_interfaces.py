@@ -11,10 +11,18 @@ import pytest
 from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Outbox
 from core.store import Chats, History, Journal, open_database
-from core.store.interfaces import ChatStore, DeadLetterStore, HistoryStore, JournalStore, OutboxStore
+from core.store.chat_models import ChatModels
+from core.store.interfaces import (
+    ChatModelStore,
+    ChatStore,
+    DeadLetterStore,
+    HistoryStore,
+    JournalStore,
+    OutboxStore,
+)
 
 IMPLEMENTATIONS = [(JournalStore, Journal), (HistoryStore, History), (ChatStore, Chats),
-                   (DeadLetterStore, DeadLetterQueue), (OutboxStore, Outbox)]
+                   (DeadLetterStore, DeadLetterQueue), (OutboxStore, Outbox), (ChatModelStore, ChatModels)]
 
 
 def _shape(function: Any) -> tuple[Any, ...]:

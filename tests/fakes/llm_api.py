@@ -232,14 +232,23 @@ class FakeLLM(BackgroundServer):
     factory (:func:`echo_reply` unless :meth:`set_default` changed it). With
     ``api_key`` set, requests without ``Authorization: Bearer <api_key>`` get 401,
     which proves the bot sends its configured key. With ``strict_model`` a request
-    for another model gets OpenAI's 404 ``model_not_found``.
+    for another model gets OpenAI's 404 ``model_not_found``; ``models`` names more
+    models it serves (one provider, several models), each answering as itself, and
+    :meth:`fail_model` makes one of them fail while the others answer.
     """
 
     def __init__(
-        self, model: str = "gpt-4o-mini", *, api_key: str | None = None, strict_model: bool = True
+        self,
+        model: str = "gpt-4o-mini",
+        *,
+        api_key: str | None = None,
+        strict_model: bool = True,
+        models: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.model = model
+        self.models = (model, *models)
+        self._fail_model: dict[str, Item] = {}
         self.api_key = api_key
         self.strict_model = strict_model
         self._requests: list[RecordedRequest] = []
@@ -279,9 +288,15 @@ class FakeLLM(BackgroundServer):
             self._fail_all = item
 
     def clear_failures(self) -> None:
-        """End :meth:`fail_all`."""
+        """End :meth:`fail_all` and :meth:`fail_model`."""
         with self._lock:
             self._fail_all = None
+            self._fail_model.clear()
+
+    def fail_model(self, model: str, item: Item) -> None:
+        """Answer every request for ``model`` with ``item`` until cleared (other models answer)."""
+        with self._lock:
+            self._fail_model[model] = item
 
     # ------------------------------------------------------------------ queries
     @property
@@ -290,10 +305,13 @@ class FakeLLM(BackgroundServer):
         with self._lock:
             return list(self._requests)
 
-    def completions(self) -> list[RecordedRequest]:
-        """Only the chat completion requests."""
+    def completions(self, model: str | None = None) -> list[RecordedRequest]:
+        """Only the chat completion requests (for ``model`` only, if given)."""
         with self._lock:
-            return [r for r in self._requests if r.path.endswith("/chat/completions")]
+            done = [r for r in self._requests if r.path.endswith("/chat/completions")]
+        if model is None:
+            return done
+        return [r for r in done if isinstance(r.body, dict) and r.body.get("model") == model]
 
     def count(self) -> int:
         """Number of chat completion requests: what cost money."""
@@ -393,7 +411,7 @@ class FakeLLM(BackgroundServer):
                 _err("We could not parse the JSON body of your request.", "invalid_request_error"),
                 status=400,
             )
-        if self.strict_model and body.get("model") != self.model:
+        if self.strict_model and body.get("model") not in self.models:
             message = (
                 f"The model `{body.get('model')}` does not exist or you do not have access to it."
             )
@@ -412,6 +430,8 @@ class FakeLLM(BackgroundServer):
         with self._lock:
             if self._fail_all is not None:
                 item: Item = self._fail_all
+            elif body.get("model") in self._fail_model:
+                item = self._fail_model[body["model"]]
             elif self._queue:
                 item = self._queue.pop(0)
             else:
@@ -468,17 +488,17 @@ class FakeLLM(BackgroundServer):
             "total_tokens": prompt + completion,
         }
 
-    def _envelope(self, completion_id: str, obj: str) -> dict[str, Any]:
+    def _envelope(self, completion_id: str, obj: str, model: str | None = None) -> dict[str, Any]:
         return {
             "id": completion_id,
             "object": obj,
             "created": int(time.time()),
-            "model": self.model,
+            "model": model if model in self.models else self.model,
             "system_fingerprint": "fp_fake",
         }
 
     def _completion(self, completion_id: str, body: dict[str, Any], item: Item) -> dict[str, Any]:
-        out = self._envelope(completion_id, "chat.completion")
+        out = self._envelope(completion_id, "chat.completion", body.get("model"))
         if isinstance(item, Malformed):  # no_choices
             out["choices"] = []
             return out
@@ -527,7 +547,7 @@ class FakeLLM(BackgroundServer):
         await response.prepare(request)
 
         def chunk(delta: dict[str, Any] | None, finish: str | None = None) -> dict[str, Any]:
-            out = self._envelope(completion_id, "chat.completion.chunk")
+            out = self._envelope(completion_id, "chat.completion.chunk", body.get("model"))
             out["choices"] = (
                 []
                 if delta is None
@@ -585,7 +605,7 @@ class FakeLLM(BackgroundServer):
             await send(chunk({}, finish))
             usage = self._usage(body, usage_spec, produced)
             if include_usage and usage is not None:
-                final = self._envelope(completion_id, "chat.completion.chunk")
+                final = self._envelope(completion_id, "chat.completion.chunk", body.get("model"))
                 final["choices"] = []
                 final["usage"] = usage
                 await send(final)
