@@ -95,3 +95,18 @@ def m005_usage_totals(db: sqlite_utils.Database) -> None:
 def m006_usage_by_trace(db: sqlite_utils.Database) -> None:
     """A failed turn marks its attempts wasted by trace id: an index, not a scan of all usage."""
     db.execute("CREATE INDEX usage_trace ON usage(trace_id)")
+
+
+@migrations()
+def m007_access(db: sqlite_utils.Database) -> None:
+    """Pairing (ACCESS_POLICY): the operator's decisions per user or group, the pairing codes
+    strangers were given, and the inline buttons an outbox message carries (alerts, requests)."""
+    db.execute("""CREATE TABLE access_subjects (
+        subject_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, name TEXT NOT NULL,
+        username TEXT, decided_by TEXT NOT NULL, decided_at TEXT NOT NULL)""")
+    db.execute("""CREATE TABLE pairing_codes (
+        code TEXT PRIMARY KEY, subject_id INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+        username TEXT, status TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL)""")
+    db.execute("CREATE INDEX pairing_codes_subject ON pairing_codes(subject_id, created_at)")
+    db.execute("CREATE INDEX pairing_codes_pending ON pairing_codes(status, expires_at)")
+    db.execute("ALTER TABLE outbox ADD COLUMN reply_markup TEXT")

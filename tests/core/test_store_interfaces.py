@@ -11,10 +11,19 @@ import pytest
 from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Outbox
 from core.store import Chats, History, Journal, open_database
-from core.store.interfaces import ChatStore, DeadLetterStore, HistoryStore, JournalStore, OutboxStore
+from core.store.access import AccessRecords
+from core.store.interfaces import (
+    AccessStore,
+    ChatStore,
+    DeadLetterStore,
+    HistoryStore,
+    JournalStore,
+    OutboxStore,
+)
 
 IMPLEMENTATIONS = [(JournalStore, Journal), (HistoryStore, History), (ChatStore, Chats),
-                   (DeadLetterStore, DeadLetterQueue), (OutboxStore, Outbox)]
+                   (DeadLetterStore, DeadLetterQueue), (OutboxStore, Outbox),
+                   (AccessStore, AccessRecords)]
 
 
 def _shape(function: Any) -> tuple[Any, ...]:
