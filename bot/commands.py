@@ -30,7 +30,7 @@ async def start(ctx: CommandContext) -> Reply:
     elif settings.access_mode == "pairing":
         status = ctx.services.access.answer_stranger(user_id=ctx.user_id, chat_id=ctx.chat_id,
                                                      chat_type="private" if ctx.chat_id > 0 else "group",
-                                                     name=ctx.user_name)
+                                                     name=ctx.user_name, wrote=False)
     elif settings.operator_chat_id is None and not settings.allowed_ids:
         # No operator to ask, and no one on the list: say so rather than send people to nobody.
         status = ("Nobody can chat with this bot yet: whoever runs it has to set OPERATOR_CHAT_ID (their own "

@@ -92,7 +92,7 @@ class Access:
 
     # A stranger writes ----------------------------------------------------------------------
     def answer_stranger(self, *, user_id: int, chat_id: int, chat_type: str, name: str,
-                        username: str | None = None, title: str = "") -> str:
+                        username: str | None = None, title: str = "", wrote: bool = True) -> str:
         """The one reply to someone who may not chat; under pairing, their code (or their group's request)."""
         if self.mode != "pairing" or self.records.statuses((user_id,)).get(user_id) == "denied":
             return refusal_text(user_id)
@@ -105,10 +105,10 @@ class Access:
         offered = self.request(Stranger(user_id, "user", name, username))
         if isinstance(offered, str):
             return offered
+        resend = " Your message was not sent to the assistant: send it again then." if wrote else ""
         return (f"This bot is private. Your Telegram user id is {user_id} and your pairing code is "
                 f"{offered.code} (valid until {_hhmm(offered.expires_at)}). The operator has been asked to let you "
-                "in; you will get a message here when they do. Your message was not sent to the assistant: "
-                "send it again then.")
+                f"in; you will get a message here when they do.{resend}")
 
     def request(self, stranger: Stranger) -> PairingCode | str:
         """The subject's pending code (a new one, and one request to the operator, if none is
