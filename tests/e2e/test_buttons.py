@@ -51,4 +51,7 @@ def test_a_dead_lettered_turn_is_replayed_by_its_alerts_replay_button(bot, fake_
     traced = press(fake_telegram, edited, OPERATOR_ID, buttons["Trace"])
     assert "trace follows" in traced["text"]
     fake_telegram.wait_for_text(OPERATOR_ID, "turn", timeout=15)  # the span tree, as /trace REF sends it
-    assert len(fake_telegram.callback_answers()) == 5  # every press answered, once
+    status = press(fake_telegram, edited, OPERATOR_ID, "status")  # the circuit alert's button, as /status
+    assert "Status follows" in status["text"]
+    fake_telegram.wait_for_text(OPERATOR_ID, "Circuit: closed", timeout=15)
+    assert len(fake_telegram.callback_answers()) == 6  # every press answered, once
