@@ -96,3 +96,19 @@ def test_a_denied_user_is_refused_even_in_an_approved_group() -> None:
     gate.deny("555", by="op")
     assert not gate.is_allowed(555, -7000)
     assert code_in(offer(gate, 555)) is None  # denied: no new code
+
+
+def test_access_policy_setting_defaults_and_its_one_line_error() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from config.settings import format_errors
+
+    assert Settings(_env_file=None).access_mode == "allowlist"
+    assert Settings(_env_file=None, operator_chat_id=5).access_mode == "pairing"
+    assert Settings(_env_file=None, operator_chat_id=5, allowed_user_ids="*").access_mode == "open"
+    assert Settings(_env_file=None, access_policy=" Open ").access_mode == "open"
+    with pytest.raises(ValidationError) as raised:
+        Settings(_env_file=None, access_policy="pairing")
+    [line] = format_errors(raised.value)
+    assert line.startswith("ACCESS_POLICY:") and "OPERATOR_CHAT_ID" in line
