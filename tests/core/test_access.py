@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
-from config.settings import Settings
+import pytest
+from pydantic import ValidationError
+
+from config.settings import Settings, format_errors
 from core.access import ALPHABET, MAX_CODES_PER_DAY, MAX_PENDING, Access, new_code, normalize_code
 from core.failures.escalation import Outbox
 from core.store import open_database
@@ -99,11 +102,6 @@ def test_a_denied_user_is_refused_even_in_an_approved_group() -> None:
 
 
 def test_access_policy_setting_defaults_and_its_one_line_error() -> None:
-    import pytest
-    from pydantic import ValidationError
-
-    from config.settings import format_errors
-
     assert Settings(_env_file=None).access_mode == "allowlist"
     assert Settings(_env_file=None, operator_chat_id=5).access_mode == "pairing"
     assert Settings(_env_file=None, operator_chat_id=5, allowed_user_ids="*").access_mode == "open"
