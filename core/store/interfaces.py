@@ -3,7 +3,8 @@
 The pipeline and the bot talk to storage through these methods only (no SQL outside the
 implementations), so an engine is a set of classes satisfying them: today the SQLite ones
 (`core.store.Journal`, `History`, `Chats`, `core.failures.dlq.DeadLetterQueue`,
-`core.failures.escalation.Outbox`); PostgreSQL ones later, behind the same Protocols.
+`core.failures.escalation.Outbox`, `core.store.access.AccessRecords`); PostgreSQL ones later,
+behind the same Protocols.
 tests/core/test_store.py checks each implementation against its Protocol, signatures included.
 
 `now`/`before` arguments are ISO-8601 strings in the gateway's one format (`Clock.iso()`),
@@ -103,7 +104,7 @@ class AccessDecision:
 @dataclass(frozen=True)
 class PairingCode:
     """A code given to a stranger (or for a group the bot was added to): pending -> approved |
-    denied | closed; valid until `expires_at`."""
+    denied; usable until `expires_at`."""
 
     code: str
     subject_id: int
