@@ -32,7 +32,8 @@ from core.services import Services, StorageUnavailable, open_services
 
 log = logging.getLogger(__name__)
 DRAIN_S = 20.0
-ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_post", "my_chat_member"]
+ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_post", "my_chat_member",
+                   "callback_query"]
 CONCURRENT_UPDATES = 64
 
 

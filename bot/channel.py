@@ -34,10 +34,10 @@ import warnings
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry import trace
-from telegram import Bot, ReplyParameters
+from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, Forbidden, RetryAfter, TelegramError
 from telegram.warnings import PTBDeprecationWarning
@@ -254,19 +254,31 @@ class TelegramChannel:
             raise DeliveryFailed(f"file is larger than {max_bytes} bytes", permanent=True)
         return data
 
-    async def send_text(self, chat_id: int, text: str, *, markdown: bool = False) -> None:
+    async def send_text(self, chat_id: int, text: str, *, markdown: bool = False,
+                        reply_markup: dict[str, Any] | None = None) -> None:
         """TextSender for the outbox. A reply retried later is the model's Markdown: it goes out
-        as HTML, with the plain fallback, like the first try; an operator alert is plain text."""
+        as HTML, with the plain fallback, like the first try; an operator alert is plain text.
+        Inline buttons (`reply_markup`, Telegram's JSON) go on the last part."""
         try:
             if markdown:
                 for part in render_parts(text):
                     await self._send_one(chat_id, part.html, part.plain, reply_to=None)
                 return
-            for piece in split_text(text):
-                if piece.strip():  # Telegram refuses a blank message
-                    await _taken(self.bot.send_message(chat_id, piece), "message")
+            pieces = [piece for piece in split_text(text) if piece.strip()]  # Telegram refuses a blank message
+            for index, piece in enumerate(pieces):
+                markup = inline_keyboard(reply_markup) if index == len(pieces) - 1 else None
+                await _taken(self.bot.send_message(chat_id, piece, reply_markup=markup), "message")
         except TelegramError as error:
             raise to_delivery_failed(error) from None
+
+
+def inline_keyboard(markup: dict[str, Any] | None) -> InlineKeyboardMarkup | None:
+    """Telegram's JSON for inline buttons (as core builds them) as PTB's object; None without buttons."""
+    if not markup:
+        return None
+    rows = [[InlineKeyboardButton(str(button["text"]), callback_data=str(button["callback_data"]))
+             for button in row] for row in markup.get("inline_keyboard", [])]
+    return InlineKeyboardMarkup(rows) if rows else None
 
 
 def _reply(event: ReplyEvent) -> ReplyParameters | None:

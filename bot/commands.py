@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from bot import commands_access
 from bot.command_context import CommandContext, Reply
 from bot.commands_control import retry, stop
 from bot.commands_models import model
@@ -28,8 +29,12 @@ Access = Literal["anyone", "allowed", "operator"]
 
 async def start(ctx: CommandContext) -> Reply:
     settings = ctx.services.settings
-    if ctx.services.is_allowed(ctx.user_id):
+    if ctx.services.is_allowed(ctx.user_id, ctx.chat_id):
         status = "You can chat with me: just send a message."
+    elif settings.access_mode == "pairing":
+        status = ctx.services.access.answer_stranger(user_id=ctx.user_id, chat_id=ctx.chat_id,
+                                                     chat_type="private" if ctx.chat_id > 0 else "group",
+                                                     name=ctx.user_name, wrote=False)
     elif settings.operator_chat_id is None and not settings.allowed_ids:
         # No operator to ask, and no one on the list: say so rather than send people to nobody.
         status = ("Nobody can chat with this bot yet: whoever runs it has to set OPERATOR_CHAT_ID (their own "
@@ -207,6 +212,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("dlq", dlq, "operator", "dead-letter queue (or one entry)"),
     Command("replay", replay, "operator", "run a DLQ entry again (ID or all)"),
     Command("discard", discard, "operator", "drop a DLQ entry"),
+    Command("allow", commands_access.allow, "operator", "let someone in (pairing CODE or USER_ID)"),
+    Command("deny", commands_access.deny, "operator", "revoke someone's access (USER_ID)"),
+    Command("users", commands_access.users, "operator", "who may chat, and pending pairing codes"),
 )
 BY_NAME = {c.name: c for c in COMMANDS}
 

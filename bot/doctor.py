@@ -167,8 +167,12 @@ def check_access(settings: Settings) -> list[Check]:
         checks.append(Check("operator", True, "OPERATOR_CHAT_ID is not set: alerts are only logged and nobody can use "
                             "the operator commands", f"set OPERATOR_CHAT_ID to your own user id ({FIND_YOUR_ID})",
                             warning=True))
-    if not settings.allowed_user_ids:
-        checks.append(Check("access", True, "ALLOWED_USER_IDS is empty: only the operator may chat", warning=True))
+    if settings.access_mode == "pairing":
+        checks.append(Check("access", True, "ACCESS_POLICY pairing: strangers get a pairing code, approved with the "
+                            "buttons in your chat or /allow CODE"))
+    elif not settings.allowed_user_ids:
+        checks.append(Check("access", True, "ALLOWED_USER_IDS is empty: only the operator may chat (and whoever "
+                            "they /allow)", warning=True))
     return checks
 
 

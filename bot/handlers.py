@@ -21,7 +21,7 @@ from telegram.ext import ContextTypes
 
 from core.contracts import Attachment, ContractViolation, InboundMessage, build
 
-UpdateKind = Literal["message", "document", "command", "ignored", "malformed"]
+UpdateKind = Literal["message", "document", "command", "button", "ignored", "malformed"]
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_NESTING = 64  # far deeper than any real update; deeper JSON is junk, not a message
 # Update types the gateway recognises and leaves alone, with the reason the journal records.
@@ -178,6 +178,11 @@ def _mentions(message: Message, *, bot_id: int, username: str) -> bool:
 def route(update: Update, *, bot_id: int, bot_username: str) -> Routed:
     """Decide what an update is. Groups: only mentions of the bot and replies to it."""
     message = update.message
+    if message is None and update.callback_query is not None:
+        query = update.callback_query
+        if getattr(query, "from_user", None) is None or not is_telegram_id(getattr(query.from_user, "id", None)):
+            return Routed("malformed", "callback query without a valid sender")
+        return Routed("button")  # an inline button was pressed (bot/buttons.py)
     if message is None:
         for name, reason in IGNORED_TYPES:
             if getattr(update, name, None) is not None:
@@ -253,4 +258,10 @@ def _to_inbound(update: Update, *, trace_id: str, bot_username: str, received_at
     return build(InboundMessage, "inbound_message_valid", "channel", update_id=update.update_id,
                  trace_id=trace_id, chat_id=message.chat.id, chat_type=message.chat.type, user_id=user.id,
                  user_name=name[:256] if isinstance(name, str) else name, message_id=message.message_id,
+                 user_first_name=_text(user.first_name), chat_title=_text(message.chat.title),
                  text=text, attachment=attachment, received_at=received_at)
+
+
+def _text(value: object) -> str:
+    """A name Telegram sent, or "" when it is not a string (PTB does not check types)."""
+    return value[:256] if isinstance(value, str) else ""

@@ -87,6 +87,7 @@ class Loops:
         before = (self.services.clock.now() - timedelta(days=KEEP_FINISHED_DAYS)).isoformat(timespec="milliseconds")
         journal = self.services.journal.prune(before=before)
         outbox = self.services.outbox.prune(before=before)
+        self.services.access.records.prune(before=before)  # finished or expired pairing codes
         if journal or outbox:
             log.info("pruned %d journal and %d outbox rows older than %d days", journal, outbox, KEEP_FINISHED_DAYS)
 

@@ -17,6 +17,7 @@ from opentelemetry import trace
 from telegram import Bot, InputFile, Update
 from telegram.error import BadRequest, NetworkError
 
+from bot.buttons import ButtonPresses
 from bot.channel import TelegramChannel
 from bot.command_context import CommandContext, Reply
 from bot.commands import BY_NAME, may_use
@@ -32,7 +33,6 @@ from core.ports import DeliveryFailed
 from core.replay import REPLAY_PACE_S, ReplayResult, replay_entry, replay_pending
 from core.services import Services
 from core.tracing import current_trace_id, new_turn_span, short_ref
-from core.turn import refusal_text
 
 log = logging.getLogger(__name__)
 NO_TRACE = "0" * 32
@@ -48,6 +48,8 @@ class Router:
         self.alarm, self.identity = alarm, identity
         self.pre_accepted: set[int] = set()  # journaled before reaching the handler (or recovered)
         self.in_flight: set[int] = set()
+        self.buttons = ButtonPresses(services, bot, send_reply=self.send_reply, replay=self.replay,
+                                     replay_all=self.replay_all)
 
     async def process_update(self, update: Update) -> str:
         """Journal (unless already), trace, route and run one update; returns its outcome."""
@@ -108,6 +110,8 @@ class Router:
                 services.chats.unblock(chat_id, now=services.clock.iso())  # they wrote again: unblocked
             if routed.kind == "command":
                 outcome = await self.run_command(routed, update, trace_id)
+            elif routed.kind == "button":
+                outcome = await self.buttons.press(update, trace_id)
             else:
                 outcome = await self.run_message(update, trace_id)
             state = "replied" if outcome not in ("failed", "dlq") else "failed"
@@ -139,9 +143,23 @@ class Router:
             return
         if status in ("kicked", "left"):
             record_blocked(self.services, chat_id, f"my_chat_member: {status}")
+        elif status in ("member", "administrator") and chat_id < 0:
+            self.group_added(change, chat_id)
         elif self.services.chats.is_blocked(chat_id):
             self.services.chats.unblock(chat_id, now=self.services.clock.iso())
             log.info("chat %s unblocked the bot", chat_id)
+
+    def group_added(self, change: object, chat_id: int) -> None:
+        """The bot was added to a group: under pairing, the operator is asked about the group."""
+        services = self.services
+        if services.settings.access_mode != "pairing" or services.access.records.statuses((chat_id,)):
+            return
+        adder = getattr(change, "from_user", None)
+        adder_id = getattr(adder, "id", None)
+        title = getattr(getattr(change, "chat", None), "title", None)
+        services.access.answer_stranger(user_id=adder_id if is_telegram_id(adder_id) else 0, chat_id=chat_id,
+                                        chat_type="group", name=str(getattr(adder, "first_name", "") or ""),
+                                        title=title if isinstance(title, str) else "")
 
     async def run_message(self, update: Update, trace_id: str) -> str:
         services = self.services
@@ -178,13 +196,15 @@ class Router:
         command = BY_NAME.get(routed.command)
         span = trace.get_current_span()
         span.set_attribute("command.name", routed.command[:32])
-        allowed = services.is_allowed(user.id)
+        allowed = services.is_allowed(user.id, chat_id)
         if command is None:
             reply = Reply(f"I don't know /{routed.command[:32]}. /help lists the commands.")
         elif not may_use(command, allowed=allowed, operator_chat=services.is_operator_chat(chat_id)):
             span.set_attribute("auth.allowed", False)
             reply = Reply("That command is for the operator only." if command.access == "operator"
-                          else refusal_text(user.id))
+                          else services.access.answer_stranger(
+                              user_id=user.id, chat_id=chat_id, chat_type=message.chat.type,
+                              name=user.first_name or "", username=user.username, title=message.chat.title or ""))
         else:
             with services.tracer.start_as_current_span(f"command {command.name}"):
                 ctx = CommandContext(services=services, chat_id=chat_id, user_id=user.id,

@@ -24,6 +24,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -78,6 +79,7 @@ class Settings(BaseSettings):
     llm_max_output_tokens: int = Field(default=2048, ge=16)
     operator_chat_id: int | None = None
     allowed_user_ids: str = ""
+    access_policy: Literal["pairing", "allowlist", "open"] | None = None  # None: see `access_mode`
     data_dir: Path = Path("./data")
     webhook_url: str | None = None
     port: int = Field(default=8080, ge=1, le=65535)
@@ -138,6 +140,18 @@ class Settings(BaseSettings):
                 raise ValueError(f"{part.strip()!r} is not a Telegram user id; use numbers separated by commas, or *")
         return value
 
+    @field_validator("access_policy", mode="before")
+    @classmethod
+    def _lower_policy(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("access_policy")
+    @classmethod
+    def _check_policy(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value == "pairing" and info.data.get("operator_chat_id") is None:
+            raise ValueError("pairing needs OPERATOR_CHAT_ID (the operator approves the codes)")
+        return value
+
     @field_validator("telegram_api_base_url", "llm_base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
@@ -160,6 +174,16 @@ class Settings(BaseSettings):
     @property
     def anyone_allowed(self) -> bool:
         return self.allowed_user_ids == ANYONE
+
+    @property
+    def access_mode(self) -> Literal["pairing", "allowlist", "open"]:
+        """ACCESS_POLICY as it applies: `ALLOWED_USER_IDS=*` means open; unset, pairing when there
+        is an operator to approve codes, else the allowlist."""
+        if self.anyone_allowed:
+            return "open"
+        if self.access_policy is not None:
+            return self.access_policy
+        return "pairing" if self.operator_chat_id is not None else "allowlist"
 
     @property
     def allowed_ids(self) -> frozenset[int]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import sqlite_utils
 
 from config.settings import Settings
+from core.access import Access
 from core.clock import Clock
 from core.context.artifacts import ArtifactStore
 from core.context.hot_state import HotStateStore
@@ -32,6 +33,7 @@ from core.models import ModelCatalog, ModelsFileError
 from core.ports import LLM
 from core.running import RunningTurns
 from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
+from core.store.access import AccessRecords
 from core.store.chat_models import ChatModels
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
@@ -70,6 +72,7 @@ class Services:
     system_prompt: str
     models: ModelCatalog
     chat_models: ChatModels
+    access: Access  # ACCESS_POLICY: the operator's decisions and pairing codes
     static_tokens: tuple[int, int] | None = None  # base system prompt and tool specs, counted once
     started_monotonic: float = field(default_factory=Clock.monotonic)
     mode: str = "console"
@@ -94,9 +97,9 @@ class Services:
     def is_operator_user(self, user_id: int) -> bool:
         return self.settings.operator_chat_id is not None and user_id == self.settings.operator_chat_id
 
-    def is_allowed(self, user_id: int) -> bool:
-        return (self.settings.anyone_allowed or user_id in self.settings.allowed_ids
-                or self.is_operator_user(user_id))
+    def is_allowed(self, user_id: int, chat_id: int | None = None) -> bool:
+        """May this user chat (here: an approved group lets its members in)? See core/access.py."""
+        return self.access.is_allowed(user_id, chat_id)
 
     async def close(self) -> None:
         close = getattr(self.llm, "close", None)
@@ -148,6 +151,7 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
         throttle=Throttle(per_minute=settings.user_messages_per_minute),
         system_prompt=SYSTEM_PROMPT_FILE.read_text(encoding="utf-8").strip(),
         models=models, chat_models=ChatModels(db),
+        access=Access(AccessRecords(db), outbox, settings, clock),
     )
 
 

@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from core.access import refusal_text
 from core.context.assemble import assemble, rebuild_smaller
 from core.context.budget import ContextTooLarge
 from core.contracts import (
@@ -24,6 +25,8 @@ from core.contracts import (
 from core.failures.taxonomy import GatewayError, Kind
 from core.tracing import short_ref
 from core.usage import record_prompt_metrics
+
+__all__ = ["NoticeError", "Outcome", "ReplyKind", "Turn", "TurnEnded", "refusal_text"]
 
 if TYPE_CHECKING:
     from core.ports import Channel
@@ -89,12 +92,6 @@ class Turn:
     async def send(self, kind: ReplyKind, text: str = "") -> None:
         await self.channel.deliver(ReplyEvent(kind=kind, trace_id=self.inbound.trace_id, chat_id=self.inbound.chat_id,
                                               text=text, reply_to_message_id=self.inbound.message_id))
-
-
-def refusal_text(user_id: int) -> str:
-    """What a user who may not chat is told (the authorize stage, and the bot before a turn starts)."""
-    return (f"Sorry, this bot is private. Your Telegram user id is {user_id}: "
-            "ask the operator to add it to ALLOWED_USER_IDS if you should have access.")
 
 
 def plan_prompt(turn: Turn, *, smaller: bool = False) -> None:

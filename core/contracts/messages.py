@@ -32,6 +32,9 @@ class InboundMessage(Contract):
     chat_type: ChatType
     user_id: Int64
     user_name: str = Field(default="", max_length=256)
+    # Who they are, for the operator's pairing request (user_name is the @username or else this).
+    user_first_name: str = Field(default="", max_length=256)
+    chat_title: str = Field(default="", max_length=256)
     message_id: Int64 | None = None
     text: str = Field(default="", max_length=200_000)
     attachment: Attachment | None = None

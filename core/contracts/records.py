@@ -78,6 +78,7 @@ class Escalation(Contract):
     trace_id: TraceId | None = None
     chat_id: Int64 | None = None
     user_id: Int64 | None = None
+    dlq_id: Int64 | None = None  # the dead-letter entry it is about: its alert gets Replay/Discard/Trace
 
 
 class HotStateWrite(Contract):

@@ -11,14 +11,16 @@ an `Escalation` into at most one alert per key per cooldown; the cooldown state 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import sqlite_utils
 
+from core.callbacks import dlq_keyboard, status_keyboard
 from core.contracts import Escalation
 from core.failures.backoff_schedule import ceiling_wait_s
 from core.failures.taxonomy import TAXONOMY, GatewayError, Kind
@@ -28,7 +30,7 @@ from core.store.interfaces import OutboxRow
 ALERT_MAX_CHARS = 4000  # Telegram's limit is 4096
 OUTBOX_MAX_AGE_S = 7 * 24 * 3600.0  # a message Telegram has refused for a week is given up (marked dead)
 _OUTBOX_COLUMNS = ("id, kind, chat_id, text, parse_mode, trace_id, dedupe_key, status, attempts, next_attempt_at,"
-                   " last_error, created_at, sent_at")
+                   " last_error, created_at, sent_at, reply_markup")
 
 
 def iso(moment: datetime) -> str:
@@ -52,13 +54,17 @@ class Outbox:
         self.max_pending = max_pending
 
     def enqueue(self, *, kind: Literal["alert", "reply"], chat_id: int, text: str, trace_id: str | None,
-                dedupe_key: str | None, now: str, parse_mode: str | None = None) -> int | None:
-        """Queue a message; None when `dedupe_key` was queued before (whatever its status)."""
+                dedupe_key: str | None, now: str, parse_mode: str | None = None,
+                reply_markup: dict[str, Any] | None = None) -> int | None:
+        """Queue a message (with inline buttons when `reply_markup`); None when `dedupe_key` was
+        queued before (whatever its status)."""
+        markup = json.dumps(reply_markup, separators=(",", ":")) if reply_markup else None
         with self.db.atomic():
             cursor = self.db.execute(
                 "INSERT INTO outbox(kind, chat_id, text, parse_mode, trace_id, dedupe_key, status, next_attempt_at,"
-                " created_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?) ON CONFLICT(dedupe_key) DO NOTHING",
-                [kind, chat_id, text, parse_mode, trace_id, dedupe_key, now, now])
+                " created_at, reply_markup) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+                " ON CONFLICT(dedupe_key) DO NOTHING",
+                [kind, chat_id, text, parse_mode, trace_id, dedupe_key, now, now, markup])
             if cursor.rowcount != 1:
                 return None
             row_id = int(cursor.lastrowid or 0)
@@ -125,7 +131,8 @@ class DeliveryFailed(Exception):
 class TextSender(Protocol):
     async def send_text(self, chat_id: int, text: str, *, markdown: bool = False) -> None:
         """Deliver text (formatted from Markdown when `markdown`, else plain); raise
-        DeliveryFailed when Telegram refuses it."""
+        DeliveryFailed when Telegram refuses it. A sender that shows inline buttons also takes
+        `reply_markup` (Telegram's JSON); drain_outbox passes it only for rows that have buttons."""
         ...
 
 
@@ -153,7 +160,8 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
             outbox.mark_dead(row.id, error="not sent: the chat blocked the bot")
             continue
         try:
-            await sender.send_text(row.chat_id, row.text, markdown=row.kind == "reply")  # alerts are plain
+            buttons = {"reply_markup": json.loads(row.reply_markup)} if row.reply_markup else {}
+            await sender.send_text(row.chat_id, row.text, markdown=row.kind == "reply", **buttons)  # alerts: plain
         except Exception as error:  # DeliveryFailed, or a bug in the sender: never kill the loop
             failure = error if isinstance(error, DeliveryFailed) else DeliveryFailed(
                 f"{type(error).__name__}: {error}", permanent=False)
@@ -176,6 +184,15 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
         outbox.mark_sent(row.id, now=iso(now()))
         sent += 1
     return sent
+
+
+def alert_buttons(alert: Escalation) -> dict[str, Any] | None:
+    """A dead-lettered turn's alert: Replay, Discard, Trace; the circuit's: Status."""
+    if alert.dlq_id is not None:
+        return dlq_keyboard(alert.dlq_id, alert.trace_id[:8] if alert.trace_id else None)
+    if alert.kind == "circuit_open":
+        return status_keyboard()
+    return None
 
 
 def escalation_for(error: GatewayError, *, key: str, trace_id: str | None = None, chat_id: int | None = None,
@@ -226,7 +243,7 @@ class Escalator:
                 return True
             queued = self.outbox.enqueue(kind="alert", chat_id=self.operator_chat_id, text=text,
                                          trace_id=alert.trace_id, dedupe_key=f"alert:{alert.key}:{iso(now)}",
-                                         now=iso(now))
+                                         now=iso(now), reply_markup=alert_buttons(alert))
         self.logger.info("operator alert queued: %s", alert.key, extra={"trace_id": alert.trace_id})
         return queued is not None
 

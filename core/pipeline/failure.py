@@ -145,12 +145,13 @@ def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq
         what = ("The LLM provider refused the request" if str(error.kind).startswith("llm_")
                 else "A turn failed inside the gateway")
         alerts.append(Escalation(key=str(error.kind), kind=str(error.kind), severity=severity,
-                                 summary=f"{what}: {error.detail[:200] or error.kind}", action=action, **common))
+                                 summary=f"{what}: {error.detail[:200] or error.kind}", action=action,
+                                 dlq_id=entry_id, **common))
     elif dlq_id is not None and info.escalates != "never":
         # Never-escalating kinds (the circuit is open: its own alert said so once) stay in /dlq.
         alerts.append(Escalation(key=f"dlq:{error.kind}", kind=str(error.kind), severity=severity,
                                  summary=f"A message went to the dead-letter queue ({error.kind}).",
-                                 action=action, **common))
+                                 action=action, dlq_id=entry_id, **common))
     # A provider outage fails every chat alike and has the circuit's alert; this one is for a chat
     # that keeps failing on its own.
     if info.severity in ("error", "critical") and not info.outage and services.escalator.repeated_failure(

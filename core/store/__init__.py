@@ -5,6 +5,7 @@
   journal.py     the inbox journal          (JournalStore)
   history.py     the conversation history   (HistoryStore)
   chats.py       per-chat delivery facts    (ChatStore)
+  access.py      access decisions and pairing codes (AccessStore)
   interfaces.py  the Protocols and the records they return
 
 Other concerns keep their SQLite classes next to their logic, over the same `Database`, and

@@ -3,7 +3,8 @@
 The pipeline and the bot talk to storage through these methods only (no SQL outside the
 implementations), so an engine is a set of classes satisfying them: today the SQLite ones
 (`core.store.Journal`, `History`, `Chats`, `core.failures.dlq.DeadLetterQueue`,
-`core.failures.escalation.Outbox`); PostgreSQL ones later, behind the same Protocols.
+`core.failures.escalation.Outbox`, `core.store.access.AccessRecords`); PostgreSQL ones later,
+behind the same Protocols.
 tests/core/test_store.py checks each implementation against its Protocol, signatures included.
 
 `now`/`before` arguments are ISO-8601 strings in the gateway's one format (`Clock.iso()`),
@@ -84,6 +85,35 @@ class OutboxRow:
     last_error: str | None
     created_at: str
     sent_at: str | None
+    reply_markup: str | None = None  # inline buttons, Telegram's JSON (alerts and pairing requests)
+
+
+@dataclass(frozen=True)
+class AccessDecision:
+    """The operator's decision about a user (positive id) or a group (negative id)."""
+
+    subject_id: int
+    kind: str  # "user" | "group"
+    status: str  # "approved" | "denied"
+    name: str
+    username: str | None
+    decided_by: str
+    decided_at: str
+
+
+@dataclass(frozen=True)
+class PairingCode:
+    """A code given to a stranger (or for a group the bot was added to): pending -> approved |
+    denied; usable until `expires_at`."""
+
+    code: str
+    subject_id: int
+    kind: str
+    name: str
+    username: str | None
+    status: str
+    created_at: str
+    expires_at: str
 
 
 @runtime_checkable
@@ -226,8 +256,9 @@ class OutboxStore(Protocol):
     """Messages still to deliver (alerts, replies that could not be sent): pending -> sent | dead."""
 
     def enqueue(self, *, kind: Literal["alert", "reply"], chat_id: int, text: str, trace_id: str | None,
-                dedupe_key: str | None, now: str, parse_mode: str | None = None) -> int | None:
-        """Queue a message; None when `dedupe_key` was queued before."""
+                dedupe_key: str | None, now: str, parse_mode: str | None = None,
+                reply_markup: dict[str, Any] | None = None) -> int | None:
+        """Queue a message (with inline buttons when `reply_markup`); None when `dedupe_key` was queued before."""
         ...
 
     def due(self, *, now: str, limit: int = 20) -> list[OutboxRow]:
@@ -247,3 +278,43 @@ class OutboxStore(Protocol):
     def pending_for(self, chat_id: int) -> list[OutboxRow]: ...
 
     def prune(self, *, before: str) -> int: ...
+
+
+@runtime_checkable
+class AccessStore(Protocol):
+    """Who may chat beyond ALLOWED_USER_IDS: the operator's decisions and the pending pairing codes."""
+
+    def decision(self, subject_id: int) -> AccessDecision | None: ...
+
+    def statuses(self, subject_ids: tuple[int, ...]) -> dict[int, str]:
+        """subject id -> "approved" | "denied", for those with a decision."""
+        ...
+
+    def decide(self, *, subject_id: int, kind: str, status: str, name: str, username: str | None,
+               decided_by: str, now: str) -> None:
+        """Record a decision and close the subject's pending codes with the same status."""
+        ...
+
+    def decisions(self, status: str, limit: int = 100) -> list[AccessDecision]: ...
+
+    def add_code(self, code: PairingCode) -> bool:
+        """Store a new pending code; False when the code already exists."""
+        ...
+
+    def pending_code(self, subject_id: int, *, now: str) -> PairingCode | None:
+        """The subject's pending code still valid at `now`, if any."""
+        ...
+
+    def code(self, code: str) -> PairingCode | None: ...
+
+    def pending_count(self, *, now: str) -> int: ...
+
+    def pending_codes(self, *, now: str, limit: int = 50) -> list[PairingCode]: ...
+
+    def codes_since(self, subject_id: int, *, since: str) -> int:
+        """How many codes the subject was given since `since`."""
+        ...
+
+    def prune(self, *, before: str) -> int:
+        """Drop codes created before `before` that are no longer pending (or expired)."""
+        ...

@@ -102,3 +102,18 @@ def m007_models_chat_model(db: sqlite_utils.Database) -> None:
     """/model: the model a chat chose (no row: the default, LLM_MODEL)."""
     db.execute("""CREATE TABLE chat_models (
         chat_id INTEGER PRIMARY KEY, model TEXT NOT NULL, updated_at TEXT NOT NULL)""")
+
+
+@migrations()
+def m008_access(db: sqlite_utils.Database) -> None:
+    """Pairing (ACCESS_POLICY): the operator's decisions per user or group, the pairing codes
+    strangers were given, and the inline buttons an outbox message carries (alerts, requests)."""
+    db.execute("""CREATE TABLE access_subjects (
+        subject_id INTEGER PRIMARY KEY, kind TEXT NOT NULL, status TEXT NOT NULL, name TEXT NOT NULL,
+        username TEXT, decided_by TEXT NOT NULL, decided_at TEXT NOT NULL)""")
+    db.execute("""CREATE TABLE pairing_codes (
+        code TEXT PRIMARY KEY, subject_id INTEGER NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+        username TEXT, status TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT NOT NULL)""")
+    db.execute("CREATE INDEX pairing_codes_subject ON pairing_codes(subject_id, created_at)")
+    db.execute("CREATE INDEX pairing_codes_pending ON pairing_codes(status, expires_at)")
+    db.execute("ALTER TABLE outbox ADD COLUMN reply_markup TEXT")

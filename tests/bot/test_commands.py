@@ -9,6 +9,7 @@ import re
 
 from bot import commands
 from bot.command_context import CommandContext
+from core.access import Access
 from core.replay import ReplayResult
 from tests.bot.conftest import ALLOWED, STRANGER, Harness
 
@@ -57,7 +58,9 @@ def test_a_rejected_artifact_is_not_retried_but_still_told(harness: Harness) -> 
 
 
 def start_text(harness: Harness, user_id: int, **settings: object) -> str:
-    services = dataclasses.replace(harness.services, settings=harness.services.settings.model_copy(update=settings))
+    config = harness.services.settings.model_copy(update=settings)
+    access = Access(harness.services.access.records, harness.services.outbox, config, harness.services.clock)
+    services = dataclasses.replace(harness.services, settings=config, access=access)
     ctx = CommandContext(services=services, chat_id=user_id, user_id=user_id, user_name="Ann", args="",
                          trace_id="a" * 32, replay=_no_replay, replay_all=_no_replay_all)
     return harness.loop.run_until_complete(commands.start(ctx)).text
@@ -72,7 +75,9 @@ async def _no_replay_all() -> list[ReplayResult]:
 
 
 def test_start_sends_strangers_only_to_someone_who_exists(harness: Harness) -> None:
-    assert "ask the operator" in start_text(harness, STRANGER)
+    paired = start_text(harness, STRANGER)  # an operator, so pairing by default: a code to show them
+    assert re.search(r"pairing code is [A-Z2-9]{4}-[A-Z2-9]{4}", paired) and str(STRANGER) in paired
+    assert "ask the operator" in start_text(harness, STRANGER, access_policy="allowlist")
     alone = start_text(harness, STRANGER, operator_chat_id=None, allowed_user_ids="")
     assert "Nobody can chat with this bot yet" in alone and "operator" not in alone.replace("OPERATOR_CHAT_ID", "")
     listed = start_text(harness, STRANGER, operator_chat_id=None, allowed_user_ids=str(ALLOWED))

@@ -95,5 +95,10 @@ def test_doctor_says_nobody_can_chat_without_operator_or_allowed_users() -> None
 
 
 def test_doctor_says_only_the_operator_may_chat_when_that_is_true() -> None:
-    [check] = check_access(settings(operator_chat_id=42))
+    [check] = check_access(settings(operator_chat_id=42, access_policy="allowlist"))
     assert check.warning and "only the operator may chat" in check.detail
+
+
+def test_doctor_names_pairing_the_default_with_an_operator() -> None:
+    [check] = check_access(settings(operator_chat_id=42))
+    assert check.ok and not check.warning and "pairing" in check.detail

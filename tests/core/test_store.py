@@ -25,7 +25,9 @@ EXPECTED = {
             "attempts_json", "first_failed_at", "last_failed_at", "status", "replayable", "replay_trace_id",
             "updated_at"},
     "outbox": {"id", "kind", "chat_id", "text", "parse_mode", "trace_id", "dedupe_key", "status", "attempts",
-               "next_attempt_at", "last_error", "created_at", "sent_at"},
+               "next_attempt_at", "last_error", "created_at", "sent_at", "reply_markup"},
+    "access_subjects": {"subject_id", "kind", "status", "name", "username", "decided_by", "decided_at"},
+    "pairing_codes": {"code", "subject_id", "kind", "name", "username", "status", "created_at", "expires_at"},
 }
 
 

@@ -11,8 +11,10 @@ import pytest
 from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Outbox
 from core.store import Chats, History, Journal, open_database
+from core.store.access import AccessRecords
 from core.store.chat_models import ChatModels
 from core.store.interfaces import (
+    AccessStore,
     ChatModelStore,
     ChatStore,
     DeadLetterStore,
@@ -22,7 +24,8 @@ from core.store.interfaces import (
 )
 
 IMPLEMENTATIONS = [(JournalStore, Journal), (HistoryStore, History), (ChatStore, Chats),
-                   (DeadLetterStore, DeadLetterQueue), (OutboxStore, Outbox), (ChatModelStore, ChatModels)]
+                   (DeadLetterStore, DeadLetterQueue), (OutboxStore, Outbox), (ChatModelStore, ChatModels),
+                   (AccessStore, AccessRecords)]
 
 
 def _shape(function: Any) -> tuple[Any, ...]:

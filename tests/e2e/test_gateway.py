@@ -33,10 +33,12 @@ def test_private_chat_is_answered_with_streaming(bot, fake_telegram, fake_llm) -
 
 
 def test_refused_user_gets_their_id_and_costs_nothing(bot, fake_telegram, fake_llm) -> None:
-    bot()
+    bot(ACCESS_POLICY="allowlist")  # with an operator the default is pairing (tests/e2e/test_access.py)
     fake_telegram.push_update(fake_telegram.text_update(555, 555, "let me in"))
-    fake_telegram.wait_for_text(555, "555")
+    refusal = fake_telegram.wait_for_text(555, "555").plain_text
+    assert "ALLOWED_USER_IDS" in refusal and "pairing" not in refusal
     assert fake_llm.count() == 0
+    assert not [t for t in fake_telegram.sent_texts(900) if "Access request" in t]
 
 
 def test_long_answer_arrives_whole_and_in_order(bot, fake_telegram, fake_llm) -> None:

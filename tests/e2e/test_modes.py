@@ -64,7 +64,7 @@ def test_start_help_and_new(bot, fake_telegram, fake_llm) -> None:
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "/start"))
     fake_telegram.wait_for_text(USER, f"user id is {USER}")
     fake_telegram.push_update(fake_telegram.text_update(777, 777, "/start"))
-    fake_telegram.wait_for_text(777, "not on this bot's allowed list")
+    fake_telegram.wait_for_text(777, "your pairing code is")  # an operator: pairing (tests/e2e/test_access.py)
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "/help"))
     fake_telegram.wait_for_text(USER, "/new")
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "remember apples"))

@@ -689,6 +689,11 @@ class FakeTelegram(BackgroundServer):
         }
         for name in _TRIVIAL_TRUE:
             self._methods[name] = lambda _p: True
+        # Inline buttons: presses are pushed with callback_update(); each must be answered once.
+        self._callback_queries: dict[str, dict[str, Any]] = {}
+        self._callback_answers: list[dict[str, Any]] = []
+        self._methods["answerCallbackQuery"] = self._answer_callback_query
+        self._methods["editMessageReplyMarkup"] = self._edit_message_reply_markup
         self._method_names = {name.lower(): name for name in [*self._methods, "getUpdates"]}
 
     # ------------------------------------------------------------------ identity
@@ -1006,6 +1011,67 @@ class FakeTelegram(BackgroundServer):
             if found:
                 message["caption_entities"] = found
         return self._incoming_update(message, update_id)
+
+    def callback_update(
+        self,
+        chat_id: int,
+        message_id: int,
+        user_id: int,
+        data: str,
+        *,
+        first_name: str = "Test",
+        username: str | None = None,
+        update_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Build (not push) the update Telegram sends when ``user_id`` presses an inline button
+        with ``data`` under the bot's message ``message_id`` in ``chat_id`` (the message as it is now)."""
+        user: dict[str, Any] = {"id": user_id, "is_bot": False, "first_name": first_name}
+        if username:
+            user["username"] = username
+        with self._lock:
+            msg = self._bot_messages.get(chat_id, {}).get(message_id)
+            if msg is None:
+                raise AssertionError(f"no bot message {message_id} in chat {chat_id} to press a button on")
+            query_id = f"cbq{len(self._callback_queries) + 1:06d}"
+            query = {"id": query_id, "from": user, "message": self._message_json(msg),
+                     "chat_instance": f"ci{chat_id}", "data": data}
+            self._callback_queries[query_id] = {"answered": False, "at": time.monotonic()}
+        update: dict[str, Any] = {"callback_query": query}
+        if update_id is not None:
+            update["update_id"] = update_id
+        return update
+
+    def callback_answers(self) -> list[dict[str, Any]]:
+        """answerCallbackQuery calls: callback_query_id, text, show_alert, in order."""
+        with self._lock:
+            return copy.deepcopy(self._callback_answers)
+
+    def _answer_callback_query(self, params: dict[str, Any]) -> bool:
+        query_id = str(params.get("callback_query_id") or "")
+        query = self._callback_queries.get(query_id)
+        if query is None or query["answered"]:
+            raise _bad("query is too old and response timeout expired or query ID is invalid")
+        query["answered"] = True
+        self._callback_answers.append({"callback_query_id": query_id, "text": params.get("text"),
+                                       "show_alert": bool(params.get("show_alert"))})
+        return True
+
+    def _edit_message_reply_markup(self, params: dict[str, Any]) -> dict[str, Any]:
+        chat_id = self._require_chat(params)
+        msg = self._bot_messages.get(chat_id, {}).get(params.get("message_id"))
+        if msg is None:
+            raise _bad("message to edit not found")
+        markup = params.get("reply_markup")
+        if markup == msg.reply_markup or (not markup and not msg.reply_markup):
+            raise _bad(
+                "message is not modified: specified new message content and reply markup are "
+                "exactly the same as a current content and reply markup of the message"
+            )
+        msg.reply_markup = markup
+        msg.edit_count += 1
+        result = self._message_json(msg)
+        result["edit_date"] = int(time.time())
+        return result
 
     def _incoming_update(self, message: dict[str, Any], update_id: int | None) -> dict[str, Any]:
         """The update carrying a message a user sent; the message exists once "sent", however

@@ -495,3 +495,24 @@ async def test_malformed_answers(llm: FakeLLM) -> None:
         with pytest.raises(openai.APIConnectionError):
             await drain()
         assert "".join(received) == "a" * 10
+
+
+async def test_inline_buttons_presses_answers_and_markup_edits(tg: FakeTelegram) -> None:
+    keyboard = telegram.InlineKeyboardMarkup([[telegram.InlineKeyboardButton("Approve", callback_data="a:1")]])
+    async with make_bot(tg) as bot:
+        sent = await bot.send_message(900, "request", reply_markup=keyboard)
+        [message] = tg.messages(900)
+        assert message.reply_markup == {"inline_keyboard": [[{"text": "Approve", "callback_data": "a:1"}]]}
+        update = tg.callback_update(900, sent.message_id, 555, "a:1", update_id=7)
+        query = telegram.Update.de_json(update, bot).callback_query
+        assert query.data == "a:1" and query.from_user.id == 555 and query.message.message_id == sent.message_id
+        assert await bot.answer_callback_query(query.id, text="done")
+        with pytest.raises(BadRequest, match="(?i)query is too old"):  # answered once only
+            await bot.answer_callback_query(query.id)
+        assert tg.callback_answers() == [{"callback_query_id": query.id, "text": "done", "show_alert": False}]
+        await bot.edit_message_reply_markup(900, sent.message_id)  # no markup: the buttons are removed
+        assert tg.messages(900)[0].reply_markup is None
+        with pytest.raises(BadRequest, match="not modified"):
+            await bot.edit_message_reply_markup(900, sent.message_id)
+        with pytest.raises(AssertionError):
+            tg.callback_update(900, 99, 555, "a:1")
