@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
+from core.control import until_stopped
 from core.failures.backoff_schedule import ceiling_wait_s
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 PROBE_TIMEOUT_S = 10.0
 START_ATTEMPTS = 5
 START_BASE_WAIT_S = 2.0  # waits 2, 4, 8, 10 s: about 25 s for a PaaS network to come up
@@ -106,7 +105,7 @@ async def wait_for_bot_api(root: str, token: str, stop: asyncio.Event, *, wait_s
     Raises StartupFailed when the answer says the settings are wrong or the tries run out.
     `wait_scale` multiplies the waits (the RETRY_WAIT_SCALE test hook)."""
     for attempt in range(1, START_ATTEMPTS + 1):
-        check = await _unless_stopped(check_get_me(root, token), stop)
+        check = await until_stopped(stop, check_get_me(root, token))
         if check is None:
             return None
         if check.ok:
@@ -116,20 +115,6 @@ async def wait_for_bot_api(root: str, token: str, stop: asyncio.Event, *, wait_s
         wait_s = wait_scale * ceiling_wait_s(attempt=attempt, base_wait_s=START_BASE_WAIT_S,
                                              max_wait_s=START_MAX_WAIT_S)
         log.warning("%s; retrying in %.0f s", check.problem, wait_s)
-        if await _unless_stopped(asyncio.sleep(wait_s, result=True), stop) is None:
+        if await until_stopped(stop, asyncio.sleep(wait_s, result=True)) is None:
             return None
     raise AssertionError("unreachable: the last attempt returns or raises")
-
-
-async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
-    """Await `work` unless `stop` is set first (then `work` is cancelled and None returned)."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    return None
