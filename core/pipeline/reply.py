@@ -17,6 +17,7 @@ async def run(turn: Turn) -> None:
         text = f"(Sorry for the delay: this answers your message from {turn.late_of}.)\n\n{text}"
     try:
         await turn.send("final", text)
+        turn.delivered = True
     except DeliveryFailed as failed:
         # The answer exists and is paid for: keep it in the outbox (retried until Telegram takes
         # it), or record that the user blocked the bot. Not a failed turn.
