@@ -12,8 +12,7 @@ knows their order:
   budget     refuse before the call if the turn could cross a spend cap
   llm        the agent call (streamed, retried at most LLM_MAX_RETRIES, tool rounds bounded)
   persist    history, hot state and usage
-  reply      the final answer to the channel
-  speak      with /voice on and a spoken message, the answer also as a voice note (never fails the turn)
+  reply      the final answer to the channel (then, with /voice on, a spoken message's voice note)
 Any stage may end the turn early (`TurnEnded`) or fail (`GatewayError` and friends); failures
 are handled in one place (`failure.fail_turn`).
 """
@@ -37,7 +36,6 @@ from core.pipeline import (
     llm,
     persist,
     reply,
-    speak,
     throttle,
     validate,
 )
@@ -63,7 +61,6 @@ STAGES: list[tuple[str, Stage]] = [
     ("llm", llm.run),
     ("persist", persist.run),
     ("reply", reply.run),
-    ("speak", speak.run),  # after the text answer: it comes first, and a failed speech never undoes it
 ]
 
 

@@ -1,4 +1,4 @@
-"""Spoken answers at pipeline level: the `speak` stage after the reply, with a scripted Speaker.
+"""Spoken answers at pipeline level: the voice note after the reply stage's text, with a scripted Speaker.
 
 The e2e tests (tests/e2e/test_tts.py) drive /voice and the real speech client over HTTP; the
 "user spoke" flag (`InboundMessage.spoken`) is set by the voice-note intake, so here it is set
@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import pytest
 
 from core.contracts import InboundMessage
-from core.pipeline import STAGES
 from core.ports import DeliveryFailed
 from core.speech import MAX_SPEECH_CHARS, speech_input
 from core.status import status_text
@@ -100,9 +99,12 @@ async def test_unknown_speech_price_with_a_monthly_cap_is_refused(make_pipeline:
     assert read_counter(services.db, "speech_failed") == 1
 
 
-async def test_speak_runs_after_reply() -> None:
-    names = [name for name, _ in STAGES]
-    assert names.index("speak") == names.index("reply") + 1
+async def test_no_voice_note_when_the_text_answer_could_not_be_delivered(make_pipeline: MakePipeline) -> None:
+    services, pipeline, llm, channel = make_pipeline()
+    services.voice_replies.set(100, True, now=services.clock.iso())
+    channel.fail_final = DeliveryFailed("Telegram is busy", permanent=False)
+    assert await turn(services, pipeline, channel, "hello", spoken=True) == "replied"
+    assert kinds(channel) == [] and services.speaker.texts == []  # the text comes first, or nothing
 
 
 def test_speech_input_is_cut_at_the_provider_limit_on_a_word() -> None:

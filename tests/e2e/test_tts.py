@@ -164,8 +164,12 @@ async def test_voice_off_stops_spoken_answers(spoken_turns, telegram, fake_llm) 
     services, pipeline, channel = spoken_turns
     services.voice_replies.set(CHAT, True, now=services.clock.iso())
     services.voice_replies.set(CHAT, False, now=services.clock.iso())
-    assert (await spoken_turn(services, pipeline, channel, "hello"))[0] == "replied"
+    outcome, trace_id = await spoken_turn(services, pipeline, channel, "hello")
+    assert outcome == "replied"
     assert [m.kind for m in telegram.messages(CHAT)] == ["text"]
     assert fake_llm.speeches() == []
+    services.telemetry.force_flush()
+    spans = [span.name for span in find_trace(services.telemetry.db_path, trace_id)]
+    assert "reply" in spans and "speak" not in spans  # a turn without a voice note pays no span for it
 
 

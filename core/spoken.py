@@ -1,7 +1,9 @@
-"""speak: with /voice on, an answer to a spoken message is also sent as a voice note.
+"""Spoken answers: with /voice on, the answer to a spoken message is also sent as a voice note.
 
-After the text answer is delivered: the speech call (TTS_MODEL, `speech {model}` span) is an extra,
-so nothing here fails the turn. A failed or refused speech call is logged, counted (`speech_failed`,
+The reply stage calls `speak_answer` once the text answer is delivered (the text comes first).
+Only a turn that wants a voice note gets a `speak` span (with the `speech {model}` call in it):
+a typed message costs one attribute check, no span and no query. The speech is an extra, so
+nothing here fails the turn. A failed or refused speech call is logged, counted (`speech_failed`,
 shown in /status) and noted on the span; the user already has the text. The speech is priced by
 its characters (the price table's `input_per_mtok` is per million characters for speech models),
 written to the usage ledger like an LLM attempt and counted against MONTHLY_BUDGET_USD, which is
@@ -35,24 +37,25 @@ def wanted(turn: Turn) -> bool:
             and turn.services.voice_replies.is_on(inbound.chat_id))
 
 
-async def run(turn: Turn) -> None:
+async def speak_answer(turn: Turn) -> None:
+    """The voice note after the text answer, when wanted; never raises (but cancellation)."""
     if not wanted(turn):
         return
-    span = trace.get_current_span()
-    try:
-        await _speak(turn)
-    except asyncio.CancelledError:
-        raise
-    except Exception as error:  # an extra beside the answer: reported, never the turn's failure
-        kind = str(getattr(error, "kind", "") or type(error).__name__)
-        span.set_attribute("speech.failed", kind)
-        log.warning("spoken answer not sent (ref %s): %s", turn.ref, kind)
+    with turn.services.tracer.start_as_current_span("speak", record_exception=False,
+                                                    set_status_on_exception=False) as span:
         try:
-            bump_counter(turn.services.db, SPEECH_FAILED)
-        except Exception:  # noqa: BLE001 - storage trouble is reported by the next write that matters
-            log.warning("could not count the failed spoken answer (ref %s)", turn.ref)
-        return
-    bump_counter(turn.services.db, SPEECH_SENT)
+            await _speak(turn)
+            bump_counter(turn.services.db, SPEECH_SENT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # an extra beside the answer: reported, never the turn's failure
+            kind = str(getattr(error, "kind", "") or type(error).__name__)
+            span.set_attribute("speech.failed", kind)
+            log.warning("spoken answer not sent (ref %s): %s", turn.ref, kind)
+            try:
+                bump_counter(turn.services.db, SPEECH_FAILED)
+            except Exception:  # noqa: BLE001 - storage trouble is reported by the next write that matters
+                log.warning("could not count the failed spoken answer (ref %s)", turn.ref)
 
 
 async def _speak(turn: Turn) -> None:
