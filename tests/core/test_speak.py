@@ -126,3 +126,4 @@ def test_voice_replies_store_default_off_and_survives_reopen(tmp_path) -> None:
     assert again.is_on(5) is True and again.is_on(6) is False
     again.set(5, False, now="2026-01-03T00:00:00")
     assert again.is_on(5) is False
+
