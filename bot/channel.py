@@ -130,6 +130,8 @@ class TelegramChannel:
                 await _taken(self.bot.send_chat_action(event.chat_id, ChatAction.TYPING), "typing action")
             elif event.kind == "draft":
                 self._draft(event)
+            elif event.kind == "voice":
+                await self._send_voice(event)
             else:  # final, error and notice: the whole text, rendered and sent in parts
                 draft = self._drafts.pop((event.chat_id, event.trace_id), None)
                 if draft is not None and draft.task is not None:
@@ -241,6 +243,15 @@ class TelegramChannel:
         except BadRequest as error:
             if "message is not modified" not in error.message.lower():
                 raise
+
+    async def _send_voice(self, event: ReplyEvent) -> None:
+        """A spoken answer: the Opus bytes as a voice note (sendVoice), under the text answer."""
+        if not event.audio:
+            return
+        with self.tracer.start_as_current_span("send", attributes={"reply.kind": "voice",
+                                                                   "reply.audio_bytes": len(event.audio)}):
+            await _taken(self.bot.send_voice(event.chat_id, event.audio, filename="answer.ogg",
+                                             reply_parameters=_reply(event)), "voice note")
 
     async def download(self, file_id: str, *, max_bytes: int) -> bytes:
         try:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from bot import commands_access
+from bot import commands_access, commands_voice
 from bot.command_context import CommandContext, Reply
 from bot.commands_control import retry, stop
 from bot.commands_models import model
@@ -208,6 +208,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("stop", stop, "allowed", "stop the answer being written"),
     Command("retry", retry, "allowed", "answer your last message again"),
     Command("model", model, "allowed", "the model of this chat (or switch: /model NAME)"),
+    Command("voice", commands_voice.voice, "allowed", "spoken answers to voice messages: /voice on|off"),
     Command("trace", trace_cmd, "operator", "show the trace of a ref"),
     Command("dlq", dlq, "operator", "dead-letter queue (or one entry)"),
     Command("replay", replay, "operator", "run a DLQ entry again (ID or all)"),

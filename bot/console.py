@@ -40,6 +40,8 @@ class ConsoleChannel:
         if event.kind in ("final", "notice", "error"):
             prefix = {"final": "bot> ", "notice": "bot (notice)> ", "error": "bot (error)> "}[event.kind]
             print(prefix + event.text, file=self.out, flush=True)
+        elif event.kind == "voice":  # a terminal plays no voice notes: say one was made
+            print(f"bot (voice note, {len(event.audio or b'')} bytes)", file=self.out, flush=True)
 
     async def download(self, file_id: str, *, max_bytes: int) -> bytes:
         raise DeliveryFailed("the console has no attachments", permanent=True)

@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     llm_fallback_models: str = ""  # tried in order when the chat's model is down (core/models.py)
     llm_context_tokens: int = Field(default=128000, ge=1024)
     llm_max_output_tokens: int = Field(default=2048, ge=16)
+    tts_model: str = Field(default="tts-1", min_length=1)  # spoken answers (/voice on): POST {base}/audio/speech
+    tts_voice: str = Field(default="alloy", min_length=1)
     operator_chat_id: int | None = None
     allowed_user_ids: str = ""
     access_policy: Literal["pairing", "allowlist", "open"] | None = None  # None: see `access_mode`

@@ -11,7 +11,7 @@ from typing import Protocol
 from core.contracts import AgentRequest, LLMResult, ReplyEvent
 from core.failures.escalation import DeliveryFailed, TextSender
 
-__all__ = ["LLM", "Channel", "DeliveryFailed", "DeltaSink", "TextSender"]
+__all__ = ["LLM", "Channel", "DeliveryFailed", "DeltaSink", "Speaker", "TextSender"]
 
 
 class Channel(Protocol):
@@ -39,3 +39,11 @@ class LLM(Protocol):
     model: str
 
     async def complete(self, request: AgentRequest, *, on_delta: DeltaSink | None = None) -> LLMResult: ...
+
+
+class Speaker(Protocol):
+    """Text to speech (OpenAI-compatible `/audio/speech`): an answer read aloud, as Opus bytes."""
+
+    model: str
+
+    async def speak(self, text: str) -> bytes: ...

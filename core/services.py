@@ -30,11 +30,13 @@ from core.failures.storage_errors import storage_reason
 from core.llm_router import LLMRouter
 from core.logs import redactor
 from core.models import ModelCatalog, ModelsFileError
-from core.ports import LLM
+from core.ports import LLM, Speaker
 from core.running import RunningTurns
+from core.speech import OpenAICompatibleSpeaker
 from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
 from core.store.access import AccessRecords
 from core.store.chat_models import ChatModels
+from core.store.voice_replies import VoiceReplies
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
 from core.usage import UsageLedger, WarningLog
@@ -73,6 +75,8 @@ class Services:
     models: ModelCatalog
     chat_models: ChatModels
     access: Access  # ACCESS_POLICY: the operator's decisions and pairing codes
+    speaker: Speaker  # spoken answers (/voice on): TTS_MODEL on the LLM's endpoint
+    voice_replies: VoiceReplies  # the chats that turned spoken answers on
     static_tokens: tuple[int, int] | None = None  # base system prompt and tool specs, counted once
     started_monotonic: float = field(default_factory=Clock.monotonic)
     mode: str = "console"
@@ -102,14 +106,16 @@ class Services:
         return self.access.is_allowed(user_id, chat_id)
 
     async def close(self) -> None:
-        close = getattr(self.llm, "close", None)
-        if close is not None:
-            await close()
+        for client in (self.llm, self.speaker):
+            close = getattr(client, "close", None)
+            if close is not None:
+                await close()
         self.telemetry.shutdown()
         self.db.close()
 
 
-def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool = True) -> Services:
+def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool = True,
+                   speaker: Speaker | None = None) -> Services:
     """Open storage (running migrations), tracing and the LLM client for these settings."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -128,6 +134,11 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
                               enabled=tracing, redact=redact)
     if llm is None:
         llm = LLMRouter(models, timeout_s=settings.llm_timeout_seconds, tracer=telemetry.tracer, counter=counter)
+    if speaker is None:
+        api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        speaker = OpenAICompatibleSpeaker(base_url=settings.llm_base_url, api_key=api_key, model=settings.tts_model,
+                                          voice=settings.tts_voice, timeout_s=settings.llm_timeout_seconds,
+                                          tracer=telemetry.tracer)
     artifacts = ArtifactStore(db, data_dir / "artifacts", counter=counter)
 
     def archive(chat_id: int, markdown: str, label: str) -> str:
@@ -152,6 +163,7 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
         system_prompt=SYSTEM_PROMPT_FILE.read_text(encoding="utf-8").strip(),
         models=models, chat_models=ChatModels(db),
         access=Access(AccessRecords(db), outbox, settings, clock),
+        speaker=speaker, voice_replies=VoiceReplies(db),
     )
 
 

@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from core.charts import spend_chart_png
+from core.store import read_counter
 from core.telemetry import ALL_MODELS, ModelScore, scoreboard
 from core.usage import days_back, utc_day, utc_month
 from core.usage_text import format_by_model, format_operator_budget, format_usage_table, format_user_budget
@@ -60,6 +61,9 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
                      f"Last prompt: {tokens:,} tokens")
     lines.append(f"Tokens: {services.counter.describe()}")
     lines.append(f"DLQ: {services.dlq.depth()} pending, outbox: {services.outbox.depth()} pending")
+    spoken, unspoken = read_counter(services.db, "speech_sent"), read_counter(services.db, "speech_failed")
+    if spoken or unspoken:  # /voice on: voice notes sent, and speech calls that failed (the text went out)
+        lines.append(f"Spoken answers: {spoken} sent, {unspoken} failed")
     error = services.last_error
     lines.append(f"Last error: {error['kind']} (ref: {error['ref']})" if error else "Last error: none")
     return "\n".join(lines)

@@ -84,6 +84,7 @@ class Turn:
     model: str = ""  # the chat's model (/model), set by the gate stage; "" means LLM_MODEL
     answered_by: str = ""  # a fallback model that answered this turn (later tool rounds start there)
     fallback_note: str = ""  # the line the reply adds after a fallback's answer
+    delivered: bool = False  # the reply stage handed the answer to the channel (spoken answers follow it)
 
     @property
     def ref(self) -> str:

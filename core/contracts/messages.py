@@ -38,6 +38,8 @@ class InboundMessage(Contract):
     message_id: Int64 | None = None
     text: str = Field(default="", max_length=200_000)
     attachment: Attachment | None = None
+    # The user spoke (a voice note or audio, transcribed): with /voice on the answer is also read aloud.
+    spoken: bool = False
     received_at: datetime
 
     @model_validator(mode="after")

@@ -22,12 +22,13 @@ class ReplyEvent(Contract):
 
     model_config = ConfigDict(arbitrary_types_allowed=True)  # StreamedText: checked with isinstance
     producer: Literal["pipeline"] = "pipeline"
-    kind: Literal["typing", "draft", "final", "error", "notice"]
+    kind: Literal["typing", "draft", "final", "error", "notice", "voice"]
     trace_id: TraceId
     chat_id: Int64
     text: str = ""
     reply_to_message_id: Int64 | None = None
     streamed: StreamedText | None = Field(default=None, exclude=True)  # a draft's growing answer
+    audio: bytes | None = Field(default=None, exclude=True, repr=False)  # a "voice" event's Opus bytes
 
     def text_now(self) -> str:
         """The text to show: a streamed draft's answer as far as it has come, else `text`."""

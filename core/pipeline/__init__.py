@@ -12,7 +12,7 @@ knows their order:
   budget     refuse before the call if the turn could cross a spend cap
   llm        the agent call (streamed, retried at most LLM_MAX_RETRIES, tool rounds bounded)
   persist    history, hot state and usage
-  reply      the final answer to the channel
+  reply      the final answer to the channel (then, with /voice on, a spoken message's voice note)
 Any stage may end the turn early (`TurnEnded`) or fail (`GatewayError` and friends); failures
 are handled in one place (`failure.fail_turn`).
 """

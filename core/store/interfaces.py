@@ -212,6 +212,15 @@ class ChatModelStore(Protocol):
 
 
 @runtime_checkable
+class VoiceReplyStore(Protocol):
+    """The chats that asked for spoken answers with /voice on; default off."""
+
+    def is_on(self, chat_id: int) -> bool: ...
+
+    def set(self, chat_id: int, on: bool, *, now: str) -> None: ...
+
+
+@runtime_checkable
 class DeadLetterStore(Protocol):
     """Failed turns kept to run again: pending -> replaying -> replayed | pending; pending ->
     discarded | resolved. A replay is claimed atomically, so it never runs twice."""

@@ -117,3 +117,9 @@ def m008_access(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX pairing_codes_subject ON pairing_codes(subject_id, created_at)")
     db.execute("CREATE INDEX pairing_codes_pending ON pairing_codes(status, expires_at)")
     db.execute("ALTER TABLE outbox ADD COLUMN reply_markup TEXT")
+
+
+@migrations()
+def m009_voice_replies(db: sqlite_utils.Database) -> None:
+    """/voice on|off: the chats that asked for spoken answers (no row: off)."""
+    db.execute("CREATE TABLE voice_replies (chat_id INTEGER PRIMARY KEY, updated_at TEXT NOT NULL)")

@@ -83,5 +83,23 @@ def build_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object)
     values.update(overrides)
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", **values)
     llm = ScriptedLLM()
-    services = build_services(settings, llm=llm, tracing=tracing)
+    services = build_services(settings, llm=llm, tracing=tracing, speaker=ScriptedSpeaker())
     return services, Pipeline(services), llm, RecordingChannel()
+
+
+class ScriptedSpeaker:
+    """A Speaker port: records each text read aloud and answers with fixed Opus-looking bytes,
+    or raises `fail` when set."""
+
+    AUDIO = b"OggS-scripted-opus"
+
+    def __init__(self, model: str = "tts-1") -> None:
+        self.model = model
+        self.texts: list[str] = []
+        self.fail: BaseException | None = None
+
+    async def speak(self, text: str) -> bytes:
+        self.texts.append(text)
+        if self.fail is not None:
+            raise self.fail
+        return self.AUDIO

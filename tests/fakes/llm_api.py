@@ -334,6 +334,7 @@ class FakeLLM(BackgroundServer):
         app = web.Application(middlewares=[self._error_middleware], client_max_size=32 * 1024**2)
         app.router.add_post("/v1/chat/completions", self._handle_completions)
         app.router.add_get("/v1/models", self._handle_models)
+        app.router.add_post("/v1/audio/speech", self._handle_speech)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         return app
 
@@ -616,3 +617,31 @@ class FakeLLM(BackgroundServer):
             with self._lock:
                 self._aborted_streams += 1
         return response
+
+    # ------------------------------------------------------------------ speech (/audio/speech)
+    # Opus in an Ogg container starts "OggS" ... "OpusHead": what a voice note's bytes look like.
+    SPEECH_AUDIO = b"OggS\x00\x02" + b"\x00" * 20 + b"OpusHead\x01\x01" + b"fake-opus-speech" * 8
+
+    def fail_speech(self, item: Error | None) -> None:
+        """Answer every ``/audio/speech`` request with ``item`` (None: answer with audio again)."""
+        with self._lock:
+            self._speech_failure = item
+
+    def speeches(self) -> list[RecordedRequest]:
+        """The ``/audio/speech`` requests received (JSON bodies: model, voice, input, response_format)."""
+        with self._lock:
+            return [r for r in self._requests if r.path.endswith("/audio/speech")]
+
+    async def _handle_speech(self, request: web.Request) -> web.StreamResponse:
+        recorded = await self._record(request)
+        denied = self._auth_error(recorded)
+        if denied is not None:
+            return denied
+        with self._lock:
+            failure = getattr(self, "_speech_failure", None)
+        if failure is not None:
+            return web.json_response(failure.body, status=failure.status, headers=failure.headers)
+        body = recorded.body
+        if not isinstance(body, dict) or not body.get("input") or not body.get("voice"):
+            return web.json_response(_err("input and voice are required", "invalid_request_error"), status=400)
+        return web.Response(body=self.SPEECH_AUDIO, content_type="audio/ogg")

@@ -441,7 +441,7 @@ class UploadedFile:
 
 @dataclass
 class SentDocument:
-    """A document or photo the bot sent (``kind`` is "document" or "photo")."""
+    """A document, photo or voice note the bot sent (``kind`` is "document", "photo" or "voice")."""
 
     chat_id: int | str
     message_id: int
@@ -684,6 +684,7 @@ class FakeTelegram(BackgroundServer):
             "sendMessageDraft": self._send_message_draft,
             "sendDocument": lambda p: self._send_file(p, "document"),
             "sendPhoto": lambda p: self._send_file(p, "photo"),
+            "sendVoice": lambda p: self._send_file(p, "voice"),
             "getFile": self._get_file,
             "deleteMessage": self._delete_message,
         }
@@ -1679,6 +1680,10 @@ class FakeTelegram(BackgroundServer):
                         "file_size": stored.file_size,
                     }
                 ]
+            elif msg.kind == "voice":  # a voice note the bot sent (sendVoice)
+                out["voice"] = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
+                                "duration": 1, "mime_type": doc.mime_type or "audio/ogg",
+                                "file_size": stored.file_size}
             else:
                 out["document"] = {
                     "file_id": stored.file_id,

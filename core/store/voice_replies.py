@@ -1,0 +1,22 @@
+"""The chats that turned spoken answers on with /voice on (the `voice_replies` table; no row: off)."""
+
+from __future__ import annotations
+
+import sqlite_utils
+
+
+class VoiceReplies:
+    """Per-chat spoken answers (VoiceReplyStore)."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+
+    def is_on(self, chat_id: int) -> bool:
+        return self.db.execute("SELECT 1 FROM voice_replies WHERE chat_id = ?", [chat_id]).fetchone() is not None
+
+    def set(self, chat_id: int, on: bool, *, now: str) -> None:
+        if on:
+            self.db.execute("INSERT INTO voice_replies(chat_id, updated_at) VALUES (?, ?)"
+                            " ON CONFLICT(chat_id) DO UPDATE SET updated_at = excluded.updated_at", [chat_id, now])
+        else:
+            self.db.execute("DELETE FROM voice_replies WHERE chat_id = ?", [chat_id])
