@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     llm_fallback_models: str = ""  # tried in order when the chat's model is down (core/models.py)
     llm_context_tokens: int = Field(default=128000, ge=1024)
     llm_max_output_tokens: int = Field(default=2048, ge=16)
+    llm_vision: bool = True  # images go to the model (false: kept as artifacts, the user is told)
+    image_history_turns: int = Field(default=3, ge=0)  # later turns an image still rides in the prompt
     operator_chat_id: int | None = None
     allowed_user_ids: str = ""
     access_policy: Literal["pairing", "allowlist", "open"] | None = None  # None: see `access_mode`

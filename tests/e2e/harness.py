@@ -74,6 +74,7 @@ _SCRUB_PREFIXES = (
     "HOT_STATE_",
     "OTEL_",
     "ACCESS_",
+    "IMAGE_",
 )
 _SCRUB_NAMES = frozenset({"PORT", "DATA_DIR", "LOG_LEVEL", "LOG_FORMAT", "DYNO", "GATEWAY_TEST_HOOKS",
                           "RETRY_WAIT_SCALE", "GATEWAY_CLOCK_OFFSET_FILE", "MODELS_FILE"})
