@@ -120,6 +120,16 @@ def data_url(data: bytes, media_type: str) -> str:
     return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def url_tokens(url: str) -> int:
+    """Prompt tokens of an image sent as a data: URL (0 when it cannot be read as one)."""
+    try:
+        payload = base64.b64decode(url.partition(",")[2], validate=False)
+        with Image.open(io.BytesIO(payload)) as image:
+            return image_tokens(*image.size)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return 0
+
+
 def marker_line(info: ArtifactInfo, prepared: PreparedImage, *, vision: bool) -> str:
     """The line the user's turn carries for an image (what history keeps once it leaves)."""
     size = f"{prepared.width}x{prepared.height}"
