@@ -17,7 +17,7 @@ from opentelemetry import trace
 
 from core.context.extract import MAX_DOCUMENT_BYTES, UnsupportedDocument, extract_text_off_loop
 from core.context.images import IMAGE_KIND, UnsupportedImage, marker_line, prepare_image
-from core.context.text_artifacts import LONG_TEXT_TOKENS, store_text
+from core.context.text_artifacts import LONG_TEXT_TOKENS, index_artifact, store_text
 from core.contracts import Attachment
 from core.ports import DeliveryFailed
 from core.turn import Turn, TurnEnded
@@ -89,6 +89,8 @@ async def _ingest_image(turn: Turn, attachment: Attachment, *, captioned: bool) 
                                   user_id=inbound.user_id, label=attachment.file_name,
                                   summary=inbound.text.strip() or "picture", kind=IMAGE_KIND,
                                   trace_id=inbound.trace_id, now=services.clock.iso())
+    if info.linked:  # new to this chat: the hot state lists it, so view_image can find it later
+        index_artifact(turn, info, label=attachment.file_name, kind=IMAGE_KIND)
     trace.get_current_span().set_attributes({
         "image.bytes": len(data), "image.stored_bytes": len(prepared.data), "image.width": prepared.width,
         "image.height": prepared.height, "image.scaled": prepared.scaled, "image.tokens": prepared.tokens,

@@ -124,7 +124,17 @@ def test_a_picture_leaves_the_prompt_after_image_history_turns_and_view_image_br
         assert image.size == (2048, 1024)
     # For one turn only: the next turn goes without it.
     ask(fake_telegram, "thanks", "echo: thanks")
-    assert not any(fake_llm.last_request().image_urls)
+    request = fake_llm.last_request()
+    assert not any(request.image_urls)
+    assert ref in request.messages[0]["content"]  # the hot state lists the picture: it can be found later
+
+    # A ref that is not a picture of this chat is the model's to fix, told as the tool's result.
+    fake_llm.enqueue(ToolCalls([("call_bad", "view_image", json.dumps({"ref": "artifact://0123456789abcdef"}))]),
+                     Reply("I cannot find that one."))
+    ask(fake_telegram, "show me the other one", "I cannot find that one.")
+    request = fake_llm.last_request()
+    result = json.loads(request.messages[-1]["content"])
+    assert result["ok"] is False and "no artifact" in result["error"] and not any(request.image_urls)
 
 
 def test_without_vision_the_picture_is_kept_and_the_user_is_told(bot, fake_telegram, fake_llm) -> None:
