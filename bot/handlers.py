@@ -210,7 +210,7 @@ def route(update: Update, *, bot_id: int, bot_username: str) -> Routed:
         to_bot = replied_from is not None and getattr(replied_from, "id", None) == bot_id
         if not to_bot and not _mentions(message, bot_id=bot_id, username=bot_username):
             return Routed("ignored", "group message not addressed to the bot")
-    if message.document is not None:
+    if message.document is not None or message.photo:
         return Routed("document")
     if not text.strip():
         return Routed("ignored", "no text (sticker, photo, voice…)")
@@ -251,6 +251,8 @@ def _to_inbound(update: Update, *, trace_id: str, bot_username: str, received_at
                            file_name=(document.file_name or "document")[:512],
                            mime_type=(document.mime_type or "application/octet-stream")[:255],
                            size_bytes=max(0, document.file_size or 0))
+    elif message.photo:
+        attachment = _photo(message)
     text = message.text or message.caption or ""
     if message.chat.type in ("group", "supergroup"):
         text = strip_mention(text, bot_username)
@@ -260,6 +262,13 @@ def _to_inbound(update: Update, *, trace_id: str, bot_username: str, received_at
                  user_name=name[:256] if isinstance(name, str) else name, message_id=message.message_id,
                  user_first_name=_text(user.first_name), chat_title=_text(message.chat.title),
                  text=text, attachment=attachment, received_at=received_at)
+
+
+def _photo(message: Message) -> Attachment:
+    """The largest size Telegram offers of a photo, as an image attachment."""
+    largest = max(message.photo, key=lambda size: (size.width * size.height, size.file_size or 0))
+    return build(Attachment, "inbound_attachment_valid", "channel", file_id=largest.file_id,
+                 file_name="photo.jpg", mime_type="image/jpeg", size_bytes=max(0, largest.file_size or 0))
 
 
 def _text(value: object) -> str:

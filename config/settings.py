@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     llm_max_output_tokens: int = Field(default=2048, ge=16)
     tts_model: str = Field(default="tts-1", min_length=1)  # spoken answers (/voice on): POST {base}/audio/speech
     tts_voice: str = Field(default="alloy", min_length=1)
+    llm_vision: bool = True  # images go to the model (false: kept as artifacts, the user is told)
+    image_history_turns: int = Field(default=3, ge=0)  # later turns an image still rides in the prompt
     operator_chat_id: int | None = None
     allowed_user_ids: str = ""
     access_policy: Literal["pairing", "allowlist", "open"] | None = None  # None: see `access_mode`

@@ -25,6 +25,7 @@ from openai import AsyncOpenAI, RequestOptions
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from core.context.images import url_tokens
 from core.context.tokens import TokenCounter
 from core.contracts import AgentRequest, ContractViolation, LLMResult, TokenUsage, ToolCall, build
 from core.llm_stream import stream_events
@@ -153,7 +154,8 @@ class OpenAICompatibleLLM:
             completion = max(0, usage["completion_tokens"]) if _is_int(usage.get("completion_tokens")) else 0
             return build(TokenUsage, "token_usage_valid", "llm", input_tokens=prompt, output_tokens=completion,
                          total_tokens=prompt + completion)
-        prompt = sum(self.counter.count_message(m.content or "") for m in request.messages)
+        prompt = sum(self.counter.count_message(m.content or "") + sum(map(url_tokens, m.images))
+                     for m in request.messages)
         completion = self.counter.count(text) + sum(self.counter.count(json.dumps(c.arguments)) for c in tool_calls)
         return build(TokenUsage, "token_usage_valid", "llm", input_tokens=prompt, output_tokens=completion,
                      total_tokens=prompt + completion, estimated=True)

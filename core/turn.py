@@ -85,6 +85,7 @@ class Turn:
     answered_by: str = ""  # a fallback model that answered this turn (later tool rounds start there)
     fallback_note: str = ""  # the line the reply adds after a fallback's answer
     delivered: bool = False  # the reply stage handed the answer to the channel (spoken answers follow it)
+    viewed_images: list[str] = field(default_factory=list)  # view_image's pictures, for the next round
 
     @property
     def ref(self) -> str:

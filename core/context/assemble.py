@@ -20,6 +20,7 @@ from opentelemetry import trace
 from core.context.artifacts import REF_PREFIX
 from core.context.budget import HISTORY_SHRINK_FACTOR, plan_context
 from core.context.hot_state import render
+from core.context.images import ride_along
 from core.context.tokens import REPLY_PRIMING_TOKENS
 from core.context.tools import TOOLS, tools_tokens
 from core.contracts import ChatMessage, ContextPlan, HotStateWrite, build
@@ -60,6 +61,10 @@ def assemble(turn: TurnView) -> None:
         history_cap = math.floor(turn.plan.history_tokens * HISTORY_SHRINK_FACTOR)
     candidates = services.history.recent(inbound.chat_id, max_tokens=max(0, prompt_budget))
     candidate_tokens = list(map(attrgetter("tokens"), candidates))
+    # Images ride in the minimum prompt (counted even if their history message is then dropped).
+    images = ride_along(services.artifacts, inbound.chat_id, turn.user_text, candidates,
+                        turns=settings.image_history_turns, vision=settings.llm_vision)
+    current_tokens += images.tokens
     newest_first = candidate_tokens[::-1]
     active = services.history.count_active(inbound.chat_id)
     # Archiving links the archive in the hot state, which changes its size: plan again (at most
@@ -87,13 +92,15 @@ def assemble(turn: TurnView) -> None:
         total_tokens=system_tokens + history_tokens + current_tokens + tools_tokens, budget_tokens=prompt_budget)
     turn.plan = context_plan
     system = ChatMessage(role="system", content=f"{services.system_prompt}\n\n{render(state)}")
-    current = ChatMessage(role="user", content=turn.user_text)
+    current = ChatMessage(role="user", content=turn.user_text, images=images.current)
     # Each stored message's ChatMessage is validated once and shared by later turns (it is frozen).
-    turn.messages = [system, *(m.chat_message for m in kept), current]
+    turn.messages = [system, *(m.chat_message.model_copy(update={"images": images.for_message(m.id)})
+                               if images.for_message(m.id) else m.chat_message for m in kept), current]
     # What tool rounds need to keep the prompt within the budget (see `make_room`).
     turn.current_message = current
     turn.history_in_prompt = kept_tokens
     span.set_attributes({f"context.{k}": v for k, v in context_plan.model_dump().items() if k != "producer"})
+    span.set_attribute("context.image_tokens", images.tokens)
 
 
 def archive_dropped(turn: TurnView, *, kept: list[StoredMessage]) -> bool:

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 from opentelemetry import trace
 
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError
+from core.context.images import load_image
 from core.context.room import make_room, tool_result_room
 from core.context.tools import (
     READ_ARTIFACT_MAX_TOKENS,
     InvalidToolArguments,
     ReadArtifactArguments,
     UpdateHotStateArguments,
+    ViewImageArguments,
     parse_tool_call,
     to_hot_state_write,
 )
@@ -48,6 +50,8 @@ def execute_tool(turn: TurnView, call: ToolCall) -> str:
                 turn.guard.check(write, producer=write.producer)
                 _, notes = services.hot_state.apply(inbound.chat_id, write, now=services.clock.iso())
                 return _fitted(turn, json.dumps({"ok": True, "notes": notes}))
+            if isinstance(arguments, ViewImageArguments):
+                return _view_image(turn, arguments, span)
             assert isinstance(arguments, ReadArtifactArguments)
             return _read_artifact(turn, arguments, span)
         except InvalidToolArguments as invalid:
@@ -64,6 +68,27 @@ def _fitted(turn: TurnView, content: str) -> str:
 
 def _error(turn: TurnView, message: str) -> str:
     return _fitted(turn, json.dumps({"ok": False, "error": message}))
+
+
+def _view_image(turn: TurnView, arguments: ViewImageArguments, span: trace.Span) -> str:
+    """The image joins the prompt for the rest of this turn: the llm stage attaches the images the
+    turn's view_image calls loaded as a user message after the tool results."""
+    services = turn.services
+    if not services.settings.llm_vision:
+        return _error(turn, "this model cannot see images (LLM_VISION=false)")
+    try:
+        image = load_image(services.artifacts, turn.inbound.chat_id, arguments.ref)
+    except ArtifactRefError as error:
+        return _error(turn, str(error))
+    except ArtifactCorrupt as error:
+        log.error("image unreadable in chat %s: %s", turn.inbound.chat_id, error)
+        return _error(turn, f"{error}: it cannot be read")
+    if not make_room(turn, image.tokens):
+        return _error(turn, WINDOW_FULL)
+    turn.viewed_images.append(image.url)
+    span.set_attributes({"artifact.ref": image.ref, "image.tokens": image.tokens})
+    return _fitted(turn, json.dumps({"ok": True, "ref": image.ref,
+                                     "note": "the picture is attached in the next message"}))
 
 
 def _read_artifact(turn: TurnView, arguments: ReadArtifactArguments, span: trace.Span) -> str:

@@ -70,6 +70,10 @@ class ReadArtifactArguments(ToolArguments):
                             description=f"Tokens to return; at most {READ_ARTIFACT_MAX_TOKENS} per call.")
 
 
+class ViewImageArguments(ToolArguments):
+    ref: str = Field(min_length=1, max_length=100, description="the image's artifact:// reference")
+
+
 def parameters_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's JSON schema as OpenAI-style tools take it: one object schema, nested models
     inlined (some OpenAI-compatible servers do not follow `$ref`), pydantic's titles dropped."""
@@ -104,9 +108,15 @@ READ_ARTIFACT = _spec(
     "Read part of a stored document or archive by its artifact://... reference. Returns up to"
     " max_tokens tokens from offset, and the offset of the next part when there is more.",
     ReadArtifactArguments)
-TOOLS: tuple[ToolSpec, ...] = (UPDATE_HOT_STATE, READ_ARTIFACT)
+VIEW_IMAGE = _spec(
+    "view_image",
+    "Look again at a picture of this chat by its artifact://... reference (older pictures are no"
+    " longer attached to their message). The picture is attached for the rest of this turn.",
+    ViewImageArguments)
+TOOLS: tuple[ToolSpec, ...] = (UPDATE_HOT_STATE, READ_ARTIFACT, VIEW_IMAGE)
 ARGUMENT_MODELS: dict[str, type[ToolArguments]] = {
-    UPDATE_HOT_STATE.name: UpdateHotStateArguments, READ_ARTIFACT.name: ReadArtifactArguments}
+    UPDATE_HOT_STATE.name: UpdateHotStateArguments, READ_ARTIFACT.name: ReadArtifactArguments,
+    VIEW_IMAGE.name: ViewImageArguments}
 
 
 class InvalidToolArguments(ValueError):

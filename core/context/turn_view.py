@@ -89,4 +89,5 @@ class TurnView(Protocol):
     current_message: ChatMessage | None
     history_in_prompt: list[int]
     history_share: float
+    viewed_images: list[str]  # data: URLs view_image loaded, attached after the tool results
     model: str  # the chat's model (its context window is the budget); "" before the gate stage

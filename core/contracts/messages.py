@@ -69,9 +69,26 @@ class ChatMessage(Contract):
     content: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
+    # Images of a user message, as `data:` URLs (never a Telegram file URL: it carries the token).
+    images: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _images_are_data_urls(self) -> ChatMessage:
+        for index, url in enumerate(self.images):
+            if not url.startswith("data:image/"):
+                raise ContractViolation("image_is_data_url", field=f"images[{index}]", producer="pipeline",
+                                        detail="an image goes to the model as a data:image/... URL only")
+        if self.images and self.role != "user":
+            raise ContractViolation("image_is_data_url", field="images", producer="pipeline",
+                                    detail=f"a {self.role} message cannot carry images")
+        return self
 
     def to_openai(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        content: Any = self.content
+        if self.images:  # OpenAI's content parts: the text, then each image
+            content = [{"type": "text", "text": self.content or ""}] if self.content else []
+            content += [{"type": "image_url", "image_url": {"url": url}} for url in self.images]
+        out: dict[str, Any] = {"role": self.role, "content": content}
         if self.tool_calls:
             out["tool_calls"] = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
@@ -117,7 +134,7 @@ def check_message_list(messages: Sequence[ChatMessage], *, producer: str = "pipe
         if pending:
             fail(index, f"tool calls {sorted(pending)} were not answered")
         if role == "user":
-            if not (message.content or "").strip():
+            if not (message.content or "").strip() and not message.images:
                 fail(index, "empty user turn")
         elif role == "assistant":
             if calls:

@@ -4,17 +4,20 @@ A document is downloaded (refused above Telegram's 20 MB bot download limit), it
 extracted in a worker thread (plain text, Markdown, code, JSON, CSV; PDF through pypdf, with
 a page and a time cap) and stored once by SHA-256. The chat's hot state indexes it, and the
 user's turn becomes a short line with the `artifact://` reference and a summary: the agent
-reads the content with `read_artifact`.
+reads the content with `read_artifact`. A picture (a photo, or an image sent as a document) is
+scaled down and stored as an `image` artifact; the context stage attaches it (core/context/images.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import NoReturn
 
 from opentelemetry import trace
 
 from core.context.extract import MAX_DOCUMENT_BYTES, UnsupportedDocument, extract_text_off_loop
-from core.context.text_artifacts import LONG_TEXT_TOKENS, store_text
+from core.context.images import IMAGE_KIND, UnsupportedImage, marker_line, prepare_image
+from core.context.text_artifacts import LONG_TEXT_TOKENS, index_artifact, store_text
 from core.contracts import Attachment
 from core.ports import DeliveryFailed
 from core.turn import Turn, TurnEnded
@@ -38,22 +41,16 @@ async def run(turn: Turn) -> None:
                          f"Summary: {info.summary} Read it with read_artifact when needed.]")
         else:
             parts.append(text)
-    if inbound.attachment is not None:
+    if inbound.attachment is not None and inbound.attachment.mime_type.startswith("image/"):
+        parts.append(await _ingest_image(turn, inbound.attachment, captioned=bool(text)))
+    elif inbound.attachment is not None:
         parts.append(await _ingest_document(turn, inbound.attachment))
     turn.user_text = "\n\n".join(parts)
 
 
 async def _ingest_document(turn: Turn, attachment: Attachment) -> str:
     """The document stored as an artifact; the line the prompt carries instead of its text."""
-    if attachment.size_bytes > MAX_DOCUMENT_BYTES:
-        await _end_with_notice(turn, f"That file is {_mb(attachment.size_bytes)}; bots can only download files "
-                                     f"up to {_mb(MAX_DOCUMENT_BYTES)}. Please send a smaller file or paste the part "
-                                     "that matters.", "document too large")
-    try:
-        data = await turn.channel.download(attachment.file_id, max_bytes=MAX_DOCUMENT_BYTES)
-    except DeliveryFailed as failed:
-        await _end_with_notice(turn, f"I could not download that file ({failed.reason}). Please send it again.",
-                               "download failed")
+    data = await _download(turn, attachment)
     try:
         content = await extract_text_off_loop(data, file_name=attachment.file_name, mime_type=attachment.mime_type)
     except UnsupportedDocument as error:
@@ -63,6 +60,48 @@ async def _ingest_document(turn: Turn, attachment: Attachment) -> str:
                                              "document.new": info.created})
     return (f"[Document {attachment.file_name} stored as {info.ref} ({info.tokens} tokens). "
             f"Summary: {info.summary} Read it with read_artifact.]")
+
+
+async def _download(turn: Turn, attachment: Attachment) -> bytes:
+    if attachment.size_bytes > MAX_DOCUMENT_BYTES:
+        await _end_with_notice(turn, f"That file is {_mb(attachment.size_bytes)}; bots can only download files "
+                                     f"up to {_mb(MAX_DOCUMENT_BYTES)}. Please send a smaller file or paste the part "
+                                     "that matters.", "document too large")
+    try:
+        return await turn.channel.download(attachment.file_id, max_bytes=MAX_DOCUMENT_BYTES)
+    except DeliveryFailed as failed:
+        await _end_with_notice(turn, f"I could not download that file ({failed.reason}). Please send it again.",
+                               "download failed")
+
+
+async def _ingest_image(turn: Turn, attachment: Attachment, *, captioned: bool) -> str:
+    """The picture scaled down and stored as an artifact; the marker line the turn carries (the
+    context stage attaches the image itself). Without vision the user is told, and a caption is
+    still answered."""
+    services, inbound = turn.services, turn.inbound
+    data = await _download(turn, attachment)
+    try:
+        prepared = await asyncio.to_thread(prepare_image, data)
+    except UnsupportedImage as error:
+        await _end_with_notice(turn, f"I can't read {attachment.file_name}: {error}", "unsupported image")
+    vision = services.settings.llm_vision
+    info = services.artifacts.put(content=prepared.data, media_type=prepared.media_type, chat_id=inbound.chat_id,
+                                  user_id=inbound.user_id, label=attachment.file_name,
+                                  summary=inbound.text.strip() or "picture", kind=IMAGE_KIND,
+                                  trace_id=inbound.trace_id, now=services.clock.iso())
+    if info.linked:  # new to this chat: the hot state lists it, so view_image can find it later
+        index_artifact(turn, info, label=attachment.file_name, kind=IMAGE_KIND)
+    trace.get_current_span().set_attributes({
+        "image.bytes": len(data), "image.stored_bytes": len(prepared.data), "image.width": prepared.width,
+        "image.height": prepared.height, "image.scaled": prepared.scaled, "image.tokens": prepared.tokens,
+        "image.vision": vision})
+    if not vision:
+        notice = (f"The model I use cannot see images; I kept your picture as {info.ref}."
+                  + (" Answering your caption:" if captioned else ""))
+        if not captioned:
+            await _end_with_notice(turn, notice, "no vision")
+        await turn.send("notice", notice)
+    return marker_line(info, prepared, vision=vision)
 
 
 async def _end_with_notice(turn: Turn, text: str, why: str) -> NoReturn:

@@ -64,6 +64,10 @@ async def run(turn: Turn) -> None:
                 for call in result.tool_calls:
                     turn.messages.append(ChatMessage(role="tool", tool_call_id=call.id,
                                                      content=execute_tool(turn, call)))
+                if turn.viewed_images:  # view_image: the pictures ride along for the rest of the turn
+                    turn.messages.append(ChatMessage(role="user", content="[The pictures view_image asked for.]",
+                                                     images=tuple(turn.viewed_images)))
+                    turn.viewed_images.clear()
                 continue
             answer = result.text
             if result.finish_reason == "content_filter" and not answer.strip():

@@ -75,6 +75,7 @@ _SCRUB_PREFIXES = (
     "OTEL_",
     "ACCESS_",
     "TTS_",
+    "IMAGE_",
 )
 _SCRUB_NAMES = frozenset({"PORT", "DATA_DIR", "LOG_LEVEL", "LOG_FORMAT", "DYNO", "GATEWAY_TEST_HOOKS",
                           "RETRY_WAIT_SCALE", "GATEWAY_CLOCK_OFFSET_FILE", "MODELS_FILE"})

@@ -177,6 +177,20 @@ class RecordedRequest:
         return []
 
     @property
+    def image_urls(self) -> list[list[str]]:
+        """Per message, the image URLs of its content parts (empty for a plain-text message)."""
+        return [
+            [
+                part["image_url"]["url"]
+                for part in m["content"]
+                if isinstance(part, dict) and part.get("type") == "image_url"
+            ]
+            if isinstance(m.get("content"), list)
+            else []
+            for m in self.messages
+        ]
+
+    @property
     def stream(self) -> bool:
         """Whether the client asked for SSE streaming."""
         return isinstance(self.body, dict) and self.body.get("stream") is True

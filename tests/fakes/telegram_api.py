@@ -1013,6 +1013,32 @@ class FakeTelegram(BackgroundServer):
                 message["caption_entities"] = found
         return self._incoming_update(message, update_id)
 
+    def photo_update(
+        self,
+        chat_id: int,
+        user_id: int,
+        sizes: list[tuple[bytes, int, int]],
+        *,
+        caption: str | None = None,
+        chat_type: str = "private",
+        update_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Build (not push) a photo message update: ``sizes`` are (data, width, height), as
+        Telegram offers several sizes of one photo; each becomes downloadable via getFile."""
+        message = self._incoming_message(
+            chat_id, user_id, chat_type=chat_type, username=None, first_name="Test"
+        )
+        photo = []
+        with self._lock:
+            for data, width, height in sizes:
+                stored = self._store_file(data, None, None)
+                photo.append({"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
+                              "width": width, "height": height, "file_size": stored.file_size})
+        message["photo"] = photo
+        if caption is not None:
+            message["caption"] = caption
+        return self._incoming_update(message, update_id)
+
     def callback_update(
         self,
         chat_id: int,
