@@ -93,6 +93,16 @@ def test_retry_answers_the_last_message_again_in_place_of_the_last_answer(bot, f
     # The model was asked the same message again, without the answer it replaces.
     asked = [(m["role"], m["content"]) for m in fake_llm.last_request().messages if m["role"] != "system"]
     assert asked == [("user", "what is two plus two?")]
-    assert history(data_dir) == [("user", "what is two plus two?"), ("assistant", "Two plus two is four.")]
+    # The old pair is deleted once the new turn has finished, which is just after its answer is
+    # sent: wait for the turn to settle rather than read the table at the moment the text arrives.
+    expected = [("user", "what is two plus two?"), ("assistant", "Two plus two is four.")]
+    deadline = time.monotonic() + 20
+    def settled() -> bool:
+        return (history(data_dir) == expected
+                and len(rows(data_dir, "SELECT id FROM messages WHERE chat_id = ?", USER)) == 2)
+
+    while not settled() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert history(data_dir) == expected
     assert len(rows(data_dir, "SELECT id FROM messages WHERE chat_id = ?", USER)) == 2  # the old pair is gone
     assert dlq_depth(bot) == 0
