@@ -84,6 +84,7 @@ class Turn:
     model: str = ""  # the chat's model (/model), set by the gate stage; "" means LLM_MODEL
     answered_by: str = ""  # a fallback model that answered this turn (later tool rounds start there)
     fallback_note: str = ""  # the line the reply adds after a fallback's answer
+    heard: str = ""  # a voice note's transcript (the ingest stage): the answer quotes it first
 
     @property
     def ref(self) -> str:
