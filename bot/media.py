@@ -9,7 +9,10 @@ model answers it like anything else typed.
 
 from __future__ import annotations
 
+import warnings
+
 from telegram import Message
+from telegram.warnings import PTBDeprecationWarning
 
 from core.contracts import Attachment, build
 
@@ -36,7 +39,9 @@ def media_attachment(message: Message) -> Attachment | None:
             continue
         name = getattr(media, "file_name", None)
         mime = getattr(media, "mime_type", None)
-        duration = getattr(media, "duration", None)
+        with warnings.catch_warnings():  # PTB 22 warns that `duration` becomes a timedelta: both are read
+            warnings.simplefilter("ignore", PTBDeprecationWarning)
+            duration = getattr(media, "duration", None)
         seconds = int(duration.total_seconds()) if hasattr(duration, "total_seconds") else duration
         return build(Attachment, "inbound_attachment_valid", "channel", file_id=media.file_id,
                      file_name=(name if isinstance(name, str) and name else default_name)[:512],
