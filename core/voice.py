@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError
 from core.context.extract import MAX_DOCUMENT_BYTES
 from core.contracts import Attachment
+from core.usage_audio import transcription_record
 
 if TYPE_CHECKING:
     from core.turn import Turn
@@ -63,6 +64,16 @@ def store_audio(turn: Turn, attachment: Attachment, data: bytes) -> str:
                                   summary=f"{WHAT.get(attachment.kind, 'recording')}, {attachment.duration_s} s",
                                   kind="voice", trace_id=inbound.trace_id, now=services.clock.iso())
     return info.ref
+
+
+def record_transcription(turn: Turn, attachment: Attachment, transcript: str) -> None:
+    """The transcription's usage row: priced per minute, the transcript's tokens on the user's budget."""
+    services, inbound = turn.services, turn.inbound
+    assert services.transcriber is not None
+    services.ledger.record(transcription_record(
+        at=services.clock.now(), trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
+        model=services.transcriber.model, seconds=attachment.duration_s,
+        transcript_tokens=services.counter.count(transcript)))
 
 
 def heard_line(transcript: str) -> str:

@@ -21,7 +21,7 @@ from core.contracts import Attachment
 from core.ports import DeliveryFailed
 from core.transcribe import transcribe_with_retry
 from core.turn import Turn, TurnEnded
-from core.voice import refusal, store_audio, stored_audio
+from core.voice import record_transcription, refusal, store_audio, stored_audio
 
 CANNOT_WATCH = {"video": "a video", "animation": "a GIF"}
 
@@ -100,6 +100,7 @@ async def _transcribe(turn: Turn, attachment: Attachment) -> str:
     transcript = await transcribe_with_retry(
         services.transcriber, data, file_name=attachment.file_name, breakers=services.breakers,
         policy=services.retry_policy, secrets=services.settings.secrets(), monotonic=services.clock.monotonic)
+    record_transcription(turn, attachment, transcript)
     if not transcript:
         await _end_with_notice(turn, "I could not make out any words in that recording.", "empty transcript")
     return transcript

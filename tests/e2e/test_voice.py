@@ -10,6 +10,9 @@ the stored sound. Stickers, video notes and locations are answered; a video gets
 from __future__ import annotations
 
 import re
+import sqlite3
+from contextlib import closing
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +29,12 @@ def get_files(fake_telegram: FakeTelegram) -> int:
     return len(fake_telegram.calls("getFile"))
 
 
-def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm) -> None:
+def usage_rows(data_dir: Path, model: str) -> list[tuple]:
+    with closing(sqlite3.connect(data_dir / "gateway.db")) as db:
+        return db.execute("SELECT user_id, output_tokens, cost_usd FROM usage WHERE model = ?", [model]).fetchall()
+
+
+def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm, data_dir) -> None:
     bot(**FAST)
     fake_llm.transcript = "What is the weather like on Mars?"
     fake_telegram.push_update(fake_telegram.voice_update(USER, USER, AUDIO, duration=4))
@@ -36,6 +44,8 @@ def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm
     assert b'name="model"\r\n\r\nwhisper-1' in request.raw and AUDIO in request.raw
     assert fake_llm.last_request().messages[-1]["content"] == "What is the weather like on Mars?"
     assert get_files(fake_telegram) == 1
+    [(user, tokens, cost)] = usage_rows(data_dir, "whisper-1")  # priced per minute, tokens on the user
+    assert user == USER and tokens > 0 and cost == pytest.approx(4 / 60 * 0.006)
 
 
 def test_transcript_line_can_be_turned_off(bot, fake_telegram, fake_llm) -> None:
