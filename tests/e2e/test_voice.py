@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.harness import run_cli
 from tests.e2e.test_failures import FAST, REF, ask_operator, dlq_entries
 from tests.fakes.llm_api import Error
 from tests.fakes.telegram_api import FakeTelegram
@@ -110,3 +111,12 @@ def test_sticker_video_note_and_location_are_answered(bot, fake_telegram, fake_l
         USER, USER, "video", {"width": 640, "height": 480, "duration": 5}, data=b"\x00\x00\x00\x18ftypmp42"))
     fake_telegram.wait_for_text(USER, "I can't watch a video yet", timeout=20)
     assert len(fake_llm.transcriptions()) == 1  # videos are not transcribed
+
+
+def test_doctor_detects_an_endpoint_without_transcription(bot, fake_llm) -> None:
+    good = run_cli(bot.env(), "doctor")
+    assert "[ok  ] transcription:" in good.stdout, good.stdout
+    fake_llm.transcription_enabled = False
+    bad = run_cli(bot.env(), "doctor")
+    assert bad.returncode == 1
+    assert "[FAIL] transcription:" in bad.stdout and "(404)" in bad.stdout and "TRANSCRIPTION_BASE_URL" in bad.stdout
