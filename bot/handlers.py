@@ -19,7 +19,7 @@ from typing import Any, Literal
 from telegram import Bot, Chat, Message, MessageEntity, Update, User
 from telegram.ext import ContextTypes
 
-from bot.media import described_text, has_media, media_attachment
+from bot.media import UNREADABLE, described_text, has_media, is_unreadable, media_attachment
 from core.contracts import Attachment, ContractViolation, InboundMessage, build
 
 UpdateKind = Literal["message", "document", "command", "button", "ignored", "malformed"]
@@ -214,7 +214,9 @@ def route(update: Update, *, bot_id: int, bot_username: str) -> Routed:
     if message.document is not None or has_media(message):
         return Routed("document")
     if not text.strip() and not described_text(message):
-        return Routed("ignored", "no text (photo, service message…)")
+        if not is_group and is_unreadable(message):
+            return Routed("ignored", UNREADABLE)  # answered with a short reply (bot/routing.py)
+        return Routed("ignored", "no text (service message…)")
     return Routed("message")
 
 

@@ -26,6 +26,17 @@ MEDIA_FIELDS = (
 )
 
 
+# Content a person sends that the bot cannot put into words yet (a service message is none of these).
+UNREADABLE_FIELDS = ("photo", "game", "story", "paid_media", "invoice", "giveaway", "giveaway_winners", "checklist")
+UNREADABLE = "a kind of message the bot cannot read yet"
+UNREADABLE_REPLY = "I can't read that kind of message yet. Please tell me in words (or a voice note)."
+
+
+def is_unreadable(message: Message) -> bool:
+    """Content a person sent that has no words the bot can take (a private chat gets a reply)."""
+    return any(getattr(message, field, None) for field in UNREADABLE_FIELDS)
+
+
 def has_media(message: Message) -> bool:
     """Carries sound or video (checked without building anything: routing never raises)."""
     return any(getattr(message, field, None) is not None for field, *_ in MEDIA_FIELDS)

@@ -22,6 +22,7 @@ from bot.channel import TelegramChannel
 from bot.command_context import CommandContext, Reply
 from bot.commands import BY_NAME, may_use
 from bot.handlers import BotIdentity, Routed, is_telegram_id, journal_raw, route, to_inbound, update_ids
+from bot.media import UNREADABLE, UNREADABLE_REPLY
 from bot.storage_alarm import StorageAlarm
 from core import failpoints
 from core.contracts import ContractViolation, ReplyEvent
@@ -94,6 +95,8 @@ class Router:
                 span.set_attributes({"update.kind": routed.kind, "update.reason": routed.reason})
             if routed.kind == "ignored":
                 self.note_membership(update)
+                if routed.reason == UNREADABLE and chat_id is not None and services.is_allowed(user_id or 0, chat_id):
+                    await self.safe_notice(chat_id, trace_id, UNREADABLE_REPLY)  # never silence in a private chat
                 services.journal.mark(update.update_id, "ignored", now=services.clock.iso(), error=routed.reason,
                                       trace_id=trace_id)
                 root.set_attribute("turn.outcome", "ignored")

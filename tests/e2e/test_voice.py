@@ -112,6 +112,13 @@ def test_sticker_video_note_and_location_are_answered(bot, fake_telegram, fake_l
     fake_telegram.wait_for_text(USER, "I can't watch a video yet", timeout=20)
     assert len(fake_llm.transcriptions()) == 1  # videos are not transcribed
 
+    # A forwarded story has no words for the model: a short reply, not silence (and no LLM call).
+    calls = fake_llm.count()
+    fake_telegram.push_update(fake_telegram.media_update(
+        USER, USER, "story", {"chat": {"id": 555, "type": "channel", "title": "News"}, "id": 3}))
+    fake_telegram.wait_for_text(USER, "I can't read that kind of message yet", timeout=20)
+    assert fake_llm.count() == calls
+
 
 def test_doctor_detects_an_endpoint_without_transcription(bot, fake_llm) -> None:
     good = run_cli(bot.env(), "doctor")
