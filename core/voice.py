@@ -13,12 +13,18 @@ from typing import TYPE_CHECKING
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError
 from core.context.extract import MAX_DOCUMENT_BYTES
 from core.contracts import Attachment
-from core.usage_audio import transcription_record
+from core.failures.taxonomy import Kind
+from core.turn import NoticeError
+from core.usage import utc_day, utc_month
+from core.usage_audio import transcription_cost_usd, transcription_record
+from core.usage_caps import check_caps
+from core.usage_text import format_refusal
 
 if TYPE_CHECKING:
     from core.turn import Turn
 
 HEARD_MAX_CHARS = 200
+SPOKEN_TOKENS_PER_SECOND = 4  # fast speech is ~3 words a second: a generous estimate of the transcript
 WHAT = {"voice": "voice note", "audio": "audio file", "video_note": "video note"}
 
 
@@ -74,6 +80,25 @@ def record_transcription(turn: Turn, attachment: Attachment, transcript: str) ->
         at=services.clock.now(), trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
         model=services.transcriber.model, seconds=attachment.duration_s,
         transcript_tokens=services.counter.count(transcript)))
+
+
+def check_transcription_caps(turn: Turn, attachment: Attachment) -> None:
+    """Refuse before the sound is sent when its transcription could cross a spend cap (the budget
+    stage runs later, for the chat call: the transcription must not be paid for first)."""
+    services, settings, inbound = turn.services, turn.services.settings, turn.inbound
+    assert services.transcriber is not None
+    now = services.clock.now()
+    seconds = max(attachment.duration_s, 1)
+    decision = check_caps(
+        is_operator=services.is_operator_user(inbound.user_id),
+        estimated_tokens=seconds * SPOKEN_TOKENS_PER_SECOND,
+        estimated_cost_usd=transcription_cost_usd(services.transcriber.model, seconds),
+        user_tokens_today=services.ledger.user_day_tokens(inbound.user_id, utc_day(now)),
+        user_daily_token_cap=settings.user_daily_token_budget,
+        month_cost_usd=services.ledger.month_cost_usd(utc_month(now)), monthly_cap_usd=settings.monthly_budget_usd)
+    if not decision.allowed:
+        turn.outcome = "notice"
+        raise NoticeError(Kind.budget_exhausted, format_refusal(decision, now=now), detail=f"cap {decision.cap}")
 
 
 def heard_line(transcript: str) -> str:

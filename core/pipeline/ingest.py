@@ -21,7 +21,7 @@ from core.contracts import Attachment
 from core.ports import DeliveryFailed
 from core.transcribe import transcribe_with_retry
 from core.turn import Turn, TurnEnded
-from core.voice import record_transcription, refusal, store_audio, stored_audio
+from core.voice import check_transcription_caps, record_transcription, refusal, store_audio, stored_audio
 
 CANNOT_WATCH = {"video": "a video", "animation": "a GIF"}
 
@@ -85,6 +85,7 @@ async def _transcribe(turn: Turn, attachment: Attachment) -> str:
     refused = refusal(attachment, max_seconds=services.settings.voice_max_seconds)
     if refused:
         await _end_with_notice(turn, refused, "voice note too long")
+    check_transcription_caps(turn, attachment)
     data = stored_audio(turn, attachment)
     span = trace.get_current_span()
     span.set_attributes({"voice.kind": attachment.kind, "voice.duration_s": attachment.duration_s,

@@ -127,3 +127,11 @@ def test_doctor_detects_an_endpoint_without_transcription(bot, fake_llm) -> None
     bad = run_cli(bot.env(), "doctor")
     assert bad.returncode == 1
     assert "[FAIL] transcription:" in bad.stdout and "(404)" in bad.stdout and "TRANSCRIPTION_BASE_URL" in bad.stdout
+
+
+def test_a_transcription_that_could_cross_the_monthly_cap_is_refused_before_download(
+        bot, fake_telegram, fake_llm) -> None:
+    bot(MONTHLY_BUDGET_USD="5", TRANSCRIPTION_MODEL="unpriced-whisper", **FAST)
+    fake_telegram.push_update(fake_telegram.voice_update(USER, USER, AUDIO))
+    fake_telegram.wait_for_text(USER, "The price of this model is unknown", timeout=20)
+    assert get_files(fake_telegram) == 0 and fake_llm.transcriptions() == [] and fake_llm.count() == 0
