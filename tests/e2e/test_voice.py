@@ -36,7 +36,7 @@ def usage_rows(data_dir: Path, model: str) -> list[tuple]:
 
 
 def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm, data_dir) -> None:
-    bot(**FAST)
+    proc = bot(**FAST)
     fake_llm.transcript = "What is the weather like on Mars?"
     fake_telegram.push_update(fake_telegram.voice_update(USER, USER, AUDIO, duration=4))
     answer = fake_telegram.wait_for_text(USER, "echo: What is the weather like on Mars?", timeout=20).plain_text
@@ -47,6 +47,11 @@ def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm
     assert get_files(fake_telegram) == 1
     [(user, tokens, cost)] = usage_rows(data_dir, "whisper-1")  # priced per minute, tokens on the user
     assert user == USER and tokens > 0 and cost == pytest.approx(4 / 60 * 0.006)
+    assert proc.stop() == 0  # spans are flushed
+    with closing(sqlite3.connect(data_dir / "telemetry.db")) as db:
+        spans = db.execute("SELECT s.name, p.name FROM spans s JOIN spans p ON p.span_id = s.parent_span_id"
+                           " WHERE s.name LIKE 'transcribe %'").fetchall()
+    assert spans == [("transcribe whisper-1", "ingest")]
 
 
 def test_transcript_line_can_be_turned_off(bot, fake_telegram, fake_llm) -> None:
