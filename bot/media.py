@@ -63,7 +63,15 @@ def media_attachment(message: Message) -> Attachment | None:
 
 
 def described_text(message: Message) -> str:
-    """A location, contact, sticker, dice or poll in words, or "" when the message is none of them."""
+    """A location, contact, sticker, dice or poll in words, or "" when the message is none of them
+    (or carries junk: PTB does not check types, and routing must never raise)."""
+    try:
+        return _described(message)
+    except Exception:  # noqa: BLE001 - junk fields describe nothing
+        return ""
+
+
+def _described(message: Message) -> str:
     if message.venue is not None:
         venue = message.venue
         return (f"[The user shared a place: {venue.title}, {venue.address} "

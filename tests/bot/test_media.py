@@ -77,3 +77,8 @@ def test_caps_refuse_long_or_large_sound_before_download() -> None:
 def test_the_heard_line_is_short() -> None:
     assert heard_line("hi") == "🎤 “hi”"
     assert len(heard_line("word " * 200)) < 210
+
+
+def test_junk_in_a_location_is_not_a_crash() -> None:
+    up = update(location={"latitude": "north", "longitude": 2.0})
+    assert route(up, bot_id=1, bot_username="gateway_bot").kind == "ignored"
