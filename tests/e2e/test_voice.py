@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import run_cli
+from tests.e2e.harness import OPERATOR_ID, run_cli
 from tests.e2e.test_failures import FAST, REF, ask_operator, dlq_entries
 from tests.fakes.llm_api import Error
 from tests.fakes.telegram_api import FakeTelegram
@@ -81,7 +81,8 @@ def test_failed_transcription_is_dead_lettered_and_replayed_from_the_stored_audi
     ref = REF.search(error).group(1)
     assert len(fake_llm.transcriptions()) == 2  # one retry, like a chat call
     [entry] = dlq_entries(first)
-    assert entry["ref"] == ref
+    assert entry["ref"] == ref and entry["error_kind"] == "llm_server"
+    fake_telegram.wait_for_text(OPERATOR_ID, f"ref: {ref}", timeout=20)  # the operator is alerted
     assert get_files(fake_telegram) == 1
     first.stop()
 
