@@ -207,7 +207,8 @@ class Router:
             reply = Reply("That command is for the operator only." if command.access == "operator"
                           else services.access.answer_stranger(
                               user_id=user.id, chat_id=chat_id, chat_type=message.chat.type,
-                              name=user.first_name or "", username=user.username, title=message.chat.title or ""))
+                              name=_str(user.first_name), username=_str(user.username) or None,
+                              title=_str(message.chat.title)))
         else:
             with services.tracer.start_as_current_span(f"command {command.name}"):
                 ctx = CommandContext(services=services, chat_id=chat_id, user_id=user.id,
@@ -272,3 +273,8 @@ class Router:
     async def safe_notice(self, chat_id: int, trace_id: str, text: str) -> None:
         with contextlib.suppress(Exception):
             await self.channel.deliver(ReplyEvent(kind="error", trace_id=trace_id, chat_id=chat_id, text=text))
+
+
+def _str(value: object) -> str:
+    """A name from the update, or "" when it is not a string (PTB does not check types)."""
+    return value if isinstance(value, str) else ""
