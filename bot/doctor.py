@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import httpx
 from openai import AsyncOpenAI
 
+from bot.doctor_voice import check_transcription
 from bot.startup import check_get_me
 from config.settings import Settings
 from core.context.tokens import counter_for_model
@@ -188,6 +189,7 @@ async def run_doctor(settings: Settings) -> int:
     checks.append(Check("tokens", True, f"encoding {counter.describe()}"))
     checks.append(await check_llm(settings))
     checks.extend(await check_models(settings))
+    checks.append(Check("transcription", *await check_transcription(settings)))
     checks.extend(await check_telegram(settings))
     secrets = settings.secrets()
     failed = False

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from telegram import Bot, Chat, Message, MessageEntity, Update, User
 from telegram.ext import ContextTypes
 
+from bot.media import UNREADABLE, described_text, has_media, is_unreadable, media_attachment
 from core.contracts import Attachment, ContractViolation, InboundMessage, build
 
 UpdateKind = Literal["message", "document", "command", "button", "ignored", "malformed"]
@@ -210,10 +211,12 @@ def route(update: Update, *, bot_id: int, bot_username: str) -> Routed:
         to_bot = replied_from is not None and getattr(replied_from, "id", None) == bot_id
         if not to_bot and not _mentions(message, bot_id=bot_id, username=bot_username):
             return Routed("ignored", "group message not addressed to the bot")
-    if message.document is not None or message.photo:
+    if message.document is not None or message.photo or has_media(message):
         return Routed("document")
-    if not text.strip():
-        return Routed("ignored", "no text (sticker, photo, voice…)")
+    if not text.strip() and not described_text(message):
+        if not is_group and is_unreadable(message):
+            return Routed("ignored", UNREADABLE)  # answered with a short reply (bot/routing.py)
+        return Routed("ignored", "no text (service message…)")
     return Routed("message")
 
 
@@ -244,8 +247,8 @@ def _to_inbound(update: Update, *, trace_id: str, bot_username: str, received_at
         raise ContractViolation("inbound_message_valid", field="message", producer="channel", detail=problem)
     assert message is not None and message.from_user is not None
     user = message.from_user
-    attachment = None
-    if message.document is not None:
+    attachment = media_attachment(message)
+    if attachment is None and message.document is not None:
         document = message.document
         attachment = build(Attachment, "inbound_attachment_valid", "channel", file_id=document.file_id,
                            file_name=(document.file_name or "document")[:512],
@@ -256,12 +259,16 @@ def _to_inbound(update: Update, *, trace_id: str, bot_username: str, received_at
     text = message.text or message.caption or ""
     if message.chat.type in ("group", "supergroup"):
         text = strip_mention(text, bot_username)
+    described = described_text(message)
+    if described:
+        text = f"{described}\n\n{text}".strip()
     name = user.username or user.first_name or ""
     return build(InboundMessage, "inbound_message_valid", "channel", update_id=update.update_id,
                  trace_id=trace_id, chat_id=message.chat.id, chat_type=message.chat.type, user_id=user.id,
                  user_name=name[:256] if isinstance(name, str) else name, message_id=message.message_id,
                  user_first_name=_text(user.first_name), chat_title=_text(message.chat.title),
-                 text=text, attachment=attachment, received_at=received_at)
+                 text=text, attachment=attachment, received_at=received_at,
+                 spoken=attachment is not None and attachment.spoken)
 
 
 def _photo(message: Message) -> Attachment:

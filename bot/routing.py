@@ -22,6 +22,7 @@ from bot.channel import TelegramChannel
 from bot.command_context import CommandContext, Reply
 from bot.commands import BY_NAME, may_use
 from bot.handlers import BotIdentity, Routed, is_telegram_id, journal_raw, route, to_inbound, update_ids
+from bot.media import UNREADABLE, UNREADABLE_REPLY
 from bot.storage_alarm import StorageAlarm
 from core import failpoints
 from core.contracts import ContractViolation, ReplyEvent
@@ -94,6 +95,8 @@ class Router:
                 span.set_attributes({"update.kind": routed.kind, "update.reason": routed.reason})
             if routed.kind == "ignored":
                 self.note_membership(update)
+                if routed.reason == UNREADABLE and chat_id is not None and services.is_allowed(user_id or 0, chat_id):
+                    await self.safe_notice(chat_id, trace_id, UNREADABLE_REPLY)  # never silence in a private chat
                 services.journal.mark(update.update_id, "ignored", now=services.clock.iso(), error=routed.reason,
                                       trace_id=trace_id)
                 root.set_attribute("turn.outcome", "ignored")
@@ -204,7 +207,8 @@ class Router:
             reply = Reply("That command is for the operator only." if command.access == "operator"
                           else services.access.answer_stranger(
                               user_id=user.id, chat_id=chat_id, chat_type=message.chat.type,
-                              name=user.first_name or "", username=user.username, title=message.chat.title or ""))
+                              name=_str(user.first_name), username=_str(user.username) or None,
+                              title=_str(message.chat.title)))
         else:
             with services.tracer.start_as_current_span(f"command {command.name}"):
                 ctx = CommandContext(services=services, chat_id=chat_id, user_id=user.id,
@@ -269,3 +273,8 @@ class Router:
     async def safe_notice(self, chat_id: int, trace_id: str, text: str) -> None:
         with contextlib.suppress(Exception):
             await self.channel.deliver(ReplyEvent(kind="error", trace_id=trace_id, chat_id=chat_id, text=text))
+
+
+def _str(value: object) -> str:
+    """A name from the update, or "" when it is not a string (PTB does not check types)."""
+    return value if isinstance(value, str) else ""

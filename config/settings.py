@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     otel_exporter_otlp_endpoint: str | None = None
+    # Voice notes (core/transcribe.py): speech to text at `{base}/audio/transcriptions`.
+    transcription_model: str = "whisper-1"
+    transcription_base_url: str | None = None  # None: LLM_BASE_URL
+    transcription_api_key: SecretStr | None = None  # None: LLM_API_KEY
+    voice_max_seconds: int = Field(default=600, ge=1)
+    voice_show_transcript: bool = True
     _test_hooks: TestHooks = PrivateAttr(default_factory=lambda: TestHooks())
 
     def __init__(self, test_hooks: TestHooks | None = None, **values: Any) -> None:
@@ -155,6 +161,11 @@ class Settings(BaseSettings):
         if value == "pairing" and info.data.get("operator_chat_id") is None:
             raise ValueError("pairing needs OPERATOR_CHAT_ID (the operator approves the codes)")
         return value
+
+    @field_validator("transcription_base_url")
+    @classmethod
+    def _check_optional_url(cls, value: str | None) -> str | None:
+        return None if value in (None, "") else cls._check_url(value)
 
     @field_validator("telegram_api_base_url", "llm_base_url")
     @classmethod
@@ -213,7 +224,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never reach logs, spans, replies or stored rows."""
-        values = [self.telegram_bot_token, self.llm_api_key, self.webhook_secret]
+        values = [self.telegram_bot_token, self.llm_api_key, self.webhook_secret, self.transcription_api_key]
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
         found += _model_keys(self.models_file or SHIPPED_MODELS_FILE)
         if self.telegram_bot_token is not None:

@@ -39,6 +39,7 @@ from core.store.chat_models import ChatModels
 from core.store.voice_replies import VoiceReplies
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
+from core.transcribe import Transcriber
 from core.usage import UsageLedger, WarningLog
 from core.usage_prices import PriceTable
 
@@ -82,6 +83,7 @@ class Services:
     mode: str = "console"
     last_error: dict[str, str] = field(default_factory=dict)
     running: RunningTurns = field(default_factory=RunningTurns)  # each chat's running turn, for /stop
+    transcriber: Transcriber | None = None  # voice notes to text (TRANSCRIPTION_*); None: not built
     # Hooks the bot's runtime sets (the console and tests leave them None); core calls them directly.
     # Storage refused a write mid-turn: (update_id, reason) -> True the first time for that update.
     # Set by bot/storage_alarm.py; without it every such turn tells its user.
@@ -110,6 +112,8 @@ class Services:
             close = getattr(client, "close", None)
             if close is not None:
                 await close()
+        if self.transcriber is not None:
+            await self.transcriber.close()
         self.telemetry.shutdown()
         self.db.close()
 
@@ -164,6 +168,7 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
         models=models, chat_models=ChatModels(db),
         access=Access(AccessRecords(db), outbox, settings, clock),
         speaker=speaker, voice_replies=VoiceReplies(db),
+        transcriber=Transcriber.from_settings(settings, telemetry.tracer),
     )
 
 

@@ -86,6 +86,7 @@ class Turn:
     fallback_note: str = ""  # the line the reply adds after a fallback's answer
     delivered: bool = False  # the reply stage handed the answer to the channel (spoken answers follow it)
     viewed_images: list[str] = field(default_factory=list)  # view_image's pictures, for the next round
+    heard: str = ""  # a voice note's transcript (the ingest stage): the answer quotes it first
 
     @property
     def ref(self) -> str:

@@ -37,7 +37,8 @@ MIN_REF_HEX_DIGITS = 12
 MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 MAX_LABEL_CHARS = 200
 MAX_SLICE_TOKENS = 2000
-KINDS = frozenset({"document", "long_message", "long_answer", "hot_state_archive", "history_archive", "image"})
+KINDS = frozenset({"document", "long_message", "long_answer", "hot_state_archive", "history_archive", "image",
+                   "voice"})
 _HEX = re.compile(r"[0-9a-f]{12,64}")
 _SHA = re.compile(r"[0-9a-f]{64}")
 _MEDIA = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*")

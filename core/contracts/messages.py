@@ -11,15 +11,25 @@ from pydantic import Field, model_validator
 
 from core.contracts.base import ChatType, Contract, ContractViolation, Int64, NonNegFloat, NonNegInt, TraceId
 
+AttachmentKind = Literal["document", "voice", "audio", "video_note", "video", "animation"]
+SPOKEN_KINDS = frozenset({"voice", "audio", "video_note"})  # transcribed (a video note: its sound)
+
 
 class Attachment(Contract):
-    """A document the user sent, before it is downloaded."""
+    """A file the user sent (a document, a voice note, an audio file, a video...), before it is
+    downloaded. `duration_s` is what Telegram declares for sound and video (0: not given)."""
 
     made_by: ClassVar[str] = "channel"
     file_id: str = Field(min_length=1, max_length=512)
     file_name: str = Field(default="document", max_length=512)
     mime_type: str = Field(default="application/octet-stream", max_length=255)
     size_bytes: NonNegInt = 0
+    kind: AttachmentKind = "document"
+    duration_s: NonNegInt = 0
+
+    @property
+    def spoken(self) -> bool:
+        return self.kind in SPOKEN_KINDS
 
 
 class InboundMessage(Contract):
@@ -38,9 +48,10 @@ class InboundMessage(Contract):
     message_id: Int64 | None = None
     text: str = Field(default="", max_length=200_000)
     attachment: Attachment | None = None
-    # The user spoke (a voice note or audio, transcribed): with /voice on the answer is also read aloud.
-    spoken: bool = False
     received_at: datetime
+    # The user spoke (a voice note, audio, a video note): the text is transcribed, and with /voice on
+    # the answer is also read aloud (core/spoken.py).
+    spoken: bool = False
 
     @model_validator(mode="after")
     def _not_empty(self) -> InboundMessage:

@@ -1,4 +1,6 @@
 """ingest: documents and very long texts become artifacts; the prompt gets a reference.
+Voice notes, audio files and video notes are stored and transcribed (core/voice.py,
+core/transcribe.py): the transcript is the user's message. Videos and GIFs get a notice.
 
 A document is downloaded (refused above Telegram's 20 MB bot download limit), its text is
 extracted in a worker thread (plain text, Markdown, code, JSON, CSV; PDF through pypdf, with
@@ -20,7 +22,11 @@ from core.context.images import IMAGE_KIND, UnsupportedImage, marker_line, prepa
 from core.context.text_artifacts import LONG_TEXT_TOKENS, index_artifact, store_text
 from core.contracts import Attachment
 from core.ports import DeliveryFailed
+from core.transcribe import transcribe_with_retry
 from core.turn import Turn, TurnEnded
+from core.voice import check_transcription_caps, record_transcription, refusal, store_audio, stored_audio
+
+CANNOT_WATCH = {"video": "a video", "animation": "a GIF"}
 
 
 def _mb(size: int) -> str:
@@ -41,10 +47,17 @@ async def run(turn: Turn) -> None:
                          f"Summary: {info.summary} Read it with read_artifact when needed.]")
         else:
             parts.append(text)
-    if inbound.attachment is not None and inbound.attachment.mime_type.startswith("image/"):
-        parts.append(await _ingest_image(turn, inbound.attachment, captioned=bool(text)))
-    elif inbound.attachment is not None:
-        parts.append(await _ingest_document(turn, inbound.attachment))
+    attachment = inbound.attachment
+    if attachment is not None and attachment.kind in CANNOT_WATCH:
+        await _end_with_notice(turn, f"I can't watch {CANNOT_WATCH[attachment.kind]} yet. Tell me in words (or a "
+                                     "voice note) what you would like to know about it.", "video not supported")
+    if attachment is not None and attachment.spoken:
+        turn.heard = await _transcribe(turn, attachment)
+        parts.append(turn.heard)
+    elif attachment is not None and attachment.mime_type.startswith("image/"):
+        parts.append(await _ingest_image(turn, attachment, captioned=bool(text)))
+    elif attachment is not None:
+        parts.append(await _ingest_document(turn, attachment))
     turn.user_text = "\n\n".join(parts)
 
 
@@ -102,6 +115,35 @@ async def _ingest_image(turn: Turn, attachment: Attachment, *, captioned: bool) 
             await _end_with_notice(turn, notice, "no vision")
         await turn.send("notice", notice)
     return marker_line(info, prepared, vision=vision)
+
+
+async def _transcribe(turn: Turn, attachment: Attachment) -> str:
+    """A voice note, audio file or video note's words: checked against the caps before download,
+    stored once, transcribed (a replay finds the stored sound: no second download)."""
+    services = turn.services
+    refused = refusal(attachment, max_seconds=services.settings.voice_max_seconds)
+    if refused:
+        await _end_with_notice(turn, refused, "voice note too long")
+    check_transcription_caps(turn, attachment)
+    data = stored_audio(turn, attachment)
+    span = trace.get_current_span()
+    span.set_attributes({"voice.kind": attachment.kind, "voice.duration_s": attachment.duration_s,
+                         "voice.stored": data is not None})
+    if data is None:
+        try:
+            data = await turn.channel.download(attachment.file_id, max_bytes=MAX_DOCUMENT_BYTES)
+        except DeliveryFailed as failed:
+            await _end_with_notice(turn, f"I could not download that recording ({failed.reason}). "
+                                         "Please send it again.", "download failed")
+        store_audio(turn, attachment, data)
+    assert services.transcriber is not None, "build_services makes the transcriber"
+    transcript = await transcribe_with_retry(
+        services.transcriber, data, file_name=attachment.file_name, breakers=services.breakers,
+        policy=services.retry_policy, secrets=services.settings.secrets(), monotonic=services.clock.monotonic)
+    record_transcription(turn, attachment, transcript)
+    if not transcript:
+        await _end_with_notice(turn, "I could not make out any words in that recording.", "empty transcript")
+    return transcript
 
 
 async def _end_with_notice(turn: Turn, text: str, why: str) -> NoReturn:

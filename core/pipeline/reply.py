@@ -9,12 +9,15 @@ from core.failures.undelivered import keep_undelivered
 from core.ports import DeliveryFailed
 from core.spoken import speak_answer
 from core.turn import Turn
+from core.voice import heard_line
 
 
 async def run(turn: Turn) -> None:
     text = turn.answer
     if turn.fallback_note:
         text = f"{text}\n\n{turn.fallback_note}"
+    if turn.heard and turn.services.settings.voice_show_transcript:
+        text = f"{heard_line(turn.heard)}\n\n{text}"
     if turn.late_of:
         text = f"(Sorry for the delay: this answers your message from {turn.late_of}.)\n\n{text}"
     try:

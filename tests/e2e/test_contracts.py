@@ -80,11 +80,6 @@ def test_updates_the_gateway_does_not_handle_are_ignored_on_purpose(bot, fake_te
                                                                     data_dir) -> None:
     proc = bot()
     channel = -1001234
-    sticker = {key: value for key, value in _message(fake_telegram, USER, USER, "x").items() if key != "text"}
-    sticker["sticker"] = {"file_id": "sticker-1", "file_unique_id": "s1", "type": "regular", "width": 512,
-                          "height": 512, "is_animated": False, "is_video": False, "emoji": "👍"}
-    poll = {key: value for key, value in _message(fake_telegram, USER, USER, "x").items() if key != "text"}
-    poll["poll"] = POLL
     edited = {**_message(fake_telegram, USER, USER, "first version"), "text": "edited version",
               "edit_date": int(time.time())}
     post = {"message_id": 1, "date": int(time.time()), "text": "channel news",
@@ -98,8 +93,6 @@ def test_updates_the_gateway_does_not_handle_are_ignored_on_purpose(bot, fake_te
         fake_telegram.push_update({"channel_post": post}): "channel post",
         fake_telegram.push_update({"edited_channel_post": {**post, "edit_date": int(time.time())}}): "channel post",
         fake_telegram.push_update({"my_chat_member": member}): "membership change",
-        fake_telegram.push_update({"message": sticker}): "no text",
-        fake_telegram.push_update({"message": poll}): "no text",
     }
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "still there?"))
     fake_telegram.wait_for_text(USER, "echo: still there?", timeout=20)

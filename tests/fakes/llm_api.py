@@ -19,6 +19,7 @@ import asyncio
 import copy
 import itertools
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import KW_ONLY, dataclass, field
@@ -271,6 +272,10 @@ class FakeLLM(BackgroundServer):
         self._fail_all: Item | None = None
         self._ids = itertools.count(1)
         self._aborted_streams = 0
+        # Speech to text (/audio/transcriptions): the transcript every request gets, or a failure.
+        self.transcript = "What is the weather like on Mars?"
+        self._transcription_failure: Error | None = None
+        self.transcription_enabled = True  # False: 404, an endpoint without transcription
 
     @property
     def base_url(self) -> str:
@@ -306,6 +311,16 @@ class FakeLLM(BackgroundServer):
         with self._lock:
             self._fail_all = None
             self._fail_model.clear()
+
+    def fail_transcriptions(self, item: Error | None) -> None:
+        """Answer every /audio/transcriptions request with ``item`` (None: transcribe again)."""
+        with self._lock:
+            self._transcription_failure = item
+
+    def transcriptions(self) -> list[RecordedRequest]:
+        """The /audio/transcriptions requests received (multipart: see ``raw``)."""
+        with self._lock:
+            return [r for r in self._requests if r.path.endswith("/audio/transcriptions")]
 
     def fail_model(self, model: str, item: Item) -> None:
         """Answer every request for ``model`` with ``item`` until cleared (other models answer)."""
@@ -349,6 +364,7 @@ class FakeLLM(BackgroundServer):
         app.router.add_post("/v1/chat/completions", self._handle_completions)
         app.router.add_get("/v1/models", self._handle_models)
         app.router.add_post("/v1/audio/speech", self._handle_speech)
+        app.router.add_post("/v1/audio/transcriptions", self._handle_transcriptions)
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         return app
 
@@ -405,6 +421,29 @@ class FakeLLM(BackgroundServer):
             "invalid_request_error",
             code="unknown_url",
         )
+        return web.json_response(body, status=404)
+
+    async def _handle_transcriptions(self, request: web.Request) -> web.Response:
+        """OpenAI's speech to text: multipart ``file`` and ``model`` in, ``{"text": ...}`` out."""
+        recorded = await self._record(request)
+        denied = self._auth_error(recorded)
+        if denied is not None:
+            return denied
+        if not self.transcription_enabled:
+            return await self._handle_unknown_recorded(request)
+        with self._lock:
+            failure = self._transcription_failure
+        if failure is not None:
+            return web.json_response(failure.body, status=failure.status, headers=failure.headers)
+        raw = recorded.raw
+        model = re.search(rb'name="model"\r\n\r\n([^\r]+)', raw)
+        if model is None or b'name="file"' not in raw:
+            return web.json_response(_err("'file' and 'model' are required", "invalid_request_error"), status=400)
+        return web.json_response({"text": self.transcript})
+
+    async def _handle_unknown_recorded(self, request: web.Request) -> web.Response:
+        body = _err(f"Unknown request URL: {request.method} {request.path}.", "invalid_request_error",
+                    code="unknown_url")
         return web.json_response(body, status=404)
 
     async def _handle_models(self, request: web.Request) -> web.Response:

@@ -1100,6 +1100,48 @@ class FakeTelegram(BackgroundServer):
         result["edit_date"] = int(time.time())
         return result
 
+    def media_update(
+        self,
+        chat_id: int,
+        user_id: int,
+        field: str,
+        payload: dict[str, Any],
+        *,
+        data: bytes | None = None,
+        file_size: int | None = None,
+        caption: str | None = None,
+        chat_type: str = "private",
+        update_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Build (not push) a message carrying ``field`` (voice, audio, video_note, video,
+        animation, sticker, location, contact, dice, poll...) with ``payload``. With ``data`` the
+        file becomes downloadable and ``file_id``/``file_unique_id``/``file_size`` are filled in."""
+        message = self._incoming_message(chat_id, user_id, chat_type=chat_type, username=None, first_name="Test")
+        body = dict(payload)
+        if data is not None:
+            with self._lock:
+                stored = self._store_file(data, body.get("file_name"), file_size)
+            body.update(file_id=stored.file_id, file_unique_id=stored.file_unique_id, file_size=stored.file_size)
+        message[field] = body
+        if caption is not None:
+            message["caption"] = caption
+        return self._incoming_update(message, update_id)
+
+    def voice_update(
+        self, chat_id: int, user_id: int, data: bytes, *, duration: int = 3, kind: str = "voice",
+        file_size: int | None = None, update_id: int | None = None,
+    ) -> dict[str, Any]:
+        """A voice note (``kind`` "audio" or "video_note" for those) of ``duration`` seconds."""
+        payload: dict[str, Any] = {"duration": duration}
+        if kind == "voice":
+            payload["mime_type"] = "audio/ogg"
+        elif kind == "audio":
+            payload.update(mime_type="audio/mpeg", file_name="song.mp3")
+        elif kind == "video_note":
+            payload["length"] = 240
+        return self.media_update(chat_id, user_id, kind, payload, data=data, file_size=file_size,
+                                 update_id=update_id)
+
     def _incoming_update(self, message: dict[str, Any], update_id: int | None) -> dict[str, Any]:
         """The update carrying a message a user sent; the message exists once "sent", however
         the update is then delivered."""
