@@ -22,11 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PIL import Image, ImageOps, UnidentifiedImageError
-
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError
 
+# Pillow is imported inside the functions that use it: with the first picture, not at start
+# (about 2 MB resident that a bot nobody sends pictures to never needs).
 if TYPE_CHECKING:
+    from PIL import Image
+
     from core.context.artifacts import ArtifactInfo, ArtifactStore
     from core.context.turn_view import StoredMessage
 
@@ -73,6 +75,8 @@ def image_tokens(width: int, height: int) -> int:
 
 def prepare_image(data: bytes) -> PreparedImage:
     """The picture as the model gets it: longest side <= MAX_SIDE, JPEG when that is smaller."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -101,6 +105,8 @@ def prepare_image(data: bytes) -> PreparedImage:
 
 
 def _encode(image: Image.Image, fmt: str) -> bytes:
+    from PIL import Image
+
     out = io.BytesIO()
     if fmt == "JPEG":
         if image.mode in ("RGBA", "LA", "P"):
@@ -122,6 +128,8 @@ def data_url(data: bytes, media_type: str) -> str:
 
 def url_tokens(url: str) -> int:
     """Prompt tokens of an image sent as a data: URL (0 when it cannot be read as one)."""
+    from PIL import Image, UnidentifiedImageError
+
     try:
         payload = base64.b64decode(url.partition(",")[2], validate=False)
         with Image.open(io.BytesIO(payload)) as image:
@@ -149,6 +157,8 @@ class LoadedImage:
 def load_image(artifacts: ArtifactStore, chat_id: int, ref: str) -> LoadedImage:
     """An image artifact of this chat as a data: URL with its tokens; ArtifactRefError when the
     ref is not an image of this chat, ArtifactCorrupt when its file is damaged."""
+    from PIL import Image, UnidentifiedImageError
+
     info = artifacts.resolve(chat_id, ref)
     if not info.media_type.startswith("image/"):
         raise ArtifactRefError(f"{info.ref} is a {info.media_type}, not an image")
