@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from core.store import read_counter
 from core.telemetry import find_trace
 from core.tracing import current_trace_id, new_turn_span
 from tests.core.fakes import ScriptedLLM
-from tests.e2e.harness import TEST_LLM_KEY
+from tests.e2e.harness import TEST_LLM_KEY, TEST_TOKEN
 from tests.fakes.llm_api import Error, FakeLLM
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -81,21 +81,8 @@ def test_voice_setting_is_per_chat_survives_a_restart_and_typed_text_stays_text(
 
 
 # In process, real HTTP clients ------------------------------------------------------------
-TOKEN = "123456:tts-test-secret"
-
-
 @pytest.fixture
-def telegram() -> Iterator[FakeTelegram]:
-    fake = FakeTelegram(TOKEN).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-    assert not fake.server_errors(), fake.server_errors()
-
-
-@pytest.fixture
-async def spoken_turns(telegram: FakeTelegram, fake_llm: FakeLLM,
+async def spoken_turns(fake_telegram: FakeTelegram, fake_llm: FakeLLM,
                        tmp_path: Path) -> AsyncIterator[tuple[Services, Pipeline, TelegramChannel]]:
     """Real services whose speech client points at the LLM stand-in (chat answers are scripted:
     the speech client is the one under test), and the Telegram channel on the Bot API stand-in."""
@@ -103,7 +90,8 @@ async def spoken_turns(telegram: FakeTelegram, fake_llm: FakeLLM,
                         llm_api_key=TEST_LLM_KEY, allowed_user_ids=str(CHAT), operator_chat_id=900,
                         retry_wait_scale=0.0)
     services = build_services(settings, llm=ScriptedLLM())
-    async with Bot(TOKEN, base_url=f"{telegram.base_url}/bot", base_file_url=f"{telegram.base_url}/file/bot") as ptb:
+    async with Bot(TEST_TOKEN, base_url=f"{fake_telegram.base_url}/bot",
+                   base_file_url=f"{fake_telegram.base_url}/file/bot") as ptb:
         yield services, Pipeline(services), TelegramChannel(ptb, tracer=services.tracer)
     await services.close()
 
@@ -117,15 +105,15 @@ async def spoken_turn(services: Services, pipeline: Pipeline, channel: TelegramC
         return await pipeline.run_turn(inbound, channel), trace_id
 
 
-async def test_spoken_message_answered_in_text_then_as_a_voice_note(spoken_turns, telegram, fake_llm) -> None:
+async def test_spoken_message_answered_in_text_then_as_a_voice_note(spoken_turns, fake_telegram, fake_llm) -> None:
     services, pipeline, channel = spoken_turns
     services.voice_replies.set(CHAT, True, now=services.clock.iso())
     outcome, trace_id = await spoken_turn(services, pipeline, channel, "what time is it")
     assert outcome == "replied"
-    kinds = [m.kind for m in telegram.messages(CHAT)]
+    kinds = [m.kind for m in fake_telegram.messages(CHAT)]
     assert kinds == ["text", "voice"]  # the text answer first
-    assert telegram.sent_texts(CHAT)[0] == "echo: what time is it"
-    [voice] = telegram.documents(CHAT, "voice")
+    assert fake_telegram.sent_texts(CHAT)[0] == "echo: what time is it"
+    [voice] = fake_telegram.documents(CHAT, "voice")
     assert voice.data == FakeLLM.SPEECH_AUDIO  # the stand-in's Opus bytes, sent as multipart sendVoice
     [speech] = fake_llm.speeches()
     assert speech.header("Authorization") == f"Bearer {TEST_LLM_KEY}"
@@ -140,13 +128,13 @@ async def test_spoken_message_answered_in_text_then_as_a_voice_note(spoken_turns
     assert cost == pytest.approx(len("echo: what time is it") * 15.0 / 1_000_000)
 
 
-async def test_failing_speech_leaves_the_text_answer_and_no_dlq_entry(spoken_turns, telegram, fake_llm) -> None:
+async def test_failing_speech_leaves_the_text_answer_and_no_dlq_entry(spoken_turns, fake_telegram, fake_llm) -> None:
     services, pipeline, channel = spoken_turns
     services.voice_replies.set(CHAT, True, now=services.clock.iso())
     fake_llm.fail_speech(Error.server_error("speech is down"))
     outcome, trace_id = await spoken_turn(services, pipeline, channel, "hello")
     assert outcome == "replied"
-    assert telegram.sent_texts(CHAT) == ["echo: hello"] and telegram.calls("sendVoice") == []
+    assert fake_telegram.sent_texts(CHAT) == ["echo: hello"] and fake_telegram.calls("sendVoice") == []
     assert len(fake_llm.speeches()) == 1  # one attempt: an extra is not retried
     assert services.dlq.depth() == 0
     assert "Spoken answers: 0 sent, 1 failed" in status_text(services, chat_id=CHAT, operator=False)
@@ -157,16 +145,16 @@ async def test_failing_speech_leaves_the_text_answer_and_no_dlq_entry(spoken_tur
 
     fake_llm.fail_speech(None)  # back up: the next spoken message gets its voice note again
     await spoken_turn(services, pipeline, channel, "again", update_id=2)
-    assert [m.kind for m in telegram.messages(CHAT)] == ["text", "text", "voice"]
+    assert [m.kind for m in fake_telegram.messages(CHAT)] == ["text", "text", "voice"]
 
 
-async def test_voice_off_stops_spoken_answers(spoken_turns, telegram, fake_llm) -> None:
+async def test_voice_off_stops_spoken_answers(spoken_turns, fake_telegram, fake_llm) -> None:
     services, pipeline, channel = spoken_turns
     services.voice_replies.set(CHAT, True, now=services.clock.iso())
     services.voice_replies.set(CHAT, False, now=services.clock.iso())
     outcome, trace_id = await spoken_turn(services, pipeline, channel, "hello")
     assert outcome == "replied"
-    assert [m.kind for m in telegram.messages(CHAT)] == ["text"]
+    assert [m.kind for m in fake_telegram.messages(CHAT)] == ["text"]
     assert fake_llm.speeches() == []
     services.telemetry.force_flush()
     spans = [span.name for span in find_trace(services.telemetry.db_path, trace_id)]
