@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import httpx
-from openai import AsyncOpenAI
 
 from bot.doctor_voice import check_transcription
 from bot.startup import check_get_me
@@ -18,6 +17,7 @@ from config.settings import Settings
 from core.context.tokens import counter_for_model
 from core.failures.llm_errors import classify_llm_error
 from core.models import ModelCatalog, ModelsFileError
+from core.openai_client import openai_client
 from core.store import GATEWAY_DB, open_database
 
 TIMEOUT_S = 10.0
@@ -86,7 +86,7 @@ async def check_endpoint(name: str, *, base_url: str, api_key: str | None, model
                          key_name: str, url_name: str) -> Check:
     """One endpoint answers for `model`: its models list, or else a one-token completion."""
     host = urlparse(base_url).netloc
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=TIMEOUT_S)
+    client = openai_client(base_url=base_url, api_key=api_key, timeout_s=TIMEOUT_S)
     try:
         try:
             models = await client.models.list()

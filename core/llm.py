@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import httpx2
-from openai import AsyncOpenAI, RequestOptions
+from openai import RequestOptions
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
@@ -29,6 +29,7 @@ from core.context.images import url_tokens
 from core.context.tokens import TokenCounter
 from core.contracts import AgentRequest, ContractViolation, LLMResult, TokenUsage, ToolCall, build
 from core.llm_stream import stream_events
+from core.openai_client import openai_client
 from core.ports import DeltaSink
 from core.tracing import current_trace_id, traceparent_headers
 
@@ -50,8 +51,7 @@ class OpenAICompatibleLLM:
         self.tracer = tracer
         self.counter = counter
         self.provider_name = provider_name
-        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0,
-                                  timeout=timeout_s)
+        self.client = openai_client(base_url=base_url, api_key=api_key, timeout_s=timeout_s)
 
     async def close(self) -> None:
         await self.client.close()

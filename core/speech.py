@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 
-from openai import AsyncOpenAI
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from core.openai_client import openai_client
 from core.tracing import traceparent_headers
 
 # OpenAI's `/audio/speech` takes at most 4096 characters of input; a longer answer is read up to there.
@@ -39,8 +39,7 @@ class OpenAICompatibleSpeaker:
         self.timeout_s = timeout_s
         self.tracer = tracer
         self.provider_name = provider_name
-        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0,
-                                  timeout=timeout_s)
+        self.client = openai_client(base_url=base_url, api_key=api_key, timeout_s=timeout_s)
 
     async def close(self) -> None:
         await self.client.close()

@@ -13,12 +13,12 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from openai import AsyncOpenAI
 from opentelemetry import trace
 
 from core.failures.llm_errors import classify_llm_error
 from core.failures.retry import call_with_retry
 from core.failures.taxonomy import GatewayError, Kind
+from core.openai_client import openai_client
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -34,8 +34,7 @@ class Transcriber:
     def __init__(self, *, base_url: str, api_key: str | None, model: str, timeout_s: float,
                  tracer: trace.Tracer) -> None:
         self.base_url, self.model, self.timeout_s, self.tracer = base_url, model, timeout_s, tracer
-        self.client = AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0,
-                                  timeout=timeout_s)
+        self.client = openai_client(base_url=base_url, api_key=api_key, timeout_s=timeout_s)
 
     @classmethod
     def from_settings(cls, settings: Settings, tracer: trace.Tracer) -> Transcriber:
