@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     allowed_user_ids: str = ""
     access_policy: Literal["pairing", "allowlist", "open"] | None = None  # None: see `access_mode`
     data_dir: Path = Path("./data")
+    # All state in PostgreSQL (core/store/engine.py); unset: SQLite under DATA_DIR. A secret: it
+    # usually carries a password (`postgres://user:password@host/db`, as Heroku hands it out).
+    database_url: SecretStr | None = None
+    lease_seconds: float = Field(default=30.0, gt=0)  # a crashed instance's chat lease expires after this
     webhook_url: str | None = None
     port: int = Field(default=8080, ge=1, le=65535)
     webhook_secret: SecretStr | None = None
@@ -175,6 +179,16 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        scheme = urlparse(value.get_secret_value()).scheme
+        if scheme not in ("postgres", "postgresql"):
+            raise ValueError(f"must be a postgresql:// (or postgres://) URL, not {scheme or 'a bare string'}")
+        return value
+
     @field_validator("webhook_url")
     @classmethod
     def _check_webhook(cls, value: str | None) -> str | None:
@@ -226,6 +240,8 @@ class Settings(BaseSettings):
         """Values that must never reach logs, spans, replies or stored rows."""
         values = [self.telegram_bot_token, self.llm_api_key, self.webhook_secret, self.transcription_api_key]
         found = [v.get_secret_value() for v in values if v is not None and v.get_secret_value()]
+        if self.database_url is not None:
+            found += database_url_secrets(self.database_url.get_secret_value())
         found += _model_keys(self.models_file or SHIPPED_MODELS_FILE)
         if self.telegram_bot_token is not None:
             found.append(self.webhook_secret_value)
@@ -235,6 +251,27 @@ class Settings(BaseSettings):
             if bot_id and secret_half:
                 found.append(secret_half)
         return found
+
+
+def database_url_secrets(url: str) -> list[str]:
+    """What of a DATABASE_URL must not be shown: the whole URL and its password (also
+    percent-decoded, as a driver's error message may print it)."""
+    from urllib.parse import unquote
+
+    found = [url]
+    password = urlparse(url).password
+    if password:
+        found += [password, unquote(password)]
+    return found
+
+
+def database_url_shown(url: str) -> str:
+    """A DATABASE_URL as logs and doctor show it: the password replaced by ***."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+    return parsed._replace(netloc=netloc).geturl()
 
 
 SHIPPED_MODELS_FILE = Path(__file__).resolve().parent / "models.toml"
