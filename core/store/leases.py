@@ -58,7 +58,12 @@ class Coordination(Protocol):
         ...
 
     async def release_update(self, update_id: int) -> None:
-        """The update is finished (its journal row says so): drop the claim."""
+        """The update is finished (its journal row says so): drop the claim (no statement unless held)."""
+        ...
+
+    def forget(self, update_id: int) -> None:
+        """Stop renewing the claim without a statement (storage refused a write mid-turn): the
+        lease runs out and a sweeper, maybe this instance's, runs the update again."""
         ...
 
     async def take_over(self, *, limit: int = 50) -> list[JournalEntry]:
@@ -66,7 +71,8 @@ class Coordination(Protocol):
         ...
 
     async def renew(self) -> None:
-        """Heartbeat: extend every claim and chat lease this instance holds by a lease."""
+        """Heartbeat: extend the claims and chat leases this instance holds (in memory: a claim
+        this process forgot is never renewed by accident) by a lease."""
         ...
 
     async def try_chat(self, chat_id: int) -> bool:
@@ -80,7 +86,7 @@ class Coordination(Protocol):
         ...
 
     async def release_all(self, *, keep: Collection[int] = ()) -> None:
-        """A clean stop: claims (except `keep`) and chat leases expire now, so others take over at once."""
+        """A clean stop: claims (except `keep`: turns still running) expire now, so others take over at once."""
         ...
 
     async def prune(self) -> int:
@@ -112,6 +118,9 @@ class LocalCoordination:
         return None
 
     async def release_update(self, update_id: int) -> None:
+        return None
+
+    def forget(self, update_id: int) -> None:
         return None
 
     async def take_over(self, *, limit: int = 50) -> list[JournalEntry]:
@@ -156,16 +165,25 @@ class PostgresCoordination:
     def __init__(self, db: Any, *, lease_s: float, instance_id: str | None = None) -> None:
         self.db, self.lease_s = db, float(lease_s)
         self.instance_id = instance_id or new_instance_id()
+        self.updates: set[int] = set()  # the claims this process holds and renews
+        self.chats: set[int] = set()  # the chat leases it holds and renews
 
     async def claim_update(self, update_id: int) -> None:
         await self.db.execute(
             f"INSERT INTO update_claims(update_id, owner, lease_until) VALUES (?, ?, {_UNTIL})"
             " ON CONFLICT (update_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until",
             [update_id, self.instance_id, self.lease_s])
+        self.updates.add(update_id)
 
     async def release_update(self, update_id: int) -> None:
+        if update_id not in self.updates:  # a duplicate, or an update someone else owns: nothing to drop
+            return
+        self.updates.discard(update_id)
         await self.db.execute("DELETE FROM update_claims WHERE update_id = ? AND owner = ?",
                               [update_id, self.instance_id])
+
+    def forget(self, update_id: int) -> None:
+        self.updates.discard(update_id)
 
     async def take_over(self, *, limit: int = 50) -> list[JournalEntry]:
         # One statement: candidates are unfinished rows whose claim expired, or that have no claim
@@ -185,13 +203,16 @@ class PostgresCoordination:
             " SELECT j.update_id, j.chat_id, j.user_id, j.kind, j.state, j.raw, j.trace_id, j.attempts"
             " FROM journal AS j JOIN taken AS t ON t.update_id = j.update_id ORDER BY j.update_id",
             [self.lease_s, limit, self.instance_id, self.lease_s])
+        self.updates.update(r[0] for r in rows)
         return [JournalEntry(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7]) for r in rows]
 
     async def renew(self) -> None:
-        await self.db.execute(f"UPDATE update_claims SET lease_until = {_UNTIL} WHERE owner = ?",
-                              [self.lease_s, self.instance_id])
-        await self.db.execute(f"UPDATE chat_leases SET lease_until = {_UNTIL} WHERE owner = ?",
-                              [self.lease_s, self.instance_id])
+        if self.updates:
+            await self.db.execute(f"UPDATE update_claims SET lease_until = {_UNTIL} WHERE owner = ?"
+                                  " AND update_id = ANY(?)", [self.lease_s, self.instance_id, list(self.updates)])
+        if self.chats:
+            await self.db.execute(f"UPDATE chat_leases SET lease_until = {_UNTIL} WHERE owner = ?"
+                                  " AND chat_id = ANY(?)", [self.lease_s, self.instance_id, list(self.chats)])
 
     async def try_chat(self, chat_id: int) -> bool:
         changed = await self.db.execute(
@@ -199,9 +220,12 @@ class PostgresCoordination:
             " ON CONFLICT (chat_id) DO UPDATE SET owner = excluded.owner, lease_until = excluded.lease_until"
             " WHERE chat_leases.lease_until < clock_timestamp() OR chat_leases.owner = excluded.owner",
             [chat_id, self.instance_id, self.lease_s])
+        if changed == 1:
+            self.chats.add(chat_id)
         return changed == 1
 
     async def release_chat(self, chat_id: int) -> None:
+        self.chats.discard(chat_id)
         await self.db.execute("DELETE FROM chat_leases WHERE chat_id = ? AND owner = ?", [chat_id, self.instance_id])
 
     async def earlier_unfinished(self, chat_id: int, update_id: int, *, exclude: Collection[int] = ()) -> int | None:
@@ -211,9 +235,10 @@ class PostgresCoordination:
         return int(row[0]) if row and row[0] is not None else None
 
     async def release_all(self, *, keep: Collection[int] = ()) -> None:
+        # Chat leases stay: a turn still running gives its chat back when it ends (or its lease runs out).
+        self.updates.intersection_update(keep)
         await self.db.execute("UPDATE update_claims SET lease_until = clock_timestamp() WHERE owner = ?"
                               " AND NOT (update_id = ANY(?))", [self.instance_id, list(keep)])
-        await self.db.execute("DELETE FROM chat_leases WHERE owner = ?", [self.instance_id])
 
     async def prune(self) -> int:
         return await self.db.execute(

@@ -150,6 +150,23 @@ async def test_renewal_keeps_a_claim_and_release_all_hands_it_over_at_once(pg) -
     assert await owner(a.db, 2) == "a"
 
 
+async def test_a_forgotten_claim_is_not_renewed_and_runs_again_elsewhere(pg) -> None:
+    """Storage refused a write mid-turn: the instance forgets the update, a sweeper resumes it."""
+    _, make = pg
+    a, b = await make(name="a", lease_s=0.3), await make(name="b")
+    await journal(a.db, 1, claim=a.coordination)
+    await journal(a.db, 2, claim=a.coordination)
+    a.coordination.forget(1)
+    await a.coordination.release_update(3)  # never held (a duplicate): no statement, no error
+
+    async def only_1_taken() -> bool:
+        await a.coordination.renew()
+        return [e.update_id for e in await b.coordination.take_over()] == [1]
+
+    await until(only_1_taken)
+    assert await owner(a.db, 2) == "a"
+
+
 async def test_the_sweeper_hands_taken_updates_to_resume(pg) -> None:
     _, make = pg
     dead, b = await make(name="dead", lease_s=0.3), await make(name="b")
