@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from core.store.interfaces import JournalEntry
 from core.store.leases import (
@@ -62,9 +63,9 @@ class Instances:
     """Heartbeat, sweeper and leadership of this process (see the module docstring)."""
 
     def __init__(self, coordination: Coordination, *, lease_s: float, leader: SessionLock | None = None,
-                 resume: Callable[[list[JournalEntry]], object] | None = None,
+                 resume: Callable[[list[JournalEntry]], object] | None = None, db: Any = None,
                  sweep_every_s: float = SWEEP_EVERY_S) -> None:
-        self.coordination, self.lease_s = coordination, lease_s
+        self.coordination, self.lease_s, self.db = coordination, lease_s, db
         self.leader = leader or LocalLock()
         self.resume = resume  # set by the runtime: queues taken-over updates for the router
         self.sweep_every_s = min(sweep_every_s, lease_s / 3)
@@ -74,11 +75,35 @@ class Instances:
     def build(cls, db: object, *, lease_s: float, database_url: str | None) -> Instances:
         coordination = coordination_for(db, lease_s=lease_s)
         leader = session_lock(database_url if coordination.shared else None, LEADER_LOCK, name="leader")
-        return cls(coordination, lease_s=lease_s, leader=leader)
+        return cls(coordination, lease_s=lease_s, leader=leader, db=db)
 
     @property
     def shared(self) -> bool:
         return self.coordination.shared
+
+    async def journaled(self, update_id: int, accept: Callable[[], Awaitable[bool]]) -> bool:
+        """Run `accept` (the journal INSERT); if it won, claim the update in the same transaction,
+        so no sweeper ever sees the row without its claim. On SQLite just `accept()`."""
+        if not self.shared:
+            return await accept()
+        async with self.db.transaction():
+            accepted = await accept()
+            if accepted:
+                await self.coordination.claim_update(update_id)
+        return accepted
+
+    async def finished(self, update_id: int, *, deferred: bool = False) -> None:
+        """The router is done with an update: drop its claim; or, when storage deferred it, stop
+        renewing the claim so that a sweeper (maybe this instance's) runs it once storage works."""
+        if not self.shared:
+            return
+        if deferred:
+            self.coordination.forget(update_id)
+            return
+        try:
+            await self.coordination.release_update(update_id)
+        except Exception as error:  # noqa: BLE001 - the row is finished: an orphan claim is pruned later
+            log.warning("could not drop the claim of update %s: %s", update_id, type(error).__name__)
 
     async def leads(self) -> bool:
         """Does this instance run the singletons now? Tries to become the leader if nobody is."""

@@ -167,6 +167,33 @@ async def test_a_forgotten_claim_is_not_renewed_and_runs_again_elsewhere(pg) -> 
     assert await owner(a.db, 2) == "a"
 
 
+async def test_journaled_claims_in_the_insert_transaction_and_finished_drops_it(pg) -> None:
+    _, make = pg
+    a, b = await make(name="a"), await make(name="b")
+    ia, ib = Instances(a.coordination, lease_s=1.0, db=a.db), Instances(b.coordination, lease_s=1.0, db=b.db)
+
+    async def accept(x: Instance, update_id: int) -> bool:
+        return await journal(x.db, update_id)
+
+    assert await ia.journaled(1, lambda: accept(a, 1))
+    assert not await ib.journaled(1, lambda: accept(b, 1))  # the other instance: a duplicate, no claim
+    assert await owner(a.db, 1) == "a" and 1 not in b.coordination.updates
+
+    async def fails_after_insert() -> bool:
+        await journal(b.db, 2)
+        raise RuntimeError("crash between the journal row and its claim")
+
+    with pytest.raises(RuntimeError):
+        await ib.journaled(2, fails_after_insert)
+    assert await a.db.fetchall("SELECT update_id FROM journal ORDER BY update_id") == [(1,)]  # rolled back
+    await finish(a.db, 1)
+    await ia.finished(1)
+    assert await owner(a.db, 1) is None
+    await journal(a.db, 3, claim=a.coordination)
+    await ia.finished(3, deferred=True)  # storage refused a write: a's heartbeat no longer renews it
+    assert 3 not in a.coordination.updates and await owner(a.db, 3) == "a"
+
+
 async def test_the_sweeper_hands_taken_updates_to_resume(pg) -> None:
     _, make = pg
     dead, b = await make(name="dead", lease_s=0.3), await make(name="b")
