@@ -38,10 +38,13 @@ async def run_migrate_to_postgres(settings: Settings) -> int:
 
     from core.store.engine import PostgresDatabase
 
+    problem = await _connect_problem(url)  # libpq's own words: the pool would only say it timed out
+    if problem:
+        return _fail(f"{where}: {problem}", 1)
     try:
         db = await PostgresDatabase.connect(url, min_size=1, max_size=2, application_name="gateway-migrate")
-    except Exception:  # noqa: BLE001 - the pool only says it timed out: ask libpq what is wrong
-        return _fail(f"{where}: {await _why_unreachable(url)}", 1)
+    except Exception as error:  # noqa: BLE001
+        return _fail(f"{where}: could not open a connection pool ({type(error).__name__}); try again", 1)
     print(f"{PREFIX}: copying {data_dir.resolve()} into {where}")
     try:
         report = await migrate_to_postgres(db, gateway_db=data_dir / GATEWAY_DB,
@@ -58,18 +61,19 @@ async def run_migrate_to_postgres(settings: Settings) -> int:
     return 0
 
 
-async def _why_unreachable(url: str) -> str:
+async def _connect_problem(url: str) -> str | None:
+    """None when one connection opens, else what is wrong and what to fix."""
     import psycopg
 
     from core.store.engine import normalize_url
 
     try:
         conn = await psycopg.AsyncConnection.connect(normalize_url(url), connect_timeout=5)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:  # noqa: BLE001 - any failure is the finding
         detail, fix = connect_problem(error)
         return f"{detail}; fix: {fix}"
     await conn.close()
-    return "the connection pool could not open (timed out); try again"
+    return None
 
 
 def _print_report(report: MigrationReport, where: str) -> None:
