@@ -17,6 +17,7 @@ from core.tracing import TELEMETRY_DB
 
 PREFIX = "migrate-to-postgres"
 SHOWN_MISSING = 5
+MAX_ERROR_CHARS = 400
 
 
 def _fail(message: str, status: int) -> int:
@@ -53,8 +54,8 @@ async def run_migrate_to_postgres(settings: Settings) -> int:
     except MigrationError as error:
         return _fail(f"{error}", 1)
     except psycopg.Error as error:
-        first_line = " ".join(str(error).split()) or type(error).__name__
-        return _fail(f"PostgreSQL refused the copy, nothing was kept (rolled back): {first_line}", 1)
+        said = " ".join(str(error).split())[:MAX_ERROR_CHARS] or type(error).__name__  # COPY quotes the row
+        return _fail(f"PostgreSQL refused the copy, nothing was kept (rolled back): {said}", 1)
     finally:
         await db.close()
     _print_report(report, where)
