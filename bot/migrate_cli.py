@@ -7,6 +7,7 @@ URL is shown as host:port/database and user only, never with its password.
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 
 from bot.doctor_database import connect_problem, target
@@ -53,6 +54,8 @@ async def run_migrate_to_postgres(settings: Settings) -> int:
                                            artifacts_dir=data_dir / "artifacts", progress=print)
     except MigrationError as error:
         return _fail(f"{error}", 1)
+    except (sqlite3.Error, OSError) as error:
+        return _fail(f"could not read DATA_DIR ({type(error).__name__}: {error}): nothing was kept (rolled back)", 1)
     except psycopg.Error as error:
         said = " ".join(str(error).split())[:MAX_ERROR_CHARS] or type(error).__name__  # COPY quotes the row
         return _fail(f"PostgreSQL refused the copy, nothing was kept (rolled back): {said}", 1)
