@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("id", nargs="?", help="entry id (or 'all' for replay)")
     dlq.add_argument("--json", action="store_true", help="with list: one JSON object per entry")
     dlq.add_argument("--status", default="pending", help="with list: pending, replayed, discarded, resolved, all")
+    sub.add_parser("migrate-to-postgres", help="copy DATA_DIR's SQLite state into the empty database at DATABASE_URL")
     return parser
 
 
@@ -76,6 +77,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from bot.dlq_cli import run_dlq
 
         return asyncio.run(run_dlq(settings, args.action, args.id, as_json=args.json, status=args.status))
+    if command == "migrate-to-postgres":
+        from bot.migrate_cli import run_migrate_to_postgres
+
+        return asyncio.run(run_migrate_to_postgres(settings))
     return 2
 
 
