@@ -39,6 +39,9 @@ UNFINISHED = "('received', 'processing')"
 # Until: the database's clock plus the lease. A float parameter times an interval is portable
 # across psycopg's dumpers (int parameters may be sent as int2 or numeric).
 _UNTIL = "clock_timestamp() + ? * interval '1 second'"
+# The journal's own times are ISO-8601 text in UTC (Clock.iso()): compared as text, so that an odd
+# value can never make the sweeper's statement fail.
+_ISO_AGO = """to_char((clock_timestamp() - ? * interval '1 second') AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS')"""
 
 
 def new_instance_id() -> str:
@@ -194,7 +197,7 @@ class PostgresCoordination:
             "WITH candidates AS ("
             " SELECT j.update_id FROM journal AS j LEFT JOIN update_claims AS c ON c.update_id = j.update_id"
             f" WHERE j.state IN {UNFINISHED} AND (c.lease_until < clock_timestamp() OR (c.update_id IS NULL"
-            "  AND j.received_at::timestamptz < clock_timestamp() - ? * interval '1 second'))"
+            f"  AND j.received_at < {_ISO_AGO}))"
             " ORDER BY j.update_id LIMIT ?),"
             " taken AS ("
             f" INSERT INTO update_claims(update_id, owner, lease_until) SELECT update_id, ?, {_UNTIL} FROM candidates"
