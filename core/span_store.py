@@ -215,7 +215,7 @@ class SpanBatchExporter(SpanExporter):
             with self._lock:
                 return self._prune(now_ns)
         except Exception as error:  # it also runs from export(), which must never raise
-            self._warn("telemetry prune failed: %s: %s", type(error).__name__, self._redact(str(error)))
+            self._warn("telemetry prune failed: %s: %s", type(error).__name__, self._said(error))
             return 0
 
     def shutdown(self) -> None:
@@ -231,7 +231,11 @@ class SpanBatchExporter(SpanExporter):
         with self._lock:
             self._close()  # reconnect next time: the file may have been fixed, the server be back
         self._warn("telemetry: dropped %d spans (%d so far) because %s: %s; turns are unaffected",
-                   count, self.dropped_spans, type(error).__name__, self._redact(str(error)))
+                   count, self.dropped_spans, type(error).__name__, self._said(error))
+
+    def _said(self, error: BaseException) -> str:
+        """An error's first line, redacted: a driver's message may hold the server's URL, or run on."""
+        return self._redact((str(error).strip().splitlines() or [""])[0])
 
     def _warn(self, message: str, *args: object) -> None:
         now = time.monotonic()
