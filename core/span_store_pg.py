@@ -57,11 +57,12 @@ class PostgresSpanExporter(SpanBatchExporter):
         return f"{type(self).__name__}(retention_days={self.retention_days})"
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        reused = self._conn is not None
+        reused = self._conn is not None and not self._conn.closed
+        conn = self._connection()
         try:
-            self._insert(self._connection(), rows)
+            self._insert(conn, rows)
         except psycopg.OperationalError:
-            if not reused:
+            if not reused or not (conn.broken or conn.closed):  # a timeout is not retried: the server is slow
                 raise
             # The connection died while idle between batches: once more on a new one. (Should
             # the COMMIT itself have reached the server before the link broke, the batch's spans
