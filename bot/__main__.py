@@ -69,9 +69,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "trace":
         return _trace(settings, args.id, as_json=args.json)
     if command == "traces":
-        from core.telemetry import format_turns, recent_turns
+        from core.telemetry import format_turns, recent_turns, span_source
 
-        print(format_turns(recent_turns(settings.data_dir / "telemetry.db", last=max(1, args.last))))
+        print(format_turns(recent_turns(span_source(settings), last=max(1, args.last))))
         return 0
     if command == "dlq":
         from bot.dlq_cli import run_dlq
@@ -152,15 +152,15 @@ def _fast_loop_factory():  # noqa: ANN202
 
 
 def _trace(settings, ref: str, *, as_json: bool) -> int:  # noqa: ANN001
-    from core.telemetry import find_trace, format_tree, spans_json_lines
+    from core.telemetry import find_trace, format_tree, span_source, spans_json_lines
 
     try:
-        spans = find_trace(settings.data_dir / "telemetry.db", ref.strip().lower())
+        spans = find_trace(span_source(settings), ref.strip().lower())
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not spans:
-        print(f"no trace matches {ref!r} in {settings.data_dir / 'telemetry.db'}", file=sys.stderr)
+        print(f"no trace matches {ref!r} in {span_source(settings)}", file=sys.stderr)
         return 1
     if as_json:
         for line in spans_json_lines(spans):
