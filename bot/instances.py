@@ -53,23 +53,36 @@ def session_lock(database_url: str | None, key: int, *, name: str) -> SessionLoc
     return PostgresSessionLock(database_url, key, name=name) if database_url else LocalLock()
 
 
-async def claim_poller(database_url: str | None) -> SessionLock | None:
-    """The poller's lock, held until the process ends; None when another instance polls."""
+class PollerRefused(Exception):
+    """Long polling cannot start: another instance polls on this database (or the lock is out of reach)."""
+
+
+async def claim_poller(database_url: str | None) -> SessionLock:
+    """The poller's lock, to hold until the process ends; PollerRefused when another instance polls."""
     lock = session_lock(database_url, POLLER_LOCK, name="poller")
-    return lock if await lock.try_acquire() else None
+    if await lock.try_acquire():
+        return lock
+    error = getattr(lock, "error", None)
+    raise PollerRefused(POLLER_REFUSED if error is None else
+                        f"could not take the poller's lock on the database ({error}); is DATABASE_URL reachable?")
 
 
 class Instances:
     """Heartbeat, sweeper and leadership of this process (see the module docstring)."""
 
     def __init__(self, coordination: Coordination, *, lease_s: float, leader: SessionLock | None = None,
-                 resume: Callable[[list[JournalEntry]], object] | None = None, db: Any = None,
+                 resume: Callable[[list[JournalEntry]], Awaitable[object]] | None = None, db: Any = None,
                  sweep_every_s: float = SWEEP_EVERY_S) -> None:
         self.coordination, self.lease_s, self.db = coordination, lease_s, db
         self.leader = leader or LocalLock()
         self.resume = resume  # set by the runtime: queues taken-over updates for the router
         self.sweep_every_s = min(sweep_every_s, lease_s / 3)
         self._leading = False
+
+    @classmethod
+    def local(cls) -> Instances:
+        """One process (SQLite, the console, tests): every part trivial."""
+        return cls(LocalCoordination(), lease_s=30.0)
 
     @classmethod
     def build(cls, db: object, *, lease_s: float, database_url: str | None) -> Instances:
@@ -132,7 +145,7 @@ class Instances:
             log.warning("taking over %d unfinished update(s) whose instance stopped: %s", len(entries),
                         ", ".join(str(e.update_id) for e in entries[:10]))
             if self.resume is not None:
-                self.resume(entries)
+                await self.resume(entries)
         return len(entries)
 
     async def close(self, *, keep: set[int] | frozenset[int] = frozenset()) -> None:

@@ -255,6 +255,7 @@ class PostgresSessionLock:
     def __init__(self, url: str, key: int, *, name: str, connect_timeout_s: float = 10.0) -> None:
         self.url, self.key, self.name, self.connect_timeout_s = url, key, name, connect_timeout_s
         self.held = False
+        self.error: str | None = None  # why the last try failed, when it was not "someone else holds it"
         self._conn: Any = None
 
     async def try_acquire(self) -> bool:
@@ -262,6 +263,7 @@ class PostgresSessionLock:
 
         from core.store.engine import normalize_url
 
+        self.error = None
         try:
             if self._conn is None or self._conn.closed:
                 self.held = False
@@ -275,6 +277,7 @@ class PostgresSessionLock:
             row = await cursor.fetchone()
             self.held = bool(row and row[0])
         except psycopg.Error as error:
+            self.error = type(error).__name__
             if self.held:
                 log.warning("lost the %s lock: its connection failed (%s)", self.name, type(error).__name__)
             await self._drop()

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from bot.instances import POLLER_REFUSED, Instances, claim_poller, coordination_for
+from bot.instances import POLLER_REFUSED, Instances, PollerRefused, claim_poller, coordination_for
 from core.chat_turns import ChatTurns
 from core.store.engine import PostgresDatabase
 from core.store.leases import LEADER_LOCK, LocalCoordination, PostgresCoordination, PostgresSessionLock
@@ -199,8 +199,11 @@ async def test_the_sweeper_hands_taken_updates_to_resume(pg) -> None:
     dead, b = await make(name="dead", lease_s=0.3), await make(name="b")
     await journal(dead.db, 5, claim=dead.coordination)
     resumed: list[int] = []
-    instances = Instances(b.coordination, lease_s=1.0, resume=lambda es: resumed.extend(e.update_id for e in es),
-                          sweep_every_s=0.05)
+
+    async def resume(entries: list) -> None:
+        resumed.extend(e.update_id for e in entries)
+
+    instances = Instances(b.coordination, lease_s=1.0, resume=resume, sweep_every_s=0.05)
     stop = asyncio.Event()
     task = asyncio.create_task(instances.run(stop))
 
@@ -297,8 +300,11 @@ async def test_an_earlier_update_of_a_dead_instance_is_taken_over_then_runs_firs
         await finish(b.db, update_id)
 
     later = asyncio.create_task(run(2))
-    instances = Instances(b.coordination, lease_s=1.0, sweep_every_s=0.05,
-                          resume=lambda entries: pending.extend(asyncio.create_task(run(e.update_id)) for e in entries))
+
+    async def resume(entries: list) -> None:
+        pending.extend(asyncio.create_task(run(e.update_id)) for e in entries)
+
+    instances = Instances(b.coordination, lease_s=1.0, sweep_every_s=0.05, resume=resume)
     stop = asyncio.Event()
     loops = asyncio.create_task(instances.run(stop))
     try:
@@ -365,15 +371,17 @@ async def test_leader_fails_over_when_its_connection_closes(pg) -> None:
 async def test_a_second_poller_on_the_same_database_is_refused(pg) -> None:
     url, _ = pg
     poller = await claim_poller(url)
-    assert poller is not None
     try:
-        assert await claim_poller(url) is None
-        assert "WEBHOOK_URL" in POLLER_REFUSED
+        with pytest.raises(PollerRefused) as refused:
+            await claim_poller(url)
+        assert str(refused.value) == POLLER_REFUSED and "WEBHOOK_URL" in POLLER_REFUSED
     finally:
         await poller.release()
     again = await claim_poller(url)  # the first one stopped: polling may start again
-    assert again is not None
     await again.release()
+    closed_port = url.replace(":5432/", ":1/")
+    with pytest.raises(PollerRefused, match="could not take the poller's lock"):  # not "another instance"
+        await claim_poller(closed_port)
 
 
 async def test_on_sqlite_every_answer_is_trivial() -> None:
@@ -387,7 +395,7 @@ async def test_on_sqlite_every_answer_is_trivial() -> None:
     instances = Instances.build(SQLiteLike(), lease_s=30, database_url=None)
     assert await instances.leads()
     await instances.run(asyncio.Event())  # returns at once: nothing to beat or sweep
-    assert await claim_poller(None) is not None
+    await claim_poller(None)
     turns = ChatTurns()
     async with turns.hold(1, update_id=3):
         pass
