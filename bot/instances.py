@@ -159,11 +159,18 @@ class Instances:
         await self.leader.release()
 
     @staticmethod
-    async def _every(stop: asyncio.Event, every_s: float, work: Callable[[], object]) -> None:
+    async def _every(stop: asyncio.Event, every_s: float, work: Callable[[], Awaitable[object]]) -> None:
+        failing = False  # one warning when the database goes away, one line when it is back
         while not stop.is_set():
             try:
-                await work()  # type: ignore[misc]
+                await work()
+                if failing:
+                    log.info("instance %s works again", work.__name__)
+                failing = False
             except Exception as error:  # noqa: BLE001 - a database hiccup must not stop the loop
-                log.warning("%s failed: %s", getattr(work, "__name__", "instance work"), type(error).__name__)
+                if not failing:
+                    failing = True
+                    log.warning("instance %s failed (retrying every %.1f s): %s", work.__name__, every_s,
+                                type(error).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), every_s)
