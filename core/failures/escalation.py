@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
@@ -135,8 +135,9 @@ class TextSender(Protocol):
 
 async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], datetime], limit: int = 20,
                        base_wait_s: float = 2.0, max_wait_s: float = 60.0, max_attempts: int | None = None,
-                       max_age_s: float | None = OUTBOX_MAX_AGE_S, chat_gone: Callable[[int], bool] | None = None,
-                       on_chat_gone: Callable[[int, str], None] | None = None) -> int:
+                       max_age_s: float | None = OUTBOX_MAX_AGE_S,
+                       chat_gone: Callable[[int], Awaitable[bool]] | None = None,
+                       on_chat_gone: Callable[[int, str], Awaitable[None]] | None = None) -> int:
     """Send what is due, in id order; returns how many were sent.
 
     A temporary refusal schedules the row again (after Telegram's retry_after, else the shared
@@ -153,7 +154,7 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
     for row in await outbox.due(now=iso(now()), limit=limit):
         if row.chat_id in held_chats:
             continue
-        if chat_gone is not None and chat_gone(row.chat_id):
+        if chat_gone is not None and await chat_gone(row.chat_id):
             await outbox.mark_dead(row.id, error="not sent: the chat blocked the bot")
             continue
         try:
@@ -163,7 +164,7 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
             failure = error if isinstance(error, DeliveryFailed) else DeliveryFailed(
                 f"{type(error).__name__}: {error}", permanent=False)
             if failure.chat_gone and on_chat_gone is not None:
-                on_chat_gone(row.chat_id, failure.reason)
+                await on_chat_gone(row.chat_id, failure.reason)
             age_s = (_parse_iso(iso(now())) - _parse_iso(row.created_at)).total_seconds()
             too_old = max_age_s is not None and age_s >= max_age_s
             out_of_attempts = max_attempts is not None and row.attempts + 1 >= max_attempts
