@@ -10,7 +10,7 @@ import pytest
 
 from core.failures.dlq import DeadLetterQueue
 from core.failures.escalation import Outbox
-from core.store import Chats, History, Journal, open_database
+from core.store import Chats, History, Journal, open_sqlite
 from core.store.access import AccessRecords
 from core.store.chat_models import ChatModels
 from core.store.interfaces import (
@@ -55,7 +55,7 @@ def mismatches(protocol: type, implementation: type) -> list[str]:
 def test_the_sqlite_class_has_every_method_of_its_protocol_with_the_same_signature(
         protocol: type, implementation: type) -> None:
     assert mismatches(protocol, implementation) == []
-    assert isinstance(implementation(open_database(":memory:")), protocol)
+    assert isinstance(implementation(open_sqlite(":memory:")), protocol)
 
 
 def test_a_wrong_signature_or_a_missing_method_is_reported() -> None:
