@@ -94,7 +94,7 @@ async def _local_command(text: str, services: Services, pipeline: Pipeline, chan
         print(format_for_user(hot, tokens=await services.hot_state.tokens(CONSOLE_CHAT_ID),
                               cap=services.settings.hot_state_max_tokens), flush=True)
     elif command == "/status":
-        print(status_text(services, chat_id=CONSOLE_CHAT_ID, operator=True), flush=True)
+        print(await status_text(services, chat_id=CONSOLE_CHAT_ID, operator=True), flush=True)
     elif command == "/replay":
         if not arg.strip().isdigit():
             print("usage: /replay ID (a dead-letter entry of a console turn)", flush=True)
