@@ -217,7 +217,7 @@ def probe_writable(data_dir: Path) -> None:
 
 
 class StorageUnavailable(Exception):
-    """DATA_DIR cannot be used: a clear, one-line reason for the operator."""
+    """Storage (DATA_DIR, or DATABASE_URL) cannot be used: a clear, one-line reason for the operator."""
 
 
 class ModelsUnavailable(StorageUnavailable):
