@@ -326,16 +326,20 @@ def test_a_failed_console_turn_belongs_to_the_console(bot, fake_telegram, fake_l
 
 def pending_telegram_entry(data_dir: Path) -> int:
     """A DLQ entry of a Telegram chat, written the way a failed turn writes it."""
-    services = build_services(Settings(_env_file=None, data_dir=data_dir), tracing=False)
+    return asyncio.run(_add_pending_telegram_entry(data_dir))
+
+
+async def _add_pending_telegram_entry(data_dir: Path) -> int:
+    services = await build_services(Settings(_env_file=None, data_dir=data_dir), tracing=False)
     try:
         trace_id = "ab" * 16
         inbound = InboundMessage(update_id=7, trace_id=trace_id, chat_id=USER, chat_type="private", user_id=USER,
                                  text="answer me later", received_at=services.clock.now())
         entry = DlqEntry(trace_id=trace_id, chat_id=USER, user_id=USER, inbound=inbound, error_kind="llm_server",
                          error_message="HTTP 500", replayable=True)
-        return services.dlq.add(entry, attempts=[], now=services.clock.iso())
+        return await services.dlq.add(entry, attempts=[], now=services.clock.iso())
     finally:
-        asyncio.run(services.close())
+        await services.close()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], expect: str) -> None:
