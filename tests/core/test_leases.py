@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
 from bot.instances import POLLER_REFUSED, Instances, PollerRefused, claim_poller, coordination_for
 from core.chat_turns import ChatTurns
+from core.contracts import Escalation
+from core.failures.escalation import Escalator, Outbox
 from core.store.engine import PostgresDatabase
 from core.store.leases import LEADER_LOCK, LocalCoordination, PostgresCoordination, PostgresSessionLock
 from core.store.pg_schema import migrate_postgres
@@ -399,3 +402,26 @@ async def test_on_sqlite_every_answer_is_trivial() -> None:
     turns = ChatTurns()
     async with turns.hold(1, update_id=3):
         pass
+
+
+async def test_alert_deduplication_is_shared_by_instances(pg) -> None:
+    """Both instances read "cooled down" at once: the conditional upsert lets one alert out."""
+    _, make = pg
+    a, b = await make(name="a"), await make(name="b")
+    escalators = [Escalator(x.db, Outbox(x.db), operator_chat_id=900, cooldown_s=300, logger=logging.getLogger("t"))
+                  for x in (a, b)]
+    alert = Escalation(producer="pipeline", key="llm_down", kind="provider_down", severity="error", summary="down")
+    now = datetime.now(UTC)
+    for round_ in range(5):  # five races, each key fresh
+        keyed = alert.model_copy(update={"key": f"llm_down:{round_}"})
+        sent = await asyncio.gather(*(e.raise_alert(keyed, now=now + timedelta(milliseconds=i))  # two clocks
+                                      for i, e in enumerate(escalators * 3)))
+        assert sum(sent) == 1
+    row = await a.db.fetchone("SELECT COUNT(*) FROM outbox")
+    assert row[0] == 5
+    later = now + timedelta(seconds=301)  # after the cooldown: one more, and the suppressed ones counted
+    sent = await asyncio.gather(*(e.raise_alert(alert.model_copy(update={"key": "llm_down:0"}), now=later)
+                                  for e in escalators))
+    assert sorted(sent) == [False, True]
+    texts = await a.db.fetchall("SELECT text FROM outbox ORDER BY id")
+    assert "(5 similar alerts suppressed since" in texts[-1][0]
