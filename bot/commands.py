@@ -7,6 +7,7 @@ everyone, operator commands for the operator's chat only).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -133,7 +134,8 @@ async def trace_cmd(ctx: CommandContext) -> Reply:
     if not ref:
         return Reply("Usage: /trace REF (the 8 characters after 'ref:').")
     try:
-        spans = find_trace(ctx.services.telemetry.spans, ref)
+        # A read of its own connection (PostgreSQL: over the network): off the event loop.
+        spans = await asyncio.to_thread(find_trace, ctx.services.telemetry.spans, ref)
     except AmbiguousRef as error:
         return Reply(str(error))
     except ValueError as error:

@@ -162,7 +162,8 @@ async def build_services(settings: Settings, *, llm: LLM | None = None, tracing:
     redact = redactor(settings.secrets())
     telemetry = setup_tracing(data_dir=data_dir, retention_days=settings.telemetry_retention_days,
                               service_version=VERSION, otlp_endpoint=settings.otel_exporter_otlp_endpoint,
-                              enabled=tracing, redact=redact)
+                              enabled=tracing, redact=redact,
+                              database_url=settings.database_url.get_secret_value() if settings.database_url else None)
     if llm is None:
         llm = LLMRouter(models, timeout_s=settings.llm_timeout_seconds, tracer=telemetry.tracer, counter=counter)
     if speaker is None:

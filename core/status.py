@@ -35,7 +35,7 @@ async def status_text(services: Services, *, chat_id: int, operator: bool) -> st
     settings, models = services.settings, services.models
     model = models.resolve(await services.chat_models.get(chat_id))
     now_ns = time.time_ns()
-    scores = scoreboard(services.telemetry.spans, since_ns=now_ns - DAY_NS, now_ns=now_ns)
+    scores = await asyncio.to_thread(scoreboard, services.telemetry.spans, since_ns=now_ns - DAY_NS, now_ns=now_ns)
     hot_tokens = await services.hot_state.tokens(chat_id)
     last = await services.chats.last_prompt(chat_id)
     lines = [
