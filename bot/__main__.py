@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq.add_argument("id", nargs="?", help="entry id (or 'all' for replay)")
     dlq.add_argument("--json", action="store_true", help="with list: one JSON object per entry")
     dlq.add_argument("--status", default="pending", help="with list: pending, replayed, discarded, resolved, all")
+    sub.add_parser("migrate-to-postgres", help="copy DATA_DIR's SQLite state into the empty database at DATABASE_URL")
     return parser
 
 
@@ -68,14 +69,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "trace":
         return _trace(settings, args.id, as_json=args.json)
     if command == "traces":
-        from core.telemetry import format_turns, recent_turns
+        from core.telemetry import format_turns, recent_turns, span_source
 
-        print(format_turns(recent_turns(settings.data_dir / "telemetry.db", last=max(1, args.last))))
+        print(format_turns(recent_turns(span_source(settings), last=max(1, args.last))))
         return 0
     if command == "dlq":
         from bot.dlq_cli import run_dlq
 
         return asyncio.run(run_dlq(settings, args.action, args.id, as_json=args.json, status=args.status))
+    if command == "migrate-to-postgres":
+        from bot.migrate_cli import run_migrate_to_postgres
+
+        return asyncio.run(run_migrate_to_postgres(settings))
     return 2
 
 
@@ -147,15 +152,15 @@ def _fast_loop_factory():  # noqa: ANN202
 
 
 def _trace(settings, ref: str, *, as_json: bool) -> int:  # noqa: ANN001
-    from core.telemetry import find_trace, format_tree, spans_json_lines
+    from core.telemetry import find_trace, format_tree, span_source, spans_json_lines
 
     try:
-        spans = find_trace(settings.data_dir / "telemetry.db", ref.strip().lower())
+        spans = find_trace(span_source(settings), ref.strip().lower())
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if not spans:
-        print(f"no trace matches {ref!r} in {settings.data_dir / 'telemetry.db'}", file=sys.stderr)
+        print(f"no trace matches {ref!r} in {span_source(settings)}", file=sys.stderr)
         return 1
     if as_json:
         for line in spans_json_lines(spans):

@@ -133,7 +133,7 @@ async def trace_cmd(ctx: CommandContext) -> Reply:
     if not ref:
         return Reply("Usage: /trace REF (the 8 characters after 'ref:').")
     try:
-        spans = find_trace(ctx.services.telemetry.db_path, ref)
+        spans = find_trace(ctx.services.telemetry.spans, ref)
     except AmbiguousRef as error:
         return Reply(str(error))
     except ValueError as error:

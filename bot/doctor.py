@@ -4,13 +4,13 @@ what to fix. Exit status 0 when everything needed to run is fine, 1 otherwise.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import httpx
 
+from bot.doctor_database import database_findings
 from bot.doctor_voice import check_transcription
 from bot.startup import check_get_me
 from config.settings import Settings
@@ -45,14 +45,6 @@ def check_storage(settings: Settings) -> Check:
         return Check("storage", False, f"{data_dir}: {type(error).__name__}: {error}",
                      "point DATA_DIR at a writable directory (a persistent volume on a PaaS)")
     return Check("storage", True, f"{data_dir.resolve()} writable, {len(tables)} tables, migrations applied")
-
-
-def check_platform() -> Check | None:
-    if os.environ.get("DYNO"):
-        return Check("platform", False, "Heroku detected (DYNO is set): its disk is ephemeral and wiped at least "
-                     "daily, so history, DLQ and usage in DATA_DIR will be lost",
-                     "use a platform with a persistent volume (Render disk, Railway volume, Fly volume)", warning=True)
-    return None
 
 
 async def check_llm(settings: Settings) -> Check:
@@ -182,9 +174,7 @@ async def run_doctor(settings: Settings) -> int:
                     f"operator {settings.operator_chat_id or 'not set'}")]
     checks.extend(check_access(settings))
     checks.append(check_storage(settings))
-    platform = check_platform()
-    if platform:
-        checks.append(platform)
+    checks.extend(Check(*finding) for finding in await database_findings(settings))
     counter = counter_for_model(settings.llm_model)
     checks.append(Check("tokens", True, f"encoding {counter.describe()}"))
     checks.append(await check_llm(settings))

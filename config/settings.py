@@ -302,7 +302,7 @@ def format_errors(error: ValidationError) -> list[str]:
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown setting (typo?) in .env"
-        elif "secret" not in name and "token" not in name and "key" not in name:
+        elif not any(word in name for word in ("secret", "token", "key", "database_url")):  # may carry a password
             message = f"{message} (got {item.get('input')!r})"
         lines.append(f"{name.upper()}: {message}")
     return lines

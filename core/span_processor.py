@@ -1,5 +1,5 @@
-"""The span processor that feeds telemetry.db: ended SDK spans, batched to the SQLite exporter
-on a worker thread.
+"""The span processor that feeds the span store: ended SDK spans, batched to the exporter
+(telemetry.db, or PostgreSQL with DATABASE_URL) on a worker thread.
 
 Why not the SDK's `BatchSpanProcessor` (which the OTLP export does use): it keeps every ended
 span as a `ReadableSpan` (a dozen objects the cyclic garbage collector tracks: the span, its
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 class RecordExporter(Protocol):
-    """What the processor writes to: `core.span_store.SQLiteSpanExporter`."""
+    """What the processor writes to: a `core.span_store.SpanBatchExporter` (SQLite or PostgreSQL)."""
 
     def export_records(self, records: Sequence[SpanRecord]) -> object: ...
 

@@ -1,35 +1,33 @@
-"""The write side of telemetry.db: finished spans, stored a trace's batch at a time.
+"""The write side of the spans: finished spans, stored a trace's batch at a time.
 
 Layout: one row of `span_batches` per trace per export batch, holding that trace's spans as a
 JSON array, plus the few columns queries need without opening the JSON (the root span's
 name, times, status and chat, and the `chat {model}` calls). A turn is one to three rows (its
 spans end over a few export rounds) instead of fifteen: per span that is a list and a share
 of one JSON encoding instead of an index insert, which is most of what tracing costs a turn
-(bench/trace_overhead.py). The schema and its views are core/span_schema.py; core/telemetry.py
-reads the table.
+(bench/trace_overhead.py). This module builds the rows (`SpanBatchExporter`); a store writes
+them: telemetry.db under DATA_DIR (core/span_store_sqlite.py, schema in core/span_schema.py)
+or PostgreSQL when DATABASE_URL is set (core/span_store_pg.py, schema in
+core/store/pg_schema.py). core/telemetry.py reads the table.
 
-It never raises: when SQLite fails (locked, read-only, disk full) the batch is dropped and
-counted in `dropped_spans`, with at most one warning a minute. The database opens lazily and
-is retried on the next batch, so an unwritable DATA_DIR at start degrades tracing, not the bot.
+It never raises: when the store fails (SQLite locked, read-only or full; PostgreSQL down) the
+batch is dropped and counted in `dropped_spans`, with at most one warning a minute. The
+database opens lazily and is retried on the next batch, so an unwritable DATA_DIR or an
+unreachable server at start degrades tracing, not the bot.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import sqlite_utils
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
-
-from core.span_schema import migrations
 
 logger = logging.getLogger(__name__)
 
@@ -95,26 +93,33 @@ def _fits(attributes: dict[str, Any]) -> bool:
     return True
 
 
-_INSERT = "INSERT INTO span_batches VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+# Exporters ----------------------------------------------------------------------------------
+class SpanBatchExporter(SpanExporter):
+    """What both stores share: batches to `span_batches` rows (redacted), dropping instead of
+    raising, retention once an hour. A store adds `_write` (one transaction of rows), `_prune`
+    and `_close`; all three run under `_lock` (the worker thread and force_flush/prune callers
+    share one connection)."""
 
-
-# Exporter -----------------------------------------------------------------------------------
-class SQLiteSpanExporter(SpanExporter):
-    """Writes finished spans to `telemetry.db`, one transaction per batch (see the module doc)."""
-
-    def __init__(self, db_path: Path, *, retention_days: int = 30, max_db_bytes: int = 256 * 1024 * 1024,
-                 redact: Redact = no_redaction, busy_timeout_s: float = 1.0) -> None:
-        self.db_path = db_path
+    def __init__(self, *, retention_days: int, redact: Redact) -> None:
         self.retention_days = retention_days
-        self.max_db_bytes = max_db_bytes
         self.dropped_spans = 0
         self._redact = redact
-        self._busy_timeout_s = busy_timeout_s
-        self._lock = threading.Lock()  # the worker thread and force_flush/prune callers share one connection
-        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
         self._shut_down = False
         self._warned_at = -DROP_LOG_INTERVAL_S
         self._pruned_at = -PRUNE_INTERVAL_S
+
+    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+        """Insert the rows in one transaction, or raise."""
+        raise NotImplementedError
+
+    def _prune(self, now_ns: int) -> int:
+        """Delete what retention says; the number of spans deleted."""
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Drop the connection (the next batch opens a new one)."""
+        raise NotImplementedError
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """The SDK's exporter interface, for any span processor."""
@@ -127,15 +132,7 @@ class SQLiteSpanExporter(SpanExporter):
         try:
             rows = self._rows(records)
             with self._lock:
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(_INSERT, rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+                self._write(rows)
         except Exception as error:  # anything at all: the export thread must not die, nor a turn wait
             self._drop(len(records), error)
             return SpanExportResult.FAILURE
@@ -207,93 +204,41 @@ class SQLiteSpanExporter(SpanExporter):
                 chat_id if type(chat_id) is int else None, encode_json(calls) if calls else None, text)
 
     def prune(self, *, now_ns: int | None = None) -> int:
-        """Delete spans past retention, then the oldest until the file fits `max_db_bytes`.
+        """Delete spans past retention (and, on SQLite, the oldest until the file fits its cap).
 
-        Returns the number of spans deleted (0 when the database cannot be opened). export() runs
-        it at most once an hour, so the file may overshoot the cap by one hour of spans.
+        Returns the number of spans deleted (0 when the database cannot be reached). export()
+        runs it at most once an hour.
         """
         now_ns = time.time_ns() if now_ns is None else now_ns
         self._pruned_at = time.monotonic()
         try:
             with self._lock:
-                return self._prune(self._connection(), now_ns)
+                return self._prune(now_ns)
         except Exception as error:  # it also runs from export(), which must never raise
-            self._warn("telemetry prune failed: %s: %s", type(error).__name__, error)
+            self._warn("telemetry prune failed: %s: %s", type(error).__name__, self._said(error))
             return 0
-
-    def _prune(self, conn: sqlite3.Connection, now_ns: int) -> int:
-        def delete(where: str, value: int) -> int:
-            spans = conn.execute(f"SELECT COALESCE(SUM(span_count), 0) FROM span_batches WHERE {where}",
-                                 [value]).fetchone()[0]
-            conn.execute(f"DELETE FROM span_batches WHERE {where}", [value])
-            return spans
-
-        deleted = delete("start_ns < ?", now_ns - self.retention_days * 86_400 * 1_000_000_000)
-        for _ in range(16):  # bounded: each pass removes a share proportional to the excess
-            used = _used_bytes(conn)
-            total = conn.execute("SELECT count(*) FROM span_batches").fetchone()[0]
-            if used <= self.max_db_bytes or total == 0:
-                break
-            # Aim 10% under the cap so that the next few batches do not trigger another prune.
-            share = 1 - (self.max_db_bytes * 0.9) / used
-            offset = max(0, min(total - 1, int(total * share)))
-            cutoff = conn.execute("SELECT start_ns FROM span_batches ORDER BY start_ns LIMIT 1 OFFSET ?",
-                                  [offset]).fetchone()[0]
-            deleted += delete("start_ns <= ?", cutoff)
-        if deleted:
-            if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
-                # executescript steps the pragma to the end; execute() would free a single page.
-                conn.executescript("PRAGMA incremental_vacuum;")
-            else:  # a file created before auto_vacuum was set
-                conn.execute("VACUUM")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # the main file shrinks only here
-        return deleted
 
     def shutdown(self) -> None:
         self._shut_down = True
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            self._close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True  # every export commits before returning
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self.db_path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False,
-                                   timeout=self._busy_timeout_s)
-            try:
-                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # effective only before the first table
-                db = sqlite_utils.Database(conn)
-                db.enable_wal()
-                conn.execute("PRAGMA synchronous=NORMAL")
-                migrations.apply(db)
-            except BaseException:
-                conn.close()
-                raise
-            self._conn = conn
-        return self._conn
-
     def _drop(self, count: int, error: BaseException) -> None:
         self.dropped_spans += count
         with self._lock:
-            if self._conn is not None:  # reopen next time: the file may have been fixed or replaced
-                self._conn.close()
-                self._conn = None
+            self._close()  # reconnect next time: the file may have been fixed, the server be back
         self._warn("telemetry: dropped %d spans (%d so far) because %s: %s; turns are unaffected",
-                   count, self.dropped_spans, type(error).__name__, error)
+                   count, self.dropped_spans, type(error).__name__, self._said(error))
+
+    def _said(self, error: BaseException) -> str:
+        """An error's first line, redacted: a driver's message may hold the server's URL, or run on."""
+        return self._redact((str(error).strip().splitlines() or [""])[0])
 
     def _warn(self, message: str, *args: object) -> None:
         now = time.monotonic()
         if now - self._warned_at >= DROP_LOG_INTERVAL_S:
             self._warned_at = now
             logger.warning(message, *args)
-
-
-def _used_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes held by live pages: what the file shrinks to once free pages are vacuumed."""
-    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-    pages = conn.execute("PRAGMA page_count").fetchone()[0] - conn.execute("PRAGMA freelist_count").fetchone()[0]
-    return page_size * pages

@@ -35,7 +35,7 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
     settings, models = services.settings, services.models
     model = models.resolve(services.chat_models.get(chat_id))
     now_ns = time.time_ns()
-    scores = scoreboard(services.telemetry.db_path, since_ns=now_ns - DAY_NS, now_ns=now_ns)
+    scores = scoreboard(services.telemetry.spans, since_ns=now_ns - DAY_NS, now_ns=now_ns)
     hot_tokens = services.hot_state.tokens(chat_id)
     last = services.chats.last_prompt(chat_id)
     lines = [

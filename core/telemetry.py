@@ -1,24 +1,32 @@
-"""Read-side of telemetry.db: look up a trace by its ref, list recent turns, score models.
+"""Read-side of the spans: look up a trace by its ref, list recent turns, score models.
 
-Used by `python -m bot trace`, `/status` and the scoreboard; the write side (and the layout:
-a row per trace and export batch) is `core.span_store.SQLiteSpanExporter`. Queries open their own read-only sqlite3 connection (the
-exporter's lives on another thread), take parameters only (a ref is validated as hex first),
-and treat a missing or empty database as "nothing recorded yet" rather than an error.
+Used by `python -m bot trace`/`traces`, `/trace`, `/status` and the scoreboard; the write side
+(and the layout: a row per trace and export batch) is core/span_store.py. Every query takes a
+span source (core/span_source.py): telemetry.db or PostgreSQL, the same SQL and the same results
+on both. Queries open their own connection (the exporter's lives on another thread), take
+parameters only (a ref is validated as hex first), and treat a missing database or table as
+"nothing recorded yet" rather than an error; an unreachable PostgreSQL is logged in one line
+(without the password) and reads as nothing too. On PostgreSQL they are blocking network I/O:
+inside the bot, call them through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from core.span_source import Fetch, SpanSource, SpansUnavailable, reader_of
+from core.span_source import span_source as span_source  # the CLI's way to a source
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 _HEX_REF = re.compile(r"[0-9a-f]{8,32}")
 ALL_MODELS = "*"
 # Attributes worth a glance in the tree; the rest stays available with --json.
@@ -87,24 +95,16 @@ def iso_utc(ns: int) -> str:
     return at.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-@contextmanager
-def _read(db_path: Path) -> Iterator[sqlite3.Connection | None]:
-    """A read-only connection, or None when there is no database (or no span table) yet."""
-    path = Path(db_path)
-    if not path.is_file():
-        yield None
-        return
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=2.0)
+def _query(source: SpanSource, work: Callable[[Fetch, str], _T], *, empty: _T) -> _T:
+    """`work(fetch, batch_order)` on the source's connection; `empty` when nothing is recorded
+    yet, or when PostgreSQL cannot be reached (then said in one line in the log)."""
+    reader = reader_of(source)
     try:
-        conn.execute("SELECT 1 FROM span_batches LIMIT 0")
-    except sqlite3.Error:
-        conn.close()
-        yield None
-        return
-    try:
-        yield conn
-    finally:
-        conn.close()
+        with reader.read() as fetch:
+            return empty if fetch is None else work(fetch, reader.batch_order)
+    except SpansUnavailable as error:
+        logger.warning("%s", error)
+        return empty
 
 
 def _span_row(trace_id: str, item: Sequence[Any]) -> SpanRow:
@@ -115,7 +115,7 @@ def _span_row(trace_id: str, item: Sequence[Any]) -> SpanRow:
                    start_ns=start_ns)
 
 
-def find_trace(db_path: Path, ref: str) -> list[SpanRow]:
+def find_trace(source: SpanSource, ref: str) -> list[SpanRow]:
     """The spans of the trace `ref` names (32 hex digits, or a prefix of 8 or more), by start time.
 
     Raises ValueError for anything but hex, AmbiguousRef when a prefix fits several traces;
@@ -126,22 +126,21 @@ def find_trace(db_path: Path, ref: str) -> list[SpanRow]:
         shown = ref if len(ref) <= 40 else ref[:40] + "…"
         raise ValueError(f"a trace ref is 8 to 32 hex digits (0-9, a-f), like the 'ref: 1a2b3c4d' in a reply; "
                          f"got {shown!r}")
-    with _read(db_path) as conn:
-        if conn is None:
-            return []
+
+    def lookup(fetch: Fetch, batch_order: str) -> list[SpanRow]:
         # A range on the indexed column: every hex digit sorts before 'g'.
-        matches = [r[0] for r in conn.execute(
+        matches = [r[0] for r in fetch(
             "SELECT DISTINCT trace_id FROM span_batches WHERE trace_id >= ? AND trace_id < ? LIMIT 10",
             [ref, ref + "g"])]
         if len(matches) > 1:
             raise AmbiguousRef(ref, sorted(matches))
         if not matches:
             return []
-        batches = conn.execute("SELECT spans FROM span_batches WHERE trace_id = ? ORDER BY rowid",
-                               [matches[0]]).fetchall()
-    items = [item for (text,) in batches for item in json.loads(text)]
-    rows = [_span_row(matches[0], item) for item in items]
-    return sorted(rows, key=lambda row: row.start_ns)  # stable: ties keep the order they were stored in
+        batches = fetch(f"SELECT spans FROM span_batches WHERE trace_id = ? ORDER BY {batch_order}", [matches[0]])
+        rows = [_span_row(matches[0], item) for (text,) in batches for item in json.loads(text)]
+        return sorted(rows, key=lambda row: row.start_ns)  # stable: ties keep the order they were stored in
+
+    return _query(source, lookup, empty=[])
 
 
 def _shown_attributes(attributes: dict[str, Any]) -> str:
@@ -193,14 +192,11 @@ def spans_json_lines(spans: list[SpanRow]) -> list[str]:
                         "attributes": s.attributes}, ensure_ascii=False) for s in spans]
 
 
-def recent_turns(db_path: Path, *, last: int = 20) -> list[TurnRow]:
+def recent_turns(source: SpanSource, *, last: int = 20) -> list[TurnRow]:
     """The latest root `turn` spans, newest first."""
-    with _read(db_path) as conn:
-        if conn is None:
-            return []
-        rows = conn.execute(
-            "SELECT trace_id, root_start_ns, root_end_ns, root_status, chat_id FROM span_batches "
-            "WHERE root_name = 'turn' ORDER BY root_start_ns DESC LIMIT ?", [max(0, last)]).fetchall()
+    rows = _query(source, lambda fetch, _order: fetch(
+        "SELECT trace_id, root_start_ns, root_end_ns, root_status, chat_id FROM span_batches "
+        "WHERE root_name = 'turn' ORDER BY root_start_ns DESC LIMIT ?", [max(0, last)]), empty=[])
     return [TurnRow(time=iso_utc(start_ns), chat_id=chat_id, status=status, duration_ms=(end_ns - start_ns) / 1e6,
                     ref=trace_id[:8], trace_id=trace_id) for trace_id, start_ns, end_ns, status, chat_id in rows]
 
@@ -242,7 +238,7 @@ def _score(model: str, calls: list[tuple[float, bool]], turns: list[tuple[float,
         turn_p50_ms=percentile(turn_ms, 50), turn_p95_ms=percentile(turn_ms, 95), turn_p99_ms=percentile(turn_ms, 99))
 
 
-def scoreboard(db_path: Path, *, since_ns: int, now_ns: int) -> list[ModelScore]:
+def scoreboard(source: SpanSource, *, since_ns: int, now_ns: int) -> list[ModelScore]:
     """Per-model LLM reliability and latency for spans started in [since_ns, now_ns).
 
     The first row (model `ALL_MODELS`) covers every call and every turn, including turns that
@@ -250,17 +246,16 @@ def scoreboard(db_path: Path, *, since_ns: int, now_ns: int) -> list[ModelScore]
     the turns that called it (a turn that called two models counts for both). [] when
     nothing was recorded in the window; never raises.
     """
+    def window(fetch: Fetch, _order: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        # A batch starts no later than the calls it holds, and no earlier than their turn.
+        batches = fetch("SELECT trace_id, llm_calls FROM span_batches WHERE start_ns >= ? AND start_ns < ? "
+                        "AND llm_calls IS NOT NULL", [since_ns - _TURN_MAX_NS, now_ns])
+        turn_rows = fetch("SELECT trace_id, root_end_ns - root_start_ns, root_status FROM span_batches "
+                          "WHERE root_name = 'turn' AND root_start_ns >= ? AND root_start_ns < ?", [since_ns, now_ns])
+        return batches, turn_rows
+
     try:
-        with _read(db_path) as conn:
-            if conn is None:
-                return []
-            # A batch starts no later than the calls it holds, and no earlier than their turn.
-            batches = conn.execute(
-                "SELECT trace_id, llm_calls FROM span_batches WHERE start_ns >= ? AND start_ns < ? "
-                "AND llm_calls IS NOT NULL", [since_ns - _TURN_MAX_NS, now_ns]).fetchall()
-            turn_rows = conn.execute(
-                "SELECT trace_id, root_end_ns - root_start_ns, root_status FROM span_batches "
-                "WHERE root_name = 'turn' AND root_start_ns >= ? AND root_start_ns < ?", [since_ns, now_ns]).fetchall()
+        batches, turn_rows = _query(source, window, empty=([], []))
     except sqlite3.Error:
         return []
     llm_rows = [(trace_id, model, duration_ns, status) for trace_id, calls in batches

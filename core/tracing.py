@@ -1,5 +1,5 @@
-"""One OpenTelemetry trace per turn, recorded by the SDK, stored in SQLite under DATA_DIR and
-optionally sent over OTLP.
+"""One OpenTelemetry trace per turn, recorded by the SDK, stored in SQLite under DATA_DIR (or in
+PostgreSQL with DATABASE_URL) and optionally sent over OTLP.
 
 Why OpenTelemetry rather than hand-rolled ids: the trace id users see as `ref:` is the very id
 an OTLP backend (Jaeger, Tempo, Honeycomb) shows, outbound LLM requests carry it in a standard
@@ -8,8 +8,9 @@ W3C `traceparent` header, and context propagation through `asyncio` tasks comes 
 private provider per `Telemetry` (never the global one), so tests and the console can build
 several side by side. Finished spans reach telemetry.db through our span processor
 (core/span_processor.py says why not the SDK's `BatchSpanProcessor`) and
-`core.span_store.SQLiteSpanExporter`, in batches on the processor's worker thread: nothing on a
-turn's path waits for storage. The OTLP export, when configured, has the SDK's
+`core.span_store_sqlite.SQLiteSpanExporter` (or PostgreSQL's `span_batches` through
+`core.span_store_pg.PostgresSpanExporter`), in batches on the processor's worker thread: nothing
+on a turn's path waits for storage. The OTLP export, when configured, has the SDK's
 `BatchSpanProcessor` and its own thread. The SDK reads the standard variables itself:
 OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (the resource), OTEL_TRACES_SAMPLER(_ARG),
 OTEL_SPAN_*_LIMIT, OTEL_BSP_* (the OTLP export's batches) and OTEL_EXPORTER_OTLP_*.
@@ -37,19 +38,14 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from opentelemetry.util.types import AttributeValue
 
 from core.span_processor import RecordBatchProcessor
-from core.span_store import (  # noqa: F401 - SQLiteSpanExporter is part of this module's interface
-    Redact,
-    SQLiteSpanExporter,
-    clean,
-    clean_attributes,
-    no_redaction,
-)
+from core.span_source import TELEMETRY_DB, PostgresSpans, SpanReader, SQLiteSpans
+from core.span_store import Redact, SpanBatchExporter, clean, clean_attributes, no_redaction
+from core.span_store_sqlite import SQLiteSpanExporter
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = "telegram-llm-gateway"
 SCOPE_NAME = "telegram_llm_gateway"
-TELEMETRY_DB = "telemetry.db"
 _OTLP_ENV_VARS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
 # Explicit W3C propagator: the global one follows OTEL_PROPAGATORS, which could drop traceparent.
 _W3C = TraceContextTextMapPropagator()
@@ -191,15 +187,19 @@ class _IdOnlyTracer(trace.Tracer):
 
 # Setup --------------------------------------------------------------------------------------
 class Telemetry:
-    """What `setup_tracing` builds: the tracer to hand to the pipeline, and what feeds the store."""
+    """What `setup_tracing` builds: the tracer to hand to the pipeline, what feeds the store, and
+    `spans`, the source core.telemetry's queries read (telemetry.db or PostgreSQL; `db_path` is
+    the telemetry.db file, which stays unused when the spans are in PostgreSQL)."""
 
-    def __init__(self, *, tracer: trace.Tracer, provider: TracerProvider | None, exporter: SQLiteSpanExporter,
-                 processor: RecordBatchProcessor | None, db_path: Path, otlp_exporter: SpanExporter | None) -> None:
+    def __init__(self, *, tracer: trace.Tracer, provider: TracerProvider | None, exporter: SpanBatchExporter,
+                 processor: RecordBatchProcessor | None, db_path: Path, otlp_exporter: SpanExporter | None,
+                 spans: SpanReader | None = None) -> None:
         self.tracer = tracer
         self.provider = provider
         self.exporter = exporter
         self.processor = processor
         self.db_path = db_path
+        self.spans: SpanReader = spans if spans is not None else SQLiteSpans(db_path)
         self.otlp_exporter = otlp_exporter
         self._shut_down = False
 
@@ -210,7 +210,8 @@ class Telemetry:
 
     @property
     def dropped_spans(self) -> int:
-        """Spans lost to SQLite: the store failed (locked, read-only, full disk) or fell far behind."""
+        """Spans lost to the store: it failed (SQLite locked, read-only or full; PostgreSQL down) or
+        fell far behind."""
         return self.exporter.dropped_spans + (self.processor.dropped if self.processor is not None else 0)
 
     def force_flush(self, timeout_ms: int = 5000) -> bool:
@@ -229,8 +230,13 @@ class Telemetry:
 
 def setup_tracing(*, data_dir: Path, retention_days: int = 30, max_db_bytes: int = 256 * 1024 * 1024,
                   service_version: str = "0.1.0", otlp_endpoint: str | None = None, enabled: bool = True,
-                  export_delay_ms: int = 500, redact: Redact = no_redaction) -> Telemetry:
-    """Build a private TracerProvider: SQLite always, OTLP too when an endpoint is configured.
+                  export_delay_ms: int = 500, redact: Redact = no_redaction,
+                  database_url: str | None = None) -> Telemetry:
+    """Build a private TracerProvider: the span store always, OTLP too when an endpoint is configured.
+
+    The store is PostgreSQL's `span_batches` when `database_url` is given (DATABASE_URL; its
+    table comes from the migrations the bot runs at start; `max_db_bytes` is SQLite's only),
+    else DATA_DIR/telemetry.db.
 
     Disabled tracing (or OTEL_SDK_DISABLED=true) records and exports nothing, but every turn
     still gets a valid trace id for its `ref` and `traceparent`. `otlp_endpoint` is a base URL
@@ -240,23 +246,33 @@ def setup_tracing(*, data_dir: Path, retention_days: int = 30, max_db_bytes: int
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         enabled = False
     db_path = Path(data_dir) / TELEMETRY_DB
-    exporter = SQLiteSpanExporter(db_path, retention_days=retention_days, max_db_bytes=max_db_bytes, redact=redact)
+    exporter: SpanBatchExporter
+    spans: SpanReader
+    if database_url:
+        from core.span_store_pg import PostgresSpanExporter  # psycopg is imported only when it is used
+
+        exporter = PostgresSpanExporter(database_url, retention_days=retention_days, redact=redact)
+        spans = PostgresSpans(database_url)
+    else:
+        exporter = SQLiteSpanExporter(db_path, retention_days=retention_days, max_db_bytes=max_db_bytes,
+                                      redact=redact)
+        spans = SQLiteSpans(db_path)
     if not enabled:
         return Telemetry(tracer=_IdOnlyTracer(), provider=None, exporter=exporter, processor=None,
-                         db_path=db_path, otlp_exporter=None)
+                         db_path=db_path, otlp_exporter=None, spans=spans)
     # shutdown_on_exit=False: the SDK's atexit hook would keep every provider (and its thread)
     # alive until exit; Services.close() shuts ours down.
     provider = TracerProvider(resource=_resource(service_version), shutdown_on_exit=False)
-    sqlite_processor = RecordBatchProcessor(exporter, delay_s=export_delay_ms / 1000)
-    provider.add_span_processor(sqlite_processor)
+    store_processor = RecordBatchProcessor(exporter, delay_s=export_delay_ms / 1000)
+    provider.add_span_processor(store_processor)
     otlp_exporter: SpanExporter | None = None
     if otlp_endpoint or any(os.environ.get(name) for name in _OTLP_ENV_VARS):
         otlp_exporter = _otlp_exporter(otlp_endpoint, redact)
-        if otlp_exporter is not None:  # its own processor and thread: a slow collector never delays SQLite
+        if otlp_exporter is not None:  # its own processor and thread: a slow collector never delays the store
             provider.add_span_processor(BatchSpanProcessor(otlp_exporter))
     tracer = _ActivatingTracer(provider.get_tracer(SCOPE_NAME, service_version))
-    return Telemetry(tracer=tracer, provider=provider, exporter=exporter, processor=sqlite_processor,
-                     db_path=db_path, otlp_exporter=otlp_exporter)
+    return Telemetry(tracer=tracer, provider=provider, exporter=exporter, processor=store_processor,
+                     db_path=db_path, otlp_exporter=otlp_exporter, spans=spans)
 
 
 def _resource(service_version: str) -> Resource:

@@ -12,7 +12,7 @@ os.environ["GATEWAY_OFFLINE_TOKENS"] = "1"
 _SETTING_PREFIXES = ("TELEGRAM_", "LLM_", "OPENAI_", "OPERATOR_", "ALLOWED_", "WEBHOOK_", "OTEL_", "USER_",
                      "MONTHLY_", "BREAKER_", "ESCALATION_", "HOT_STATE_", "DLQ_", "TELEMETRY_")
 # The test hooks (config/settings.py TestHooks) too: a test that wants them sets them itself.
-_SETTING_NAMES = ("DATA_DIR", "PORT", "DYNO", "GATEWAY_TEST_HOOKS", "RETRY_WAIT_SCALE", "GATEWAY_CLOCK_OFFSET_FILE")
+_SETTING_NAMES = ("DATA_DIR", "DATABASE_URL", "LEASE_SECONDS", "PORT", "DYNO", "GATEWAY_TEST_HOOKS", "RETRY_WAIT_SCALE", "GATEWAY_CLOCK_OFFSET_FILE")
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from config.settings import Settings, TestHooks, load_settings
+from config.settings import Settings, TestHooks, database_url_shown, format_errors, load_settings
 
 
 def test_test_hooks_are_not_user_settings() -> None:
@@ -57,3 +58,33 @@ def test_the_secret_half_of_the_bot_token_is_a_secret_on_its_own() -> None:
     settings = Settings(_env_file=None, telegram_bot_token="123456:AAE-secret-half-abcdefghijkl")
     assert "AAE-secret-half-abcdefghijkl" in settings.secrets()
     assert "123456:AAE-secret-half-abcdefghijkl" in settings.secrets()
+
+
+def test_database_url_accepts_postgres_schemes_and_refuses_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in ("postgresql://u:p@db.example:5432/app", "postgres://u:p@db.example/app"):
+        monkeypatch.setenv("DATABASE_URL", url)
+        assert Settings().database_url.get_secret_value() == url
+    monkeypatch.setenv("DATABASE_URL", "")
+    assert Settings().database_url is None  # an empty variable is unset, not an error
+    monkeypatch.setenv("DATABASE_URL", "mysql://u:secret-pw@db/app")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    lines = format_errors(caught.value)
+    assert lines and lines[0].startswith("DATABASE_URL:") and "postgresql://" in lines[0]
+    assert "secret-pw" not in "\n".join(lines)
+
+
+def test_the_database_url_and_its_password_are_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgres://gw:p%40ss-w0rd@db.example:5432/app"
+    monkeypatch.setenv("DATABASE_URL", url)
+    secrets = Settings().secrets()
+    assert url in secrets and "p%40ss-w0rd" in secrets and "p@ss-w0rd" in secrets
+    assert database_url_shown(url) == "postgres://gw:***@db.example:5432/app"
+    assert database_url_shown("postgresql://gw@db/app") == "postgresql://gw@db/app"
+
+
+def test_lease_seconds_defaults_to_30_and_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().lease_seconds == 30
+    monkeypatch.setenv("LEASE_SECONDS", "0")
+    with pytest.raises(ValidationError):
+        Settings()

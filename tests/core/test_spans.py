@@ -21,7 +21,8 @@ from opentelemetry.trace import Status, StatusCode, Tracer
 from core.logs import redactor
 from core.span_processor import RecordBatchProcessor
 from core.span_schema import m001_spans, migrations
-from core.span_store import MAX_ATTRIBUTE_CHARS, SpanRecord, SQLiteSpanExporter, record_of
+from core.span_store import MAX_ATTRIBUTE_CHARS, SpanRecord, record_of
+from core.span_store_sqlite import SQLiteSpanExporter
 from core.telemetry import find_trace, recent_turns, scoreboard
 from core.tracing import _RedactingExporter, current_trace_id, new_turn_span, setup_tracing
 
