@@ -64,3 +64,30 @@ def database_size_mb(url: str) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     return float(row[0] if row else 0) / 2**20
+
+
+def server_cpu(url: str | None) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend process serving the database at `url` (the
+    bot's pooled connections), read from /proc: the server runs on this machine. Empty for
+    SQLite or a server elsewhere. The difference of two readings is the server's work between them."""
+    if not url:
+        return {}
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")]
+    found = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone, or not on this machine
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return found
+
+
+def server_cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """The backends' CPU seconds between two readings (a backend that started since counts from zero)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())

@@ -70,7 +70,14 @@ from bench.common import (  # noqa: E402
     quiet_stand_ins,
     self_cpu_seconds,
 )
-from bench.pg import DATABASES, DEFAULT_PG_ADMIN_URL, shown, storage_env  # noqa: E402
+from bench.pg import (  # noqa: E402
+    DATABASES,
+    DEFAULT_PG_ADMIN_URL,
+    server_cpu,
+    server_cpu_between,
+    shown,
+    storage_env,
+)
 
 WARMUP_USERS = (90_001, 90_002, 90_003)
 WARMUP_MESSAGES = 2
@@ -94,6 +101,7 @@ class PhaseResult:
     harness_cpu_s: float = 0.0
     llm_cpu_s: float = 0.0
     max_slip_ms: float = 0.0
+    db_cpu_s: float = float("nan")  # PostgreSQL's backends serving the bot (NaN on SQLite: in the bot's own CPU)
 
     @property
     def throughput(self) -> float:
@@ -102,6 +110,10 @@ class PhaseResult:
     @property
     def cpu_ms_per_msg(self) -> float:
         return 1000 * self.cpu_s / self.delivered if self.delivered else float("nan")
+
+    @property
+    def db_cpu_ms_per_msg(self) -> float:
+        return 1000 * self.db_cpu_s / self.delivered if self.delivered else float("nan")
 
     def p(self, pct: float) -> float:
         return percentile(self.latencies_ms, pct)
@@ -251,6 +263,7 @@ def _run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, 
             profiler = start_profiler(bot.pid, workdir / f"profile-{kind}-{phase}.txt")
             time.sleep(0.5)
         cpu0, harness0, llm0 = cpu_seconds(bot.pid), self_cpu_seconds(), cpu_seconds(llm.pid)
+        db0 = server_cpu(storage.get("DATABASE_URL"))
         calls0 = fake.api_calls(*TELEGRAM_SEND_METHODS)
         if phase == "saturation":
             offered = args.users * args.messages
@@ -263,6 +276,8 @@ def _run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, 
                                    answer_chars=args.answer_chars, tag=phase, drain_s=args.timeout)
         result = PhaseResult(kind, phase, offered, max_slip_ms=1000 * slip)
         result.cpu_s = cpu_seconds(bot.pid) - cpu0
+        if "DATABASE_URL" in storage:
+            result.db_cpu_s = server_cpu_between(db0, server_cpu(storage["DATABASE_URL"]))
         result.harness_cpu_s = self_cpu_seconds() - harness0
         result.llm_cpu_s = cpu_seconds(llm.pid) - llm0
         result.peak_rss_mb = memory_kb(bot.pid, "VmHWM") / 1024
@@ -306,6 +321,8 @@ def print_phase(title: str, ours: PhaseResult, base: PhaseResult) -> None:
         ("replies delivered", ours.delivered, base.delivered, 0),
         ("messages/s (until last reply)", ours.throughput, base.throughput, 1),
         ("CPU ms per message (bot)", ours.cpu_ms_per_msg, base.cpu_ms_per_msg, 2),
+        *([("  + PostgreSQL server CPU ms", ours.db_cpu_ms_per_msg, float("nan"), 2)]
+          if not math.isnan(ours.db_cpu_s) else []),
         ("p50 added latency ms", ours.p(50), base.p(50), 1),
         ("p95 added latency ms", ours.p(95), base.p(95), 1),
         ("p99 added latency ms", ours.p(99), base.p(99), 1),
