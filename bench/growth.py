@@ -60,33 +60,33 @@ class GrowthRow:
     sdk_ms: float
 
 
-def prefill(services: Services, *, chats: int, history: int) -> None:
+async def prefill(services: Services, *, chats: int, history: int) -> None:
     """Rows a deployment with `chats` chats would hold; the first MEASURED_CHATS have `history`."""
     now = datetime.now(UTC)
     now_iso = now.isoformat(timespec="milliseconds")
     tokens = services.counter.count_message(f"user message 999 in chat {FIRST_CHAT}: {_TEXT}")
     update_id = 1
-    with services.db.atomic():
+    async with services.db.transaction():
         for number in range(chats):
             chat_id = FIRST_CHAT + number
             count = history if number < MEASURED_CHATS else FILLER_MESSAGES
             for index in range(count):
                 role = "user" if index % 2 == 0 else "assistant"
                 trace_id = f"{update_id:032x}"
-                services.history.append(chat_id=chat_id, role=role, content=f"{role} message {index} in chat "
+                await services.history.append(chat_id=chat_id, role=role, content=f"{role} message {index} in chat "
                                         f"{chat_id}: {_TEXT}", tokens=tokens, trace_id=trace_id,
                                         update_id=update_id, now=now_iso)
                 if role == "user":
-                    services.journal.accept(update_id=update_id, chat_id=chat_id, user_id=chat_id, kind="update",
+                    await services.journal.accept(update_id=update_id, chat_id=chat_id, user_id=chat_id, kind="update",
                                             raw={"update_id": update_id}, trace_id=trace_id, now=now_iso)
-                    services.journal.mark(update_id, "replied", now=now_iso)
+                    await services.journal.mark(update_id, "replied", now=now_iso)
                 else:
-                    services.ledger.record(UsageRecord(
+                    await services.ledger.record(UsageRecord(
                         at=now, trace_id=trace_id, chat_id=chat_id, user_id=chat_id, model="gpt-4o-mini",
                         usage=TokenUsage(input_tokens=400, output_tokens=40, total_tokens=440), cost_usd=0.0001,
                         wasted=False))
                     update_id += 1
-            services.chats.record_prompt(chat_id, tokens=tokens * count, budget=126_000,
+            await services.chats.record_prompt(chat_id, tokens=tokens * count, budget=126_000,
                                          trace_id=f"{update_id:032x}", now=now_iso)
 
 
@@ -108,10 +108,10 @@ async def measure(workdir: Path, *, history: int, chats: int) -> GrowthRow:
                         retry_wait_scale=0.0, user_daily_token_budget=0, user_messages_per_minute=0,
                         log_level="WARNING")
     llm = ScriptedLLM()
-    services = build_services(settings, llm=llm)
+    services = await build_services(settings, llm=llm)
     try:
         started = time.monotonic()
-        prefill(services, chats=chats, history=history)
+        await prefill(services, chats=chats, history=history)
         prefill_s = time.monotonic() - started
         pipeline, channel = Pipeline(services), RecordingChannel()
         measured = [FIRST_CHAT + n for n in range(min(MEASURED_CHATS, chats))]

@@ -100,16 +100,21 @@ class RenderingChannel:
 class Bench:
     """One set of services (tracing on or off) and the turns run through it."""
 
-    def __init__(self, data_dir: Path, *, tracing: bool) -> None:
-        settings = Settings(_env_file=None, data_dir=data_dir, operator_chat_id=900, allowed_user_ids="*",
-                            user_messages_per_minute=0, user_daily_token_budget=0, retry_wait_scale=0.0)
-        self.llm = InstantLLM()
-        self.services: Services = build_services(settings, llm=self.llm, tracing=tracing)
+    def __init__(self, services: Services, llm: InstantLLM, *, tracing: bool) -> None:
+        self.llm = llm
+        self.services = services
         self.llm.tracer = self.services.tracer
         self.pipeline = Pipeline(self.services)
         self.channel = RenderingChannel(self.services.tracer)
         self.tracing = tracing
         self.update_id = 0
+
+    @classmethod
+    async def open(cls, data_dir: Path, *, tracing: bool) -> Bench:
+        settings = Settings(_env_file=None, data_dir=data_dir, operator_chat_id=900, allowed_user_ids="*",
+                            user_messages_per_minute=0, user_daily_token_budget=0, retry_wait_scale=0.0)
+        llm = InstantLLM()
+        return cls(await build_services(settings, llm=llm, tracing=tracing), llm, tracing=tracing)
 
     async def turn(self) -> str:
         """One message, the way bot/runtime.py handles it."""
@@ -119,17 +124,17 @@ class Bench:
         with new_turn_span(services.tracer, "turn", {"update.id": update_id, "chat.id": chat_id}) as root:
             trace_id = current_trace_id() or "0" * 32
             with services.tracer.start_as_current_span("receive") as span:
-                services.journal.accept(update_id=update_id, chat_id=chat_id, user_id=chat_id, kind="update",
+                await services.journal.accept(update_id=update_id, chat_id=chat_id, user_id=chat_id, kind="update",
                                         raw={"update_id": update_id}, trace_id=trace_id, now=services.clock.iso())
                 span.set_attributes({"update.kind": "message", "update.reason": ""})
-            services.journal.mark(update_id, "processing", now=services.clock.iso(), trace_id=trace_id)
+            await services.journal.mark(update_id, "processing", now=services.clock.iso(), trace_id=trace_id)
             inbound = InboundMessage(update_id=update_id, trace_id=trace_id, chat_id=chat_id, chat_type="private",
                                      user_id=chat_id, message_id=update_id,
                                      text=f"question number {update_id}: what is {update_id} squared?",
                                      received_at=datetime.now(UTC))
             outcome = await self.pipeline.run_turn(inbound, self.channel)
             root.set_attribute("turn.outcome", outcome)
-            services.journal.mark(update_id, "replied", now=services.clock.iso())
+            await services.journal.mark(update_id, "replied", now=services.clock.iso())
         return outcome
 
     async def run(self, turns: int) -> float:
@@ -156,7 +161,7 @@ async def in_process(args: argparse.Namespace) -> tuple[dict[str, list[float]], 
             # Fresh storage per run: tables that grow over the benchmark (usage rows are summed
             # every turn) would otherwise make later runs dearer than earlier ones.
             nonlocal dropped
-            bench = Bench(Path(tmp) / f"{mode}-{next(runs)}", tracing=mode == "on")
+            bench = await Bench.open(Path(tmp) / f"{mode}-{next(runs)}", tracing=mode == "on")
             try:
                 await bench.run(args.warmup)  # and its flush creates telemetry.db, which a bot does once
                 if not profile:

@@ -139,19 +139,19 @@ async def _connect(gateway: _Gateway, token: str, stop: asyncio.Event) -> bool:
     return True
 
 
-def _resume_unfinished(gateway: _Gateway) -> None:
+async def _resume_unfinished(gateway: _Gateway) -> None:
     """Journal rows a crash or a storage failure left unfinished go round again, now and each
     time the storage alarm clears."""
     runtime, queue, services = gateway.runtime, gateway.queue, gateway.services
-    services.dlq.release_stale_replays(before=services.clock.iso())  # replays a crash interrupted
+    await services.dlq.release_stale_replays(before=services.clock.iso())  # replays a crash interrupted
 
-    def resume() -> int:
-        updates = runtime.recover()
+    async def resume() -> int:
+        updates = await runtime.recover()
         for update in updates:
             queue.put_recovered(update)
         return len(updates)
 
-    resume()
+    await resume()
     runtime.storage_alarm.resume = resume
 
 
@@ -186,7 +186,7 @@ async def serve(settings: Settings) -> int:
     token = require_token(settings)
     configure_logging(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets())
     try:
-        services = open_services(settings)
+        services = await open_services(settings)
     except StorageUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -205,7 +205,7 @@ async def serve(settings: Settings) -> int:
         log.info("stopped before start-up finished")
         await _close(gateway)
         return 0
-    _resume_unfinished(gateway)
+    await _resume_unfinished(gateway)
     # Everything built so far (modules, settings, the token counter's 100k-entry table) lives as
     # long as the process: out of the collector's sight, full collections stop rescanning it
     # (bench/probe.py --gc-freeze: about half the full-collection time of a benchmark run).

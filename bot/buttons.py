@@ -107,7 +107,7 @@ class ButtonPresses:
             return Handled("This button is not valid (any more).")
         by = decided_by(pressed.user_name, pressed.user_id)
         if press.action in ("approve", "deny"):
-            text = services.access.decide_pending(press.number, approve=press.action == "approve", by=by)
+            text = await services.access.decide_pending(press.number, approve=press.action == "approve", by=by)
             return Handled(text, edit=_appended(pressed.text, text), keep=[])
         ctx = CommandContext(services=services, chat_id=pressed.chat_id or 0, user_id=pressed.user_id,
                              user_name=pressed.user_name, args=press.target, trace_id=trace_id,
@@ -120,7 +120,7 @@ class ButtonPresses:
 
     async def _dead_letter(self, press: Press, ctx: CommandContext, pressed: Pressed, *, by: str,
                            ack: Ack) -> Handled:
-        entry = self.services.dlq.get(press.number)
+        entry = await self.services.dlq.get(press.number)
         traces = [b for b in pressed.buttons if str(b.get("callback_data", "")).startswith("trace:")]
         if entry is None:
             text = f"No DLQ entry {press.number}: it no longer exists."
@@ -131,7 +131,7 @@ class ButtonPresses:
             reply = await commands.replay(ctx)
         else:
             reply = await commands.discard(ctx)
-        after = self.services.dlq.get(press.number)
+        after = await self.services.dlq.get(press.number)
         keep = pressed.buttons if after is not None and after.status == "pending" else traces
         verb = "Replay" if press.action == "replay" else "Discard"
         line = f"{verb} by {by} at {self.services.clock.now():%H:%M} UTC: {reply.text}"

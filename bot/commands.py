@@ -7,6 +7,7 @@ everyone, operator commands for the operator's chat only).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -29,10 +30,10 @@ Access = Literal["anyone", "allowed", "operator"]
 
 async def start(ctx: CommandContext) -> Reply:
     settings = ctx.services.settings
-    if ctx.services.is_allowed(ctx.user_id, ctx.chat_id):
+    if await ctx.services.is_allowed(ctx.user_id, ctx.chat_id):
         status = "You can chat with me: just send a message."
     elif settings.access_mode == "pairing":
-        status = ctx.services.access.answer_stranger(user_id=ctx.user_id, chat_id=ctx.chat_id,
+        status = await ctx.services.access.answer_stranger(user_id=ctx.user_id, chat_id=ctx.chat_id,
                                                      chat_type="private" if ctx.chat_id > 0 else "group",
                                                      name=ctx.user_name, wrote=False)
     elif settings.operator_chat_id is None and not settings.allowed_ids:
@@ -57,15 +58,15 @@ async def help_(ctx: CommandContext) -> Reply:
 
 
 async def new(ctx: CommandContext) -> Reply:
-    count = ctx.services.history.start_new(ctx.chat_id)
+    count = await ctx.services.history.start_new(ctx.chat_id)
     return Reply(f"Started a fresh conversation ({count} earlier messages set aside). "
                  "Your hot state is kept: /state shows it, /forget N removes an item.")
 
 
 async def state(ctx: CommandContext) -> Reply:
     services = ctx.services
-    hot = services.hot_state.load(ctx.chat_id)
-    text = format_for_user(hot, tokens=services.hot_state.tokens(ctx.chat_id),
+    hot = await services.hot_state.load(ctx.chat_id)
+    text = format_for_user(hot, tokens=await services.hot_state.tokens(ctx.chat_id),
                            cap=services.settings.hot_state_max_tokens)
     return Reply(text)
 
@@ -75,7 +76,7 @@ async def remember(ctx: CommandContext) -> Reply:
         return Reply("Usage: /remember TEXT (a fact or constraint I should keep in mind).")
     write = HotStateWrite(producer="pipeline", source="user", trace_id=ctx.trace_id, chat_id=ctx.chat_id,
                           add=(("facts", ctx.args.strip()[:500]),))
-    hot, notes = ctx.services.hot_state.apply(ctx.chat_id, write, now=ctx.services.clock.iso())
+    hot, notes = await ctx.services.hot_state.apply(ctx.chat_id, write, now=ctx.services.clock.iso())
     return Reply("Noted. " + "; ".join(notes) + "\n/state shows everything I keep in mind.")
 
 
@@ -85,12 +86,12 @@ async def forget(ctx: CommandContext) -> Reply:
         return Reply("Usage: /forget N (the item number shown by /state).")
     write = HotStateWrite(producer="pipeline", source="user", trace_id=ctx.trace_id, chat_id=ctx.chat_id,
                           remove=tuple(numbers[:20]))
-    hot, notes = ctx.services.hot_state.apply(ctx.chat_id, write, now=ctx.services.clock.iso())
+    hot, notes = await ctx.services.hot_state.apply(ctx.chat_id, write, now=ctx.services.clock.iso())
     return Reply("; ".join(notes) or "Done.")
 
 
 async def artifacts(ctx: CommandContext) -> Reply:
-    items = ctx.services.artifacts.list(ctx.chat_id, limit=30)
+    items = await ctx.services.artifacts.list(ctx.chat_id, limit=30)
     if not items:
         return Reply("No artifacts yet. Documents you send, and very long messages, are stored here.")
     lines = [f"{i.ref} {i.kind} {i.label} ({i.size_bytes:,} bytes, {i.tokens or 0:,} tokens)" for i in items]
@@ -103,8 +104,8 @@ async def artifact(ctx: CommandContext) -> Reply:
         return Reply("Usage: /artifact REF (as listed by /artifacts).")
     try:
         parse_ref(ref)
-        info = ctx.services.artifacts.resolve(ctx.chat_id, ref)
-        data = ctx.services.artifacts.read_bytes(info)
+        info = await ctx.services.artifacts.resolve(ctx.chat_id, ref)
+        data = await ctx.services.artifacts.read_bytes(info)
     except ArtifactRefError as error:
         return Reply(f"Cannot send that artifact: {error}")
     except ArtifactCorrupt as error:
@@ -115,17 +116,17 @@ async def artifact(ctx: CommandContext) -> Reply:
 
 
 async def budget(ctx: CommandContext) -> Reply:
-    text = budget_text(ctx.services, user_id=ctx.user_id, operator=ctx.is_operator)
+    text = await budget_text(ctx.services, user_id=ctx.user_id, operator=ctx.is_operator)
     return Reply(text, photo=await spend_chart(ctx.services) if ctx.is_operator else None)
 
 
 async def usage(ctx: CommandContext) -> Reply:
-    text = usage_week_text(ctx.services, user_id=ctx.user_id)
+    text = await usage_week_text(ctx.services, user_id=ctx.user_id)
     return Reply(text, photo=await spend_chart(ctx.services) if ctx.is_operator else None)
 
 
 async def status(ctx: CommandContext) -> Reply:
-    return Reply(status_text(ctx.services, chat_id=ctx.chat_id, operator=ctx.is_operator))
+    return Reply(await status_text(ctx.services, chat_id=ctx.chat_id, operator=ctx.is_operator))
 
 
 async def trace_cmd(ctx: CommandContext) -> Reply:
@@ -133,7 +134,8 @@ async def trace_cmd(ctx: CommandContext) -> Reply:
     if not ref:
         return Reply("Usage: /trace REF (the 8 characters after 'ref:').")
     try:
-        spans = find_trace(ctx.services.telemetry.spans, ref)
+        # A read of its own connection (PostgreSQL: over the network): off the event loop.
+        spans = await asyncio.to_thread(find_trace, ctx.services.telemetry.spans, ref)
     except AmbiguousRef as error:
         return Reply(str(error))
     except ValueError as error:
@@ -149,7 +151,7 @@ async def dlq(ctx: CommandContext) -> Reply:
     if arg:
         if not arg.isdigit():
             return Reply("Usage: /dlq [ID]")
-        row = queue.get(int(arg))
+        row = await queue.get(int(arg))
         if row is None:
             return Reply(f"No DLQ entry {arg}.")
         attempts = "\n".join(f"  {a.get('at', '')} {a.get('kind', '')} {str(a.get('detail', ''))[:80]}"
@@ -158,12 +160,12 @@ async def dlq(ctx: CommandContext) -> Reply:
                      f"first {row.first_failed_at}\nlast {row.last_failed_at}\nref: {row.ref}\n"
                      f"error: {row.error_message[:300]}\nmessage: {row.inbound.text[:300]}\n"
                      f"attempts:\n{attempts or '  (none)'}\n\n/replay {row.id} or /discard {row.id}")
-    rows = queue.list("pending", limit=20)
+    rows = await queue.list("pending", limit=20)
     if not rows:
-        return Reply(f"The dead-letter queue is empty ({queue.evicted()} evicted so far).")
+        return Reply(f"The dead-letter queue is empty ({await queue.evicted()} evicted so far).")
     lines = [f"#{r.id} {r.error_kind} chat {r.chat_id}{' (console)' if entry_origin(r) == 'console' else ''} "
              f"{r.last_failed_at[:16]} ref: {r.ref}" for r in rows]
-    return Reply(f"{queue.depth()} pending:\n" + "\n".join(lines) + "\n\n/dlq ID, /replay ID|all, /discard ID")
+    return Reply(f"{await queue.depth()} pending:\n" + "\n".join(lines) + "\n\n/dlq ID, /replay ID|all, /discard ID")
 
 
 async def replay(ctx: CommandContext) -> Reply:
@@ -181,7 +183,7 @@ async def discard(ctx: CommandContext) -> Reply:
     arg = ctx.args.strip()
     if not arg.isdigit():
         return Reply("Usage: /discard ID")
-    done = ctx.services.dlq.discard(int(arg), now=ctx.services.clock.iso())
+    done = await ctx.services.dlq.discard(int(arg), now=ctx.services.clock.iso())
     return Reply(f"Discarded #{arg}." if done else f"#{arg} is not pending.")
 
 

@@ -13,13 +13,13 @@ def decided_by(name: str, user_id: int) -> str:
 async def allow(ctx: CommandContext) -> Reply:
     if not ctx.args.strip():
         return Reply("Usage: /allow CODE|USER_ID (a pairing code like ABCD-EFGH, or a Telegram user or group id).")
-    return Reply(ctx.services.access.allow(ctx.args, by=decided_by(ctx.user_name, ctx.user_id)))
+    return Reply(await ctx.services.access.allow(ctx.args, by=decided_by(ctx.user_name, ctx.user_id)))
 
 
 async def deny(ctx: CommandContext) -> Reply:
     if not ctx.args.strip():
         return Reply("Usage: /deny USER_ID (revokes at once; /users lists who is in).")
-    return Reply(ctx.services.access.deny(ctx.args, by=decided_by(ctx.user_name, ctx.user_id)))
+    return Reply(await ctx.services.access.deny(ctx.args, by=decided_by(ctx.user_name, ctx.user_id)))
 
 
 async def users(ctx: CommandContext) -> Reply:
@@ -29,16 +29,16 @@ async def users(ctx: CommandContext) -> Reply:
     lines = [f"Access policy: {settings.access_mode}."]
     if settings.allowed_ids:
         lines.append("ALLOWED_USER_IDS: " + ", ".join(str(i) for i in sorted(settings.allowed_ids)))
-    approved = records.decisions("approved")
+    approved = await records.decisions("approved")
     lines.append(f"Approved ({len(approved)}):" if approved else "Approved: nobody yet.")
     lines += [f"  {d.subject_id} {_label(d.name, d.username)} {d.kind}, by {d.decided_by} at {d.decided_at[:16]}"
               for d in approved]
-    denied = records.decisions("denied")
+    denied = await records.decisions("denied")
     if denied:
         lines.append(f"Denied ({len(denied)}):")
         lines += [f"  {d.subject_id} {_label(d.name, d.username)} by {d.decided_by} at {d.decided_at[:16]}"
                   for d in denied]
-    pending = records.pending_codes(now=services.clock.iso())
+    pending = await records.pending_codes(now=services.clock.iso())
     lines.append(f"Pending codes ({len(pending)}):" if pending else "Pending codes: none.")
     lines += [f"  {p.code} {p.subject_id} {_label(p.name, p.username)} {p.kind}, until {p.expires_at[11:16]} UTC"
               for p in pending]

@@ -26,17 +26,17 @@ async def retry(ctx: CommandContext) -> Reply:
     history = ctx.services.history
     if ctx.services.running.is_running(ctx.chat_id):
         return Reply("An answer is still being written here: /stop it first, or wait for it.")
-    exchange = history.last_exchange(ctx.chat_id)
+    exchange = await history.last_exchange(ctx.chat_id)
     if not exchange or ctx.run_turn is None:
         return Reply("Nothing to retry: there is no earlier message in this conversation.")
     ids = [message.id for message in exchange]
-    history.set_aside(ctx.chat_id, ids)
+    await history.set_aside(ctx.chat_id, ids)
     outcome = None
     try:
         outcome = await ctx.run_turn(exchange[0].content)
     finally:
         if outcome in ANSWERED:
-            history.delete(ctx.chat_id, ids)
+            await history.delete(ctx.chat_id, ids)
         else:
-            history.set_aside(ctx.chat_id, ids, aside=False)
+            await history.set_aside(ctx.chat_id, ids, aside=False)
     return Reply()  # the new answer was the reply

@@ -12,12 +12,12 @@ async def voice(ctx: CommandContext) -> Reply:
     store = services.voice_replies
     wanted = ctx.args.strip().lower()
     if wanted in ("on", "off"):
-        store.set(ctx.chat_id, wanted == "on", now=services.clock.iso())
+        await store.set(ctx.chat_id, wanted == "on", now=services.clock.iso())
     if wanted == "on":
         return Reply("Spoken answers are on: when you send a voice message, I answer in text and also "
                      "as a voice note.")
     if wanted == "off":
         return Reply("Spoken answers are off: I answer in text only.")
-    state = "on" if store.is_on(ctx.chat_id) else "off"
+    state = "on" if await store.is_on(ctx.chat_id) else "off"
     return Reply(f"Spoken answers are {state} in this chat. /voice on or /voice off switches "
                  "(they follow voice messages only).")

@@ -51,7 +51,7 @@ async def run_console(settings: Settings) -> int:
     configure_logging(level="WARNING" if settings.log_level == "INFO" else settings.log_level,
                       fmt=settings.log_format, secrets=settings.secrets())
     try:
-        services = open_services(settings)
+        services = await open_services(settings)
     except StorageUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -87,14 +87,14 @@ async def _local_command(text: str, services: Services, pipeline: Pipeline, chan
     """The console's own commands; False when `text` is a message for the agent."""
     command, _, arg = text.partition(" ")
     if command == "/new":
-        services.history.start_new(CONSOLE_CHAT_ID)
+        await services.history.start_new(CONSOLE_CHAT_ID)
         print("bot> Started a fresh conversation.", flush=True)
     elif command == "/state":
-        hot = services.hot_state.load(CONSOLE_CHAT_ID)
-        print(format_for_user(hot, tokens=services.hot_state.tokens(CONSOLE_CHAT_ID),
+        hot = await services.hot_state.load(CONSOLE_CHAT_ID)
+        print(format_for_user(hot, tokens=await services.hot_state.tokens(CONSOLE_CHAT_ID),
                               cap=services.settings.hot_state_max_tokens), flush=True)
     elif command == "/status":
-        print(status_text(services, chat_id=CONSOLE_CHAT_ID, operator=True), flush=True)
+        print(await status_text(services, chat_id=CONSOLE_CHAT_ID, operator=True), flush=True)
     elif command == "/replay":
         if not arg.strip().isdigit():
             print("usage: /replay ID (a dead-letter entry of a console turn)", flush=True)

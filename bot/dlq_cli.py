@@ -43,33 +43,33 @@ async def run_dlq(settings: Settings, action: str, entry: str | None, *, as_json
         print("usage: python -m bot dlq replay ID|all", file=sys.stderr)
         return 2
     try:
-        services = open_services(settings)
+        services = await open_services(settings)
     except StorageUnavailable as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     try:
         queue = services.dlq
         if action == "list":
-            rows = queue.list(None if status == "all" else status, limit=200)
+            rows = await queue.list(None if status == "all" else status, limit=200)
             if as_json:
                 for row in rows:
                     print(json.dumps(_as_dict(row), ensure_ascii=False))
             elif not rows:
-                print(f"no {status} entries ({queue.evicted()} evicted so far)")
+                print(f"no {status} entries ({await queue.evicted()} evicted so far)")
             else:
                 for r in rows:
                     print(f"#{r.id} [{r.status}] {r.error_kind} chat={r.chat_id} user={r.user_id} "
                           f"last={r.last_failed_at} ref={r.ref} text={r.inbound.text[:60]!r}")
             return 0
         if action == "show":
-            row = queue.get(int(entry or 0))
+            row = await queue.get(int(entry or 0))
             if row is None:
                 print(f"no DLQ entry {entry}", file=sys.stderr)
                 return 1
             print(json.dumps(_as_dict(row), indent=2, ensure_ascii=False))
             return 0
         if action == "discard":
-            ok = queue.discard(int(entry or 0), now=services.clock.iso())
+            ok = await queue.discard(int(entry or 0), now=services.clock.iso())
             print(f"discarded #{entry}" if ok else f"#{entry} is not pending")
             return 0 if ok else 1
         return await _replay(settings, services, entry or "")
@@ -81,9 +81,9 @@ async def _replay(settings: Settings, services: Services, entry: str) -> int:
     """Replay one entry or all pending ones; each to where it came from (Telegram or this terminal)."""
     pipeline = Pipeline(services)
     if entry == "all":
-        origins = [o for o in ("console", "telegram") if pending_entries(services, origin=o, limit=1)]
+        origins = [o for o in ("console", "telegram") if await pending_entries(services, origin=o, limit=1)]
     else:
-        row = services.dlq.get(int(entry))
+        row = await services.dlq.get(int(entry))
         origins = [entry_origin(row)] if row is not None and row.status == "pending" else []
         if not origins:  # not found or not pending: said without the Bot API (the channel is not used)
             result = await replay_entry(pipeline, services, int(entry), ConsoleChannel(), origin="console")

@@ -2,7 +2,8 @@
 
 Journal first, then work: an update is written to the inbox journal (keyed by update_id)
 before anything else, so a redelivery is dropped and a crash mid-turn is resumed at start.
-Journaling happens when the update enters PTB's update queue (`JournalingQueue.put`): the
+Journaling happens when the update enters PTB's update queue (`await JournalingQueue.put`: PTB's
+Updater and webhook handler, and our webhook, all await `put`; `put_nowait` does not journal): the
 poller only confirms an update to Telegram (the next getUpdates offset) after putting it
 there, and the webhook answers 200 only after it, so an update is never acknowledged
 before it is on disk. Journaled updates are marked `pre_accepted` for the router.
@@ -16,6 +17,7 @@ import logging
 import sqlite3
 from typing import Protocol
 
+import psycopg
 from telegram import Bot, Update
 from telegram.error import NetworkError
 
@@ -35,11 +37,11 @@ class Intake:
     def __init__(self, services: Services, bot: Bot, router: Router) -> None:
         self.services, self.bot, self.router = services, bot, router
 
-    def accept(self, update: Update) -> bool:
+    async def accept(self, update: Update) -> bool:
         """Journal an update before anything else; False for a duplicate (already journaled)."""
         chat_id, user_id = update_ids(update)
         failpoints.hit("journal.before")
-        accepted = self.services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
+        accepted = await self.services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
                                                 kind="update", raw=journal_raw(update), trace_id=None,
                                                 now=self.services.clock.iso())
         if accepted:
@@ -55,10 +57,10 @@ class Intake:
         says why), or the turn's own outcome (`replied`, `failed`, `dlq`, `refused`, ...)."""
         parsed = parse_update(data, self.bot)
         if parsed.update is None:
-            return self.record_unparsable(parsed)
+            return await self.record_unparsable(parsed)
         update = parsed.update
         try:
-            if not self.accept(update):
+            if not await self.accept(update):
                 return "duplicate"
             return await self.router.process_update(update)
         except asyncio.CancelledError:
@@ -66,11 +68,11 @@ class Intake:
         except Exception as failure:  # noqa: BLE001 - process_update ends its own failures; a last resort
             log.exception("update %s failed at intake", update.update_id)
             with contextlib.suppress(Exception):
-                self.services.journal.mark(update.update_id, "failed", now=self.services.clock.iso(),
+                await self.services.journal.mark(update.update_id, "failed", now=self.services.clock.iso(),
                                            error=f"{type(failure).__name__} at intake"[:500])
             return "error"
 
-    def record_unparsable(self, parsed: Parsed) -> str:
+    async def record_unparsable(self, parsed: Parsed) -> str:
         """A body that is not a usable update: kept in the journal (failed) when it has an id."""
         if parsed.update_id is None:
             log.warning("rejected a body that is not a Telegram update: %s", parsed.problem)
@@ -78,28 +80,28 @@ class Intake:
         log.warning("update %s is malformed: %s", parsed.update_id, parsed.problem)
         journal, now = self.services.journal, self.services.clock.iso()
         try:
-            if not journal.accept(update_id=parsed.update_id, chat_id=None, user_id=None, kind="update",
+            if not await journal.accept(update_id=parsed.update_id, chat_id=None, user_id=None, kind="update",
                                   raw=parsed.data or {"update_id": parsed.update_id}, trace_id=None, now=now):
                 return "duplicate"
-            journal.mark(parsed.update_id, "failed", now=now, error=parsed.problem[:500])
+            await journal.mark(parsed.update_id, "failed", now=now, error=parsed.problem[:500])
         except Exception:  # noqa: BLE001 - a body we cannot even store is rejected, loudly
             log.exception("could not journal malformed update %s", parsed.update_id)
             return "rejected"
         return "malformed"
 
-    def recover(self) -> list[Update]:
+    async def recover(self) -> list[Update]:
         """Updates a crash (or a storage failure) left in received/processing, except those queued
         or running now: processed again (documented at-least-once)."""
         updates = []
         router = self.router
         busy = router.pre_accepted | router.in_flight
-        for entry in self.services.journal.unfinished(limit=RECOVER_LIMIT):
+        for entry in await self.services.journal.unfinished(limit=RECOVER_LIMIT):
             if entry.update_id in busy:
                 continue
             try:
                 update = Update.de_json(entry.raw, self.bot)
             except Exception as error:  # noqa: BLE001 - a row we cannot parse is marked, not retried forever
-                self.services.journal.mark(entry.update_id, "failed", now=self.services.clock.iso(),
+                await self.services.journal.mark(entry.update_id, "failed", now=self.services.clock.iso(),
                                            error=f"unparsable on recovery: {type(error).__name__}")
                 continue
             router.pre_accepted.add(entry.update_id)
@@ -115,7 +117,7 @@ class Journaling(Protocol):
     pre_accepted: set[int]
     storage_alarm: StorageAlarm
 
-    def accept(self, update: Update) -> bool: ...
+    async def accept(self, update: Update) -> bool: ...
 
 
 class JournalingQueue(asyncio.Queue):
@@ -125,10 +127,11 @@ class JournalingQueue(asyncio.Queue):
         super().__init__()
         self.runtime: Journaling | None = None  # set once the runtime exists (bot.app)
 
-    def put_nowait(self, item) -> None:  # noqa: ANN001 - PTB also puts control objects
-        # asyncio.Queue.put() ends in put_nowait(), so this one override covers both.
-        if self._admit(item):
-            super().put_nowait(item)
+    async def put(self, item) -> None:  # noqa: ANN001 - PTB also puts control objects
+        # Journaling awaits the database, so it happens here, not in put_nowait: PTB's poller and
+        # webhook handler (and bot/webhook.py) all `await queue.put(update)`.
+        if await self._admit(item):
+            await super().put(item)
 
     def put_recovered(self, update: Update) -> None:
         """An update already journaled by a previous run: processed again without a new row."""
@@ -136,16 +139,16 @@ class JournalingQueue(asyncio.Queue):
         self.runtime.pre_accepted.add(update.update_id)
         super().put_nowait(update)
 
-    def _admit(self, item) -> bool:  # noqa: ANN001
+    async def _admit(self, item) -> bool:  # noqa: ANN001
         if self.runtime is None or not isinstance(item, Update):
             return True
         try:
-            accepted = self.runtime.accept(item)
-        except sqlite3.Error as error:
+            accepted = await self.runtime.accept(item)
+        except (sqlite3.Error, psycopg.Error) as error:
             # Not journaled, so not acknowledged: PTB's poller retries getUpdates with the same
             # offset (Telegram redelivers), the webhook answers 503 (Telegram retries).
             log.error("cannot journal update %s (%s); it will be redelivered", item.update_id, error)
-            self.runtime.storage_alarm.failed(item, error)
+            await self.runtime.storage_alarm.failed(item, error)
             raise NetworkError(f"journal unavailable: {error}") from None
-        self.runtime.storage_alarm.recovered()
+        await self.runtime.storage_alarm.recovered()
         return accepted

@@ -63,20 +63,20 @@ class Loops:
         first = True
         while not stop.is_set():
             try:
-                if self.alarm.probe():  # while storage refuses writes, nothing below can work
+                if await self.alarm.probe():  # while storage refuses writes, nothing below can work
                     await drain_outbox(services.outbox, self.channel, now=services.clock.now,
                                        base_wait_s=OUTBOX_BASE_WAIT_S * scale, max_wait_s=OUTBOX_MAX_WAIT_S * scale,
                                        chat_gone=services.chats.is_blocked,
                                        on_chat_gone=lambda chat_id, reason: record_blocked(services, chat_id, reason))
-                    self.replay_if_due(at_start=first)
-                    self.maintain()
+                    await self.replay_if_due(at_start=first)
+                    await self.maintain()
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("outbox round failed")
             first = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), OUTBOX_POLL_S)
 
-    def maintain(self) -> None:
+    async def maintain(self) -> None:
         """Hourly: drop finished journal and outbox rows older than KEEP_FINISHED_DAYS. Telegram
         redelivers for at most a day, so a week of update ids is ample for deduplication, and
         gateway.db stays bounded however long the bot runs."""
@@ -85,13 +85,13 @@ class Loops:
             return
         self._maintained_at = now
         before = (self.services.clock.now() - timedelta(days=KEEP_FINISHED_DAYS)).isoformat(timespec="milliseconds")
-        journal = self.services.journal.prune(before=before)
-        outbox = self.services.outbox.prune(before=before)
-        self.services.access.records.prune(before=before)  # finished or expired pairing codes
+        journal = await self.services.journal.prune(before=before)
+        outbox = await self.services.outbox.prune(before=before)
+        await self.services.access.records.prune(before=before)  # finished or expired pairing codes
         if journal or outbox:
             log.info("pruned %d journal and %d outbox rows older than %d days", journal, outbox, KEEP_FINISHED_DAYS)
 
-    def replay_if_due(self, *, at_start: bool = False) -> None:
+    async def replay_if_due(self, *, at_start: bool = False) -> None:
         """Start the automatic replay of outage entries when it is due without a user's help:
         at start (entries a restart left behind), when a circuit's reset time has passed (the
         oldest entry's replay is the half-open probe: the circuit closes without waiting for
@@ -103,7 +103,7 @@ class Loops:
         probe_due = any(b.state == "open" and b.snapshot(now_s=now_s).retry_in_s == 0 for b in services.breakers.all())
         if not (at_start or probe_due or self._replay_wanted):
             return
-        if replayable_entries(services, limit=1, origin="telegram"):
+        if await replayable_entries(services, limit=1, origin="telegram"):
             self.schedule_auto_replay()
         else:
             self._replay_wanted = False

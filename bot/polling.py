@@ -16,9 +16,10 @@ asked again and again, thousands of times a minute, burning a core while nobody 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telegram.request import HTTPXRequest, RequestData
@@ -58,13 +59,14 @@ class IdlePacer:
 class CheckedUpdatesRequest(HTTPXRequest):
     """The HTTP connection PTB uses for getUpdates, checking each update of a batch on its own."""
 
-    __slots__ = ("_elapsed_s", "_requested_timeout_s", "_wait_s", "on_malformed", "pacer")
+    __slots__ = ("_checked_payload", "_elapsed_s", "_requested_timeout_s", "_wait_s", "on_malformed", "pacer")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Set once the runtime exists: Runtime.record_unparsable (journals the update as failed).
-        self.on_malformed: Callable[[Parsed], object] | None = None
+        self.on_malformed: Callable[[Parsed], Awaitable[object]] | None = None
         self.pacer = IdlePacer()
+        self._checked_payload: tuple[bytes, dict[str, Any]] | None = None  # do_request's, for parse_json_payload
         self._wait_s = self._elapsed_s = self._requested_timeout_s = 0.0
 
     async def do_request(self, url: str, method: str, request_data: RequestData | None = None,
@@ -75,27 +77,50 @@ class CheckedUpdatesRequest(HTTPXRequest):
         self._requested_timeout_s = float(timeout) if isinstance(timeout, int | float) else 0.0
         started = time.monotonic()
         try:
-            return await super().do_request(url, method, request_data, *args, **kwargs)
+            code, payload = await super().do_request(url, method, request_data, *args, **kwargs)
         finally:
             self._elapsed_s = time.monotonic() - started
+        # Check the batch here, where journaling a malformed update can be awaited (PTB parses
+        # the payload synchronously afterwards, in parse_json_payload, which reuses this result).
+        self._checked_payload = None
+        if code == 200:
+            with contextlib.suppress(Exception):  # not JSON: PTB's own parsing reports it
+                data = HTTPXRequest.parse_json_payload(payload)
+                if isinstance(data, dict) and data.get("ok") is True and isinstance(data.get("result"), list):
+                    malformed: list[Parsed] = []
+                    data["result"] = [checked for item in data["result"]
+                                      if (checked := self._checked(item, malformed)) is not None]
+                    for parsed in malformed:
+                        await self._journal_malformed(parsed)
+                    self._checked_payload = (payload, data)
+        return code, payload
 
     def parse_json_payload(self, payload: bytes) -> dict[str, Any]:  # type: ignore[override]
-        data = HTTPXRequest.parse_json_payload(payload)
+        checked = self._checked_payload
+        data = checked[1] if checked is not None and checked[0] is payload else HTTPXRequest.parse_json_payload(payload)
+        self._checked_payload = None
         if isinstance(data, dict) and data.get("ok") is True and isinstance(data.get("result"), list):
-            data["result"] = [checked for item in data["result"] if (checked := self._checked(item)) is not None]
+            if checked is None or checked[0] is not payload:  # not seen by do_request: cannot journal here
+                late: list[Parsed] = []
+                data["result"] = [c for item in data["result"] if (c := self._checked(item, late)) is not None]
+                for parsed in late:
+                    log.warning("update %s is malformed and was skipped: %s", parsed.update_id, parsed.problem)
             self._wait_s = self.pacer.next_wait_s(updates=len(data["result"]), elapsed_s=self._elapsed_s,
                                                   requested_timeout_s=self._requested_timeout_s)
         return data
 
-    def _checked(self, item: object) -> dict[str, Any] | None:
+    async def _journal_malformed(self, parsed: Parsed) -> None:
+        if self.on_malformed is not None:
+            await self.on_malformed(parsed)
+        else:
+            log.warning("update %s is malformed and was skipped: %s", parsed.update_id, parsed.problem)
+
+    def _checked(self, item: object, malformed: list[Parsed]) -> dict[str, Any] | None:
         parsed = parse_update(item, None)  # type: ignore[arg-type] - a trial parse needs no bot
         if parsed.update is not None:
             return parsed.data
         if parsed.update_id is None:  # no id: nothing to move past, nothing to key it by
             log.warning("getUpdates returned something that is not an update: %s", parsed.problem)
             return None
-        if self.on_malformed is not None:
-            self.on_malformed(parsed)
-        else:
-            log.warning("update %s is malformed and was skipped: %s", parsed.update_id, parsed.problem)
+        malformed.append(parsed)  # journaled (failed) by do_request before PTB moves past it
         return {"update_id": parsed.update_id}

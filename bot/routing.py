@@ -60,12 +60,12 @@ class Router:
         except Exception as failure:  # noqa: BLE001 - the last line of defence for one update
             if is_storage_failure(failure):  # the row stays unfinished: it runs again once storage works
                 log.error("update %s deferred: storage refused a write (%s)", update.update_id, failure)
-                self.alarm.failed(update, failure)
+                await self.alarm.failed(update, failure)
                 return "deferred"
             log.exception("update %s failed before or after its turn", getattr(update, "update_id", "?"))
             chat_id, _ = update_ids(update)
             with contextlib.suppress(Exception):
-                self.services.journal.mark(update.update_id, "failed", now=self.services.clock.iso(),
+                await self.services.journal.mark(update.update_id, "failed", now=self.services.clock.iso(),
                                            error=f"{type(failure).__name__}: {failure}"[:500])
             if chat_id is not None:
                 await self.safe_notice(chat_id, NO_TRACE, "Sorry, something went wrong on my side; your "
@@ -85,7 +85,7 @@ class Router:
             with services.tracer.start_as_current_span("receive") as span:
                 if update.update_id in self.pre_accepted:
                     self.pre_accepted.discard(update.update_id)
-                elif not services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
+                elif not await services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
                                                   kind="update", raw=journal_raw(update), trace_id=trace_id,
                                                   now=services.clock.iso()):
                     span.set_attribute("update.duplicate", True)
@@ -94,10 +94,10 @@ class Router:
                 routed = route(update, bot_id=self.identity.bot_id, bot_username=self.identity.username)
                 span.set_attributes({"update.kind": routed.kind, "update.reason": routed.reason})
             if routed.kind == "ignored":
-                self.note_membership(update)
-                if routed.reason == UNREADABLE and chat_id is not None and services.is_allowed(user_id or 0, chat_id):
+                await self.note_membership(update)
+                if routed.reason == UNREADABLE and chat_id is not None and await services.is_allowed(user_id or 0, chat_id):
                     await self.safe_notice(chat_id, trace_id, UNREADABLE_REPLY)  # never silence in a private chat
-                services.journal.mark(update.update_id, "ignored", now=services.clock.iso(), error=routed.reason,
+                await services.journal.mark(update.update_id, "ignored", now=services.clock.iso(), error=routed.reason,
                                       trace_id=trace_id)
                 root.set_attribute("turn.outcome", "ignored")
                 return "ignored"
@@ -106,11 +106,11 @@ class Router:
     async def _run(self, update: Update, routed: Routed, trace_id: str, root: trace.Span) -> str:
         services = self.services
         chat_id, _ = update_ids(update)
-        services.journal.mark(update.update_id, "processing", now=services.clock.iso(), trace_id=trace_id)
+        await services.journal.mark(update.update_id, "processing", now=services.clock.iso(), trace_id=trace_id)
         state, error, outcome = "failed", None, "error"
         try:
-            if chat_id is not None and services.chats.is_blocked(chat_id):
-                services.chats.unblock(chat_id, now=services.clock.iso())  # they wrote again: unblocked
+            if chat_id is not None and await services.chats.is_blocked(chat_id):
+                await services.chats.unblock(chat_id, now=services.clock.iso())  # they wrote again: unblocked
             if routed.kind == "command":
                 outcome = await self.run_command(routed, update, trace_id)
             elif routed.kind == "button":
@@ -131,10 +131,10 @@ class Router:
         failpoints.hit("reply.after")
         if outcome == "deferred":  # unfinished on purpose: resumed once storage takes writes
             return outcome
-        services.journal.mark(update.update_id, state, now=services.clock.iso(), error=error)
+        await services.journal.mark(update.update_id, state, now=services.clock.iso(), error=error)
         return outcome
 
-    def note_membership(self, update: Update) -> None:
+    async def note_membership(self, update: Update) -> None:
         """Telegram tells the bot when a user blocks it (or a group removes it): record it, so that
         nothing more is sent there (no replays, no kept replies) until someone writes again."""
         change = update.my_chat_member
@@ -145,22 +145,22 @@ class Router:
         if not is_telegram_id(chat_id):  # PTB does not check types: a junk update must not break intake
             return
         if status in ("kicked", "left"):
-            record_blocked(self.services, chat_id, f"my_chat_member: {status}")
+            await record_blocked(self.services, chat_id, f"my_chat_member: {status}")
         elif status in ("member", "administrator") and chat_id < 0:
-            self.group_added(change, chat_id)
-        elif self.services.chats.is_blocked(chat_id):
-            self.services.chats.unblock(chat_id, now=self.services.clock.iso())
+            await self.group_added(change, chat_id)
+        elif await self.services.chats.is_blocked(chat_id):
+            await self.services.chats.unblock(chat_id, now=self.services.clock.iso())
             log.info("chat %s unblocked the bot", chat_id)
 
-    def group_added(self, change: object, chat_id: int) -> None:
+    async def group_added(self, change: object, chat_id: int) -> None:
         """The bot was added to a group: under pairing, the operator is asked about the group."""
         services = self.services
-        if services.settings.access_mode != "pairing" or services.access.records.statuses((chat_id,)):
+        if services.settings.access_mode != "pairing" or await services.access.records.statuses((chat_id,)):
             return
         adder = getattr(change, "from_user", None)
         adder_id = getattr(adder, "id", None)
         title = getattr(getattr(change, "chat", None), "title", None)
-        services.access.answer_stranger(user_id=adder_id if is_telegram_id(adder_id) else 0, chat_id=chat_id,
+        await services.access.answer_stranger(user_id=adder_id if is_telegram_id(adder_id) else 0, chat_id=chat_id,
                                         chat_type="group", name=str(getattr(adder, "first_name", "") or ""),
                                         title=title if isinstance(title, str) else "")
 
@@ -174,7 +174,7 @@ class Router:
             # raw update in the journal (marked failed with the violation) so nothing is lost.
             log.warning("malformed update %s: %s", update.update_id, violation)
             trace.get_current_span().set_attribute("error.type", "contract_violation")
-            services.journal.mark(update.update_id, "failed", now=services.clock.iso(),
+            await services.journal.mark(update.update_id, "failed", now=services.clock.iso(),
                                   error=f"contract violation [{violation.invariant}] field={violation.field}: "
                                         f"{violation.detail}"[:500])
             chat_id, _ = update_ids(update)
@@ -199,13 +199,13 @@ class Router:
         command = BY_NAME.get(routed.command)
         span = trace.get_current_span()
         span.set_attribute("command.name", routed.command[:32])
-        allowed = services.is_allowed(user.id, chat_id)
+        allowed = await services.is_allowed(user.id, chat_id)
         if command is None:
             reply = Reply(f"I don't know /{routed.command[:32]}. /help lists the commands.")
         elif not may_use(command, allowed=allowed, operator_chat=services.is_operator_chat(chat_id)):
             span.set_attribute("auth.allowed", False)
             reply = Reply("That command is for the operator only." if command.access == "operator"
-                          else services.access.answer_stranger(
+                          else await services.access.answer_stranger(
                               user_id=user.id, chat_id=chat_id, chat_type=message.chat.type,
                               name=_str(user.first_name), username=_str(user.username) or None,
                               title=_str(message.chat.title)))

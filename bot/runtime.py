@@ -54,20 +54,20 @@ class Runtime:
         return self.router.pre_accepted
 
     # Intake and routing
-    def accept(self, update: Update) -> bool:
-        return self.intake.accept(update)
+    async def accept(self, update: Update) -> bool:
+        return await self.intake.accept(update)
 
     async def process_raw(self, data: object) -> str:
         return await self.intake.process_raw(data)
 
-    def record_unparsable(self, parsed: Parsed) -> str:
-        return self.intake.record_unparsable(parsed)
+    async def record_unparsable(self, parsed: Parsed) -> str:
+        return await self.intake.record_unparsable(parsed)
 
     async def process_update(self, update: Update) -> str:
         return await self.router.process_update(update)
 
-    def recover(self) -> list[Update]:
-        return self.intake.recover()
+    async def recover(self) -> list[Update]:
+        return await self.intake.recover()
 
     def log_unhandled(self, update: object, error: BaseException | None) -> None:
         log.error("unhandled error for update %s", getattr(update, "update_id", "?"), exc_info=error)
@@ -76,8 +76,8 @@ class Runtime:
     async def outbox_loop(self, stop: asyncio.Event) -> None:
         await self.loops.outbox_loop(stop)
 
-    def maintain(self) -> None:
-        self.loops.maintain()
+    async def maintain(self) -> None:
+        await self.loops.maintain()
 
     async def replay(self, dlq_id: int) -> ReplayResult:
         return await self.router.replay(dlq_id)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import psycopg
 from telegram import Update
 
 from bot.handlers import BotIdentity, route, update_ids
@@ -32,7 +33,7 @@ from core.failures.parsing import redact
 from core.failures.storage_errors import is_storage_failure, storage_reason
 from core.failures.taxonomy import TAXONOMY, Kind
 from core.services import Services
-from core.store import bump_counter, transaction
+from core.store import bump_counter
 
 log = logging.getLogger(__name__)
 REMEMBERED_UPDATES = 10_000
@@ -53,7 +54,7 @@ class StorageAlarm:
 
     def __init__(self, services: Services, *, send: Send, identity: BotIdentity,
                  free_bytes: Callable[[Path], int] = free_bytes,
-                 write_probe: Callable[[], None] | None = None) -> None:
+                 write_probe: Callable[[], Awaitable[None]] | None = None) -> None:
         self.services = services
         self.send = send
         self.identity = identity
@@ -63,7 +64,7 @@ class StorageAlarm:
         self.noted: dict[int, None] = {}  # update ids whose sender was told (oldest first)
         self.alerted_at = float("-inf")
         self.alerted_this_time = False
-        self.resume: Callable[[], int] | None = None  # queues unfinished updates again; set by bot.app
+        self.resume: Callable[[], Awaitable[int]] | None = None  # queues unfinished updates again; set by bot.app
 
     @property
     def failing(self) -> bool:
@@ -90,17 +91,17 @@ class StorageAlarm:
             del self.noted[next(iter(self.noted))]
         return True
 
-    def failed(self, update: Update, error: BaseException) -> None:
+    async def failed(self, update: Update, error: BaseException) -> None:
         """An update could not be journaled or failed outside its turn because of storage."""
         if not self.note(update.update_id, storage_reason(error)):
             return
         chat_id, user_id = update_ids(update)
         routed = route(update, bot_id=self.identity.bot_id, bot_username=self.identity.username)
         if chat_id is not None and user_id is not None and routed.kind in ("message", "command") \
-                and self.services.is_allowed(user_id):
+                and await self.services.is_allowed(user_id):
             self.send(chat_id, INFO.user_message)
 
-    def probe(self) -> bool:
+    async def probe(self) -> bool:
         """While failing: check free space and try one small write; on success, recover. True
         when storage works."""
         if self.failing_since is None:
@@ -108,25 +109,25 @@ class StorageAlarm:
         try:
             if self.free_bytes(self.services.settings.data_dir) < MIN_FREE_BYTES:
                 return False
-            self.write_probe()
-        except (sqlite3.Error, OSError) as error:
+            await self.write_probe()
+        except (sqlite3.Error, psycopg.Error, OSError) as error:
             if not is_storage_failure(error):
                 raise
             return False
-        self.recovered()
+        await self.recovered()
         return True
 
-    def _write_probe(self) -> None:
-        with transaction(self.services.db):
-            bump_counter(self.services.db, "storage_probe")
+    async def _write_probe(self) -> None:
+        async with self.services.db.transaction():
+            await bump_counter(self.services.db, "storage_probe")
 
-    def recovered(self) -> None:
+    async def recovered(self) -> None:
         if self.failing_since is None:
             return
         services = self.services
         waited = services.clock.monotonic() - self.failing_since
         told, self.failing_since, self.alerted_this_time = self.alerted_this_time, None, False
-        queued = self.resume() if self.resume is not None else 0
+        queued = await self.resume() if self.resume is not None else 0
         log.warning("storage takes writes again after %.0f s; %d unfinished update(s) queued again", waited,
                     queued)
         if told and services.settings.operator_chat_id is not None:

@@ -71,7 +71,7 @@ class WebhookServer:
         # The same parsing and checks as Runtime.process_raw: one place decides what an update is.
         parsed = parse_update(data, self.application.bot)
         if parsed.update is None:
-            outcome = self.runtime.record_unparsable(parsed)  # kept (failed) in the journal if it has an id
+            outcome = await self.runtime.record_unparsable(parsed)  # kept (failed) in the journal if it has an id
             error = "not a Telegram update" if outcome == "rejected" else f"malformed update: {parsed.problem}"
             return web.json_response({"ok": False, "error": error[:200]}, status=400)
         try:

@@ -80,29 +80,29 @@ class Access:
     def preapproved(self, user_id: int) -> bool:
         return self.is_operator(user_id) or user_id in self.settings.allowed_ids
 
-    def is_allowed(self, user_id: int, chat_id: int | None = None) -> bool:
+    async def is_allowed(self, user_id: int, chat_id: int | None = None) -> bool:
         """Open, the operator, ALLOWED_USER_IDS, an approved user, or anyone not denied in an approved group."""
         if self.mode == "open" or self.preapproved(user_id):
             return True
         group = chat_id if chat_id is not None and chat_id < 0 else None
-        statuses = self.records.statuses((user_id,) if group is None else (user_id, group))
+        statuses = await self.records.statuses((user_id,) if group is None else (user_id, group))
         if statuses.get(user_id) == "denied":
             return False
         return statuses.get(user_id) == "approved" or (group is not None and statuses.get(group) == "approved")
 
     # A stranger writes ----------------------------------------------------------------------
-    def answer_stranger(self, *, user_id: int, chat_id: int, chat_type: str, name: str,
+    async def answer_stranger(self, *, user_id: int, chat_id: int, chat_type: str, name: str,
                         username: str | None = None, title: str = "", wrote: bool = True) -> str:
         """The one reply to someone who may not chat; under pairing, their code (or their group's request)."""
-        if self.mode != "pairing" or self.records.statuses((user_id,)).get(user_id) == "denied":
+        if self.mode != "pairing" or (await self.records.statuses((user_id,))).get(user_id) == "denied":
             return refusal_text(user_id)
         if chat_type in ("group", "supergroup"):
-            if self.records.statuses((chat_id,)).get(chat_id) == "denied":
+            if (await self.records.statuses((chat_id,))).get(chat_id) == "denied":
                 return "This group is not approved for this bot."
-            self.request(Stranger(chat_id, "group", title or f"group {chat_id}",
+            await self.request(Stranger(chat_id, "group", title or f"group {chat_id}",
                                   added_by=f"{name} ({user_id})" if user_id else ""))
             return "This group is not approved for this bot yet; the operator has been asked."
-        offered = self.request(Stranger(user_id, "user", name, username))
+        offered = await self.request(Stranger(user_id, "user", name, username))
         if isinstance(offered, str):
             return offered
         resend = " Your message was not sent to the assistant: send it again then." if wrote else ""
@@ -110,31 +110,31 @@ class Access:
                 f"{offered.code} (valid until {_hhmm(offered.expires_at)}). The operator has been asked to let you "
                 f"in; you will get a message here when they do.{resend}")
 
-    def request(self, stranger: Stranger) -> PairingCode | str:
+    async def request(self, stranger: Stranger) -> PairingCode | str:
         """The subject's pending code (a new one, and one request to the operator, if none is
         valid), or why there is none (a sentence for them)."""
         now = self.clock.now()
         now_iso = now.isoformat(timespec="milliseconds")
-        pending = self.records.pending_code(stranger.subject_id, now=now_iso)
+        pending = await self.records.pending_code(stranger.subject_id, now=now_iso)
         if pending is not None:
             return pending
         day_start = now.replace(hour=0, minute=0, second=0, microsecond=0).isoformat(timespec="milliseconds")
-        if self.records.codes_since(stranger.subject_id, since=day_start) >= MAX_CODES_PER_DAY:
+        if await self.records.codes_since(stranger.subject_id, since=day_start) >= MAX_CODES_PER_DAY:
             return (f"This bot is private. Your Telegram user id is {stranger.subject_id}. You have asked for "
                     f"{MAX_CODES_PER_DAY} pairing codes today: please try again tomorrow.")
-        if self.records.pending_count(now=now_iso) >= MAX_PENDING:
+        if await self.records.pending_count(now=now_iso) >= MAX_PENDING:
             return (f"This bot is private. Your Telegram user id is {stranger.subject_id}. Too many requests are "
                     "waiting for the operator right now: please try again in an hour.")
         expires = (now + timedelta(seconds=CODE_VALID_S)).isoformat(timespec="milliseconds")
         while True:  # a collision with an old code is possible, if unlikely: draw again
             code = PairingCode(new_code(), stranger.subject_id, stranger.kind, stranger.name[:200],
                                (stranger.username or None), "pending", now_iso, expires)
-            if self.records.add_code(code):
+            if await self.records.add_code(code):
                 break
-        self._tell_operator(stranger, code, now_iso)
+        await self._tell_operator(stranger, code, now_iso)
         return code
 
-    def _tell_operator(self, stranger: Stranger, code: PairingCode, now_iso: str) -> None:
+    async def _tell_operator(self, stranger: Stranger, code: PairingCode, now_iso: str) -> None:
         operator = self.settings.operator_chat_id
         if operator is None:
             return
@@ -145,56 +145,56 @@ class Access:
                f"{' by ' + stranger.added_by if stranger.added_by else ''}.")
         text = (f"Access request\n{who}\ncode: {code.code} (valid until {_hhmm(code.expires_at)})\n"
                 f"Approve or Deny below, or /allow {code.code}.")
-        self.outbox.enqueue(kind="alert", chat_id=operator, text=text, trace_id=None,
+        await self.outbox.enqueue(kind="alert", chat_id=operator, text=text, trace_id=None,
                             dedupe_key=f"pair:{code.code}", now=now_iso,
                             reply_markup=pairing_keyboard(stranger.subject_id))
 
     # The operator decides ---------------------------------------------------------------------
-    def decide_pending(self, subject_id: int, *, approve: bool, by: str) -> str:
+    async def decide_pending(self, subject_id: int, *, approve: bool, by: str) -> str:
         """A button press: decide the subject's pending request; a clear sentence either way."""
         now_iso = self.clock.iso()
-        pending = self.records.pending_code(subject_id, now=now_iso)
+        pending = await self.records.pending_code(subject_id, now=now_iso)
         if pending is None:
-            earlier = self.records.decision(subject_id)
+            earlier = await self.records.decision(subject_id)
             if earlier is not None:
                 return f"Already {earlier.status} by {earlier.decided_by} at {_hhmm(earlier.decided_at)}."
             return (f"No pending request for {subject_id} (codes last an hour): they get a new code when they "
                     f"write again, or /allow {subject_id}.")
-        return self._decide(pending, approve=approve, by=by, now_iso=now_iso)
+        return await self._decide(pending, approve=approve, by=by, now_iso=now_iso)
 
-    def _decide(self, code: PairingCode, *, approve: bool, by: str, now_iso: str) -> str:
+    async def _decide(self, code: PairingCode, *, approve: bool, by: str, now_iso: str) -> str:
         status = "approved" if approve else "denied"
-        self.records.decide(subject_id=code.subject_id, kind=code.kind, status=status, name=code.name,
+        await self.records.decide(subject_id=code.subject_id, kind=code.kind, status=status, name=code.name,
                             username=code.username, decided_by=by, now=now_iso)
         if approve:
-            self.outbox.enqueue(kind="reply", chat_id=code.subject_id, trace_id=None, now=now_iso,
+            await self.outbox.enqueue(kind="reply", chat_id=code.subject_id, trace_id=None, now=now_iso,
                                 text=WELCOME if code.kind == "user" else GROUP_WELCOME,
                                 dedupe_key=f"paired:{code.code}")
         what = "User" if code.kind == "user" else "Group"
         return f"{what} {code.name} ({code.subject_id}) {status} by {by} at {_hhmm(now_iso)}."
 
-    def allow(self, arg: str, *, by: str) -> str:
+    async def allow(self, arg: str, *, by: str) -> str:
         """/allow CODE|USER_ID."""
         now_iso = self.clock.iso()
         code = normalize_code(arg)
         if code is not None:
-            found = self.records.code(code)
+            found = await self.records.code(code)
             if found is None or found.status != "pending" or found.expires_at <= now_iso:
                 return f"No pending code {code} (codes last an hour; /users lists the pending ones)."
-            return self._decide(found, approve=True, by=by, now_iso=now_iso)
+            return await self._decide(found, approve=True, by=by, now_iso=now_iso)
         subject = _subject(arg)
         if subject is None:
             return "Usage: /allow CODE|USER_ID (a code like ABCD-EFGH, or a Telegram user or group id)."
-        pending = self.records.pending_code(subject, now=now_iso)
+        pending = await self.records.pending_code(subject, now=now_iso)
         if pending is not None:
-            return self._decide(pending, approve=True, by=by, now_iso=now_iso)
-        earlier = self.records.decision(subject)
+            return await self._decide(pending, approve=True, by=by, now_iso=now_iso)
+        earlier = await self.records.decision(subject)
         kind = "group" if subject < 0 else "user"
-        self.records.decide(subject_id=subject, kind=kind, status="approved", name=earlier.name if earlier else "",
+        await self.records.decide(subject_id=subject, kind=kind, status="approved", name=earlier.name if earlier else "",
                             username=earlier.username if earlier else None, decided_by=by, now=now_iso)
         return f"{kind.capitalize()} {subject} approved by {by} at {_hhmm(now_iso)}."
 
-    def deny(self, arg: str, *, by: str) -> str:
+    async def deny(self, arg: str, *, by: str) -> str:
         """/deny USER_ID: revoked at once (the next message is refused)."""
         subject = _subject(arg)
         if subject is None:
@@ -204,11 +204,11 @@ class Access:
         if subject in self.settings.allowed_ids:
             return f"{subject} is in ALLOWED_USER_IDS, which always lets them in: remove them there."
         now_iso = self.clock.iso()
-        earlier = self.records.decision(subject)
-        pending = self.records.pending_code(subject, now=now_iso)
+        earlier = await self.records.decision(subject)
+        pending = await self.records.pending_code(subject, now=now_iso)
         source = earlier or pending
         kind = "group" if subject < 0 else "user"
-        self.records.decide(subject_id=subject, kind=kind, status="denied", name=source.name if source else "",
+        await self.records.decide(subject_id=subject, kind=kind, status="denied", name=source.name if source else "",
                             username=source.username if source else None, decided_by=by, now=now_iso)
         return f"{kind.capitalize()} {subject} denied by {by} at {_hhmm(now_iso)}: their next message is refused."
 

@@ -59,7 +59,7 @@ def stopped_answer(partial: str) -> str:
     return f"{partial}\n\n{STOPPED_MARK}" if partial else STOPPED_MARK
 
 
-def record_stopped_usage(turn: Turn, *, model: str, partial: str) -> None:
+async def record_stopped_usage(turn: Turn, *, model: str, partial: str) -> None:
     """The stopped attempt's usage row: the prompt it sent and what streamed, estimated (the
     provider's usage comes only at the end of a stream); not wasted, the user chose to stop."""
     services, inbound = turn.services, turn.inbound
@@ -73,16 +73,16 @@ def record_stopped_usage(turn: Turn, *, model: str, partial: str) -> None:
                    usage=usage, cost_usd=cost_usd(price=price, input_tokens=input_tokens,
                                                   output_tokens=output_tokens),
                    wasted=False)
-    services.ledger.record(record)
+    await services.ledger.record(record)
     turn.tokens_spent += usage.total_tokens
 
 
-def end_stopped(turn: Turn) -> None:
+async def end_stopped(turn: Turn) -> None:
     """The turn's answer is what streamed before the stop, marked; its tokens are accounted
     when a request went out."""
     partial = turn.streamed.text if turn.streamed is not None else ""
     if turn.llm_request is not None:
-        record_stopped_usage(turn, model=turn.llm_request.model, partial=partial)
+        await record_stopped_usage(turn, model=turn.llm_request.model, partial=partial)
     turn.answer = stopped_answer(partial)
     turn.outcome = "stopped"
     trace.get_current_span().add_event("stopped", {"stopped.partial_chars": len(partial)})

@@ -87,8 +87,8 @@ def entry_origin(row: DlqRow) -> Origin:
     return "console" if row.inbound.chat_type == "console" else "telegram"
 
 
-def _not_claimed(services: Services, dlq_id: int) -> ReplayResult:
-    row = services.dlq.get(dlq_id)
+async def _not_claimed(services: Services, dlq_id: int) -> ReplayResult:
+    row = await services.dlq.get(dlq_id)
     if row is None:
         return ReplayResult(dlq_id, ReplayStatus.not_found)
     status = {"replayed": ReplayStatus.already_replayed, "replaying": ReplayStatus.in_progress}.get(
@@ -101,39 +101,38 @@ async def replay_entry(pipeline: TurnRunner, services: Services, dlq_id: int, ch
     """Run one DLQ entry again, answering through `channel`; idempotent (the claim is atomic).
 
     `origin` says which side the channel is: an entry of the other side is left alone."""
-    pending = services.dlq.get(dlq_id)
+    pending = await services.dlq.get(dlq_id)
     if pending is not None and pending.status == "pending":
         if entry_origin(pending) != origin:
             return ReplayResult(dlq_id, ReplayStatus.other_origin, chat_id=pending.chat_id,
                                 origin=entry_origin(pending))
-        if pending.chat_id is not None and origin == "telegram" and services.chats.is_blocked(pending.chat_id):
+        if pending.chat_id is not None and origin == "telegram" and await services.chats.is_blocked(pending.chat_id):
             return ReplayResult(dlq_id, ReplayStatus.chat_blocked, chat_id=pending.chat_id)
-    row = services.dlq.claim_for_replay(dlq_id, now=services.clock.iso())
+    row = await services.dlq.claim_for_replay(dlq_id, now=services.clock.iso())
     if row is None:
-        return _not_claimed(services, dlq_id)
+        return await _not_claimed(services, dlq_id)
     with new_turn_span(services.tracer, "turn", {"replay.dlq_id": dlq_id, "replay.of": row.trace_id}):
         trace_id = current_trace_id() or "0" * 32
         inbound = row.inbound.model_copy(update={"trace_id": trace_id})
         late = row.first_failed_at[11:16] + " UTC" if len(row.first_failed_at) >= 16 else row.first_failed_at
         outcome = await pipeline.run_turn(inbound, channel, late_of=late, replay_dlq_id=dlq_id)
     ok = outcome in ("replied", "stopped")  # a user who stopped the late answer has it
-    services.dlq.finish_replay(dlq_id, ok=ok, trace_id=trace_id, now=services.clock.iso(),
+    await services.dlq.finish_replay(dlq_id, ok=ok, trace_id=trace_id, now=services.clock.iso(),
                                error=None if ok else outcome)
     return ReplayResult(dlq_id, ReplayStatus.answered if ok else ReplayStatus.failed_again, trace_id=trace_id,
                         outcome=outcome, chat_id=row.chat_id, origin=origin)
 
 
-def replayable_entries(services: Services, *, limit: int, origin: Origin = "telegram") -> list[DlqRow]:
+async def replayable_entries(services: Services, *, limit: int, origin: Origin = "telegram") -> list[DlqRow]:
     """Outage entries of this origin, oldest first, of chats that have not blocked the bot."""
-    rows = services.dlq.replayable_outage_entries(limit=limit + BATCH_LIMIT)  # room for those filtered out
-    is_blocked = services.chats.is_blocked
+    rows = await services.dlq.replayable_outage_entries(limit=limit + BATCH_LIMIT)  # room for those filtered out
     return [r for r in rows if entry_origin(r) == origin
-            and (r.chat_id is None or origin == "console" or not is_blocked(r.chat_id))][:limit]
+            and (r.chat_id is None or origin == "console" or not await services.chats.is_blocked(r.chat_id))][:limit]
 
 
-def pending_entries(services: Services, *, origin: Origin, limit: int = BATCH_LIMIT) -> list[DlqRow]:
+async def pending_entries(services: Services, *, origin: Origin, limit: int = BATCH_LIMIT) -> list[DlqRow]:
     """Every pending entry of this origin, oldest first."""
-    rows = services.dlq.list("pending", limit=limit + BATCH_LIMIT)
+    rows = await services.dlq.list("pending", limit=limit + BATCH_LIMIT)
     return sorted((r for r in rows if entry_origin(r) == origin), key=lambda r: r.id)[:limit]
 
 
@@ -145,8 +144,8 @@ async def replay_pending(pipeline: TurnRunner, services: Services, channel: Chan
     With `outage_only` (the automatic replay) only entries an outage left are taken, and a replay
     that fails again while `provider_up()` says no stops the run: the provider is down again and
     the breaker will say when it is back. A one-off failure (provider still up) does not."""
-    rows = (replayable_entries(services, limit=BATCH_LIMIT, origin=origin) if outage_only
-            else pending_entries(services, origin=origin))
+    rows = (await replayable_entries(services, limit=BATCH_LIMIT, origin=origin) if outage_only
+            else await pending_entries(services, origin=origin))
     results: list[ReplayResult] = []
     for index, row in enumerate(sorted(rows, key=lambda r: r.id)):
         if index and pace_s > 0:

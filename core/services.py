@@ -1,7 +1,9 @@
 """The composition root: every dependency built once at start and handed to what needs it.
 
 No module-level singletons: the bot, the console, the CLI and the tests all call
-`build_services(settings)` and get their own store, tracer, token counter and LLM client.
+`await build_services(settings)` and get their own store, tracer, token counter and LLM client.
+Storage is SQLite under DATA_DIR, or PostgreSQL when DATABASE_URL is set: one `Database` engine
+that every store is built on.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlite_utils
+import psycopg
 
-from config.settings import Settings
+from config.settings import Settings, database_url_shown
 from core.access import Access
 from core.clock import Clock
 from core.context.artifacts import ArtifactStore
@@ -33,9 +35,19 @@ from core.models import ModelCatalog, ModelsFileError
 from core.ports import LLM, Speaker
 from core.running import RunningTurns
 from core.speech import OpenAICompatibleSpeaker
-from core.store import GATEWAY_DB, Chats, History, Journal, bump_counter, open_database, transaction
+from core.store import (
+    GATEWAY_DB,
+    Chats,
+    Database,
+    History,
+    Journal,
+    PostgresDatabase,
+    bump_counter,
+    open_sqlite,
+)
 from core.store.access import AccessRecords
 from core.store.chat_models import ChatModels
+from core.store.pg_schema import migrate_postgres
 from core.store.voice_replies import VoiceReplies
 from core.throttle import Throttle
 from core.tracing import Telemetry, setup_tracing
@@ -54,7 +66,7 @@ class Services:
 
     settings: Settings
     clock: Clock
-    db: sqlite_utils.Database
+    db: Database  # the engine: SQLite (gateway.db) or PostgreSQL (DATABASE_URL)
     journal: Journal
     history: History
     chats: Chats
@@ -103,9 +115,9 @@ class Services:
     def is_operator_user(self, user_id: int) -> bool:
         return self.settings.operator_chat_id is not None and user_id == self.settings.operator_chat_id
 
-    def is_allowed(self, user_id: int, chat_id: int | None = None) -> bool:
+    async def is_allowed(self, user_id: int, chat_id: int | None = None) -> bool:
         """May this user chat (here: an approved group lets its members in)? See core/access.py."""
-        return self.access.is_allowed(user_id, chat_id)
+        return await self.access.is_allowed(user_id, chat_id)
 
     async def close(self) -> None:
         for client in (self.llm, self.speaker):
@@ -115,27 +127,43 @@ class Services:
         if self.transcriber is not None:
             await self.transcriber.close()
         self.telemetry.shutdown()
-        self.db.close()
+        await self.db.close()
 
 
-def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool = True,
-                   speaker: Speaker | None = None) -> Services:
+async def open_engine(settings: Settings) -> Database:
+    """The database engine, migrated: PostgreSQL when DATABASE_URL is set, else gateway.db."""
+    if settings.database_url is not None:
+        db: Database = await PostgresDatabase.connect(settings.database_url.get_secret_value())
+    else:
+        probe_writable(settings.data_dir)
+        db = open_sqlite(settings.data_dir / GATEWAY_DB)
+    try:
+        if db.dialect == "postgres":
+            await migrate_postgres(db)
+        # Fail at start, not at the first turn, if another process holds the write lock or the
+        # database cannot take a write: one real commit (a count of opens, harmless to keep).
+        async with db.transaction():
+            await bump_counter(db, "storage_opened")
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+async def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool = True,
+                         speaker: Speaker | None = None) -> Services:
     """Open storage (running migrations), tracing and the LLM client for these settings."""
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
-    probe_writable(data_dir)
     clock = Clock(settings.gateway_clock_offset_file)
-    db = open_database(data_dir / GATEWAY_DB)
-    # Fail at start, not at the first turn, if another process holds the write lock or the
-    # database cannot take a write: one real commit (a count of opens, harmless to keep).
-    with transaction(db):
-        bump_counter(db, "storage_opened")
+    db = await open_engine(settings)
     counter = counter_for_model(settings.llm_model)
     models = ModelCatalog.from_settings(settings, path=settings.models_file)
     redact = redactor(settings.secrets())
     telemetry = setup_tracing(data_dir=data_dir, retention_days=settings.telemetry_retention_days,
                               service_version=VERSION, otlp_endpoint=settings.otel_exporter_otlp_endpoint,
-                              enabled=tracing, redact=redact)
+                              enabled=tracing, redact=redact,
+                              database_url=settings.database_url.get_secret_value() if settings.database_url else None)
     if llm is None:
         llm = LLMRouter(models, timeout_s=settings.llm_timeout_seconds, tracer=telemetry.tracer, counter=counter)
     if speaker is None:
@@ -145,8 +173,8 @@ def build_services(settings: Settings, *, llm: LLM | None = None, tracing: bool 
                                           tracer=telemetry.tracer)
     artifacts = ArtifactStore(db, data_dir / "artifacts", counter=counter)
 
-    def archive(chat_id: int, markdown: str, label: str) -> str:
-        info = artifacts.put(content=markdown.encode(), media_type="text/markdown", chat_id=chat_id, user_id=None,
+    async def archive(chat_id: int, markdown: str, label: str) -> str:
+        info = await artifacts.put(content=markdown.encode(), media_type="text/markdown", chat_id=chat_id, user_id=None,
                              label=label, summary=label, kind="hot_state_archive", trace_id=None, now=clock.iso())
         return info.ref
 
@@ -190,22 +218,28 @@ def probe_writable(data_dir: Path) -> None:
 
 
 class StorageUnavailable(Exception):
-    """DATA_DIR cannot be used: a clear, one-line reason for the operator."""
+    """Storage (DATA_DIR, or DATABASE_URL) cannot be used: a clear, one-line reason for the operator."""
 
 
 class ModelsUnavailable(StorageUnavailable):
     """config/models.toml cannot be used: one line, caught wherever a start reports StorageUnavailable."""
 
 
-def open_services(settings: Settings, **kwargs: object) -> Services:
+async def open_services(settings: Settings, **kwargs: object) -> Services:
     """build_services, turning storage failures into one readable StorageUnavailable (a bad
     models file into ModelsUnavailable, which every caller reports the same way)."""
     import sqlite3
 
     try:
-        return build_services(settings, **kwargs)  # type: ignore[arg-type]
+        return await build_services(settings, **kwargs)  # type: ignore[arg-type]
     except ModelsFileError as error:
         raise ModelsUnavailable(f"cannot use the models file: {error}") from None
+    except psycopg.Error as error:  # PostgreSQL unreachable, refused the login, or a migration failed
+        if settings.database_url is None:
+            raise
+        url = settings.database_url.get_secret_value()
+        reason = redactor(settings.secrets())(storage_reason(error))
+        raise StorageUnavailable(f"cannot use DATABASE_URL={database_url_shown(url)}: {reason}") from None
     except (OSError, sqlite3.Error) as error:
         reason = storage_reason(error)
         if "locked" in reason:

@@ -30,22 +30,22 @@ SPEECH_SENT = "speech_sent"
 SPEECH_FAILED = "speech_failed"
 
 
-def wanted(turn: Turn) -> bool:
+async def wanted(turn: Turn) -> bool:
     """The user spoke, the text answer went out, and this chat asked for spoken answers."""
     inbound = turn.inbound
     return (inbound.spoken and turn.delivered and turn.outcome == "replied" and bool(turn.answer.strip())
-            and turn.services.voice_replies.is_on(inbound.chat_id))
+            and await turn.services.voice_replies.is_on(inbound.chat_id))
 
 
 async def speak_answer(turn: Turn) -> None:
     """The voice note after the text answer, when wanted; never raises (but cancellation)."""
-    if not wanted(turn):
+    if not await wanted(turn):
         return
     with turn.services.tracer.start_as_current_span("speak", record_exception=False,
                                                     set_status_on_exception=False) as span:
         try:
             await _speak(turn)
-            bump_counter(turn.services.db, SPEECH_SENT)
+            await bump_counter(turn.services.db, SPEECH_SENT)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # an extra beside the answer: reported, never the turn's failure
@@ -53,7 +53,7 @@ async def speak_answer(turn: Turn) -> None:
             span.set_attribute("speech.failed", kind)
             log.warning("spoken answer not sent (ref %s): %s", turn.ref, kind)
             try:
-                bump_counter(turn.services.db, SPEECH_FAILED)
+                await bump_counter(turn.services.db, SPEECH_FAILED)
             except Exception:  # noqa: BLE001 - storage trouble is reported by the next write that matters
                 log.warning("could not count the failed spoken answer (ref %s)", turn.ref)
 
@@ -65,13 +65,13 @@ async def _speak(turn: Turn) -> None:
     cost = cost_usd(price=services.prices.price_for(speaker.model), input_tokens=len(text), output_tokens=0)
     cap = check_caps(is_operator=services.is_operator_user(inbound.user_id), estimated_tokens=0,
                      estimated_cost_usd=cost, user_tokens_today=0, user_daily_token_cap=0,
-                     month_cost_usd=services.ledger.month_cost_usd(utc_month(services.clock.now())),
+                     month_cost_usd=await services.ledger.month_cost_usd(utc_month(services.clock.now())),
                      monthly_cap_usd=services.settings.monthly_budget_usd)
     if not cap.allowed:
         raise SpeechRefused("price unknown" if cap.price_unknown else "monthly cap")
     audio = await speaker.speak(text)
     # Paid for once the provider answered, delivered or not: a ledger row with its characters' price.
-    services.ledger.record(build(
+    await services.ledger.record(build(
         UsageRecord, "usage_record_valid", "pipeline", at=services.clock.now(), trace_id=inbound.trace_id,
         chat_id=inbound.chat_id, user_id=inbound.user_id, model=speaker.model,
         usage=TokenUsage(input_tokens=0, output_tokens=0, total_tokens=0), cost_usd=cost, wasted=False))

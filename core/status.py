@@ -29,15 +29,15 @@ def _uptime(seconds: float) -> str:
     return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m"
 
 
-def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
+async def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
     from core.services import VERSION
 
     settings, models = services.settings, services.models
-    model = models.resolve(services.chat_models.get(chat_id))
+    model = models.resolve(await services.chat_models.get(chat_id))
     now_ns = time.time_ns()
-    scores = scoreboard(services.telemetry.spans, since_ns=now_ns - DAY_NS, now_ns=now_ns)
-    hot_tokens = services.hot_state.tokens(chat_id)
-    last = services.chats.last_prompt(chat_id)
+    scores = await asyncio.to_thread(scoreboard, services.telemetry.spans, since_ns=now_ns - DAY_NS, now_ns=now_ns)
+    hot_tokens = await services.hot_state.tokens(chat_id)
+    last = await services.chats.last_prompt(chat_id)
     lines = [
         f"Gateway {VERSION}, up {_uptime(services.clock.monotonic() - services.started_monotonic)}, {services.mode}",
         f"Model: {model} @ {models.endpoint(model).host}",
@@ -60,8 +60,8 @@ def status_text(services: Services, *, chat_id: int, operator: bool) -> str:
         lines.append(f"Last prompt: {tokens:,} of {budget:,} tokens ({tokens / budget:.0%})" if budget else
                      f"Last prompt: {tokens:,} tokens")
     lines.append(f"Tokens: {services.counter.describe()}")
-    lines.append(f"DLQ: {services.dlq.depth()} pending, outbox: {services.outbox.depth()} pending")
-    spoken, unspoken = read_counter(services.db, "speech_sent"), read_counter(services.db, "speech_failed")
+    lines.append(f"DLQ: {await services.dlq.depth()} pending, outbox: {await services.outbox.depth()} pending")
+    spoken, unspoken = await read_counter(services.db, "speech_sent"), await read_counter(services.db, "speech_failed")
     if spoken or unspoken:  # /voice on: voice notes sent, and speech calls that failed (the text went out)
         lines.append(f"Spoken answers: {spoken} sent, {unspoken} failed")
     error = services.last_error
@@ -96,36 +96,36 @@ def turn_score_lines(scores: list[ModelScore], *, max_models: int = 2, dropped_s
     return lines
 
 
-def budget_text(services: Services, *, user_id: int, operator: bool) -> str:
+async def budget_text(services: Services, *, user_id: int, operator: bool) -> str:
     """/budget: the bot's month against the cap for the operator, the user's own day and month otherwise."""
     settings, ledger = services.settings, services.ledger
     now = services.clock.now()
     day, month = utc_day(now), utc_month(now)
     if operator:
         text = format_operator_budget(
-            now=now, month=ledger.month_totals(month), today=ledger.day_totals(day), wasted=ledger.wasted(month),
-            top=ledger.top_users(month, 5), monthly_cap_usd=settings.monthly_budget_usd,
-            user_daily_token_cap=settings.user_daily_token_budget, unknown_models=ledger.unknown_models(month))
-        return "\n".join([text, *format_by_model(ledger.by_model(month=month), title="By model this month:")])
-    today = ledger.user_day(user_id, day)
+            now=now, month=await ledger.month_totals(month), today=await ledger.day_totals(day), wasted=await ledger.wasted(month),
+            top=await ledger.top_users(month, 5), monthly_cap_usd=settings.monthly_budget_usd,
+            user_daily_token_cap=settings.user_daily_token_budget, unknown_models=await ledger.unknown_models(month))
+        return "\n".join([text, *format_by_model(await ledger.by_model(month=month), title="By model this month:")])
+    today = await ledger.user_day(user_id, day)
     text = format_user_budget(now=now, user_tokens_today=today.total_tokens,
                               user_daily_token_cap=settings.user_daily_token_budget, user_today=today,
-                              user_month=ledger.user_month(user_id, month),
+                              user_month=await ledger.user_month(user_id, month),
                               is_operator=services.is_operator_user(user_id))
-    by_model = ledger.by_model(month=month, user_id=user_id)
+    by_model = await ledger.by_model(month=month, user_id=user_id)
     return "\n".join([text, *format_by_model(by_model, title="Your month by model:")])
 
 
-def usage_week_text(services: Services, *, user_id: int) -> str:
+async def usage_week_text(services: Services, *, user_id: int) -> str:
     """/usage: the user's last 7 days, one line per day, in a fixed-width block."""
     days = days_back(services.clock.now(), 7)
-    table = format_usage_table(services.ledger.user_days(user_id, days))
-    by_model = format_by_model(services.ledger.by_model(days=days, user_id=user_id), title="By model:")
+    table = format_usage_table(await services.ledger.user_days(user_id, days))
+    by_model = format_by_model(await services.ledger.by_model(days=days, user_id=user_id), title="By model:")
     return "\n".join([f"Your last 7 days:\n```\n{table}\n```", *by_model])
 
 
 async def spend_chart(services: Services) -> bytes | None:
     """The operator's chart of daily spend over 30 days (None without matplotlib). Drawn in a
     worker thread: the first drawing imports matplotlib, which would stall every chat for a second."""
-    days = services.ledger.daily_spend(days_back(services.clock.now(), CHART_DAYS))  # SQLite stays on the loop
+    days = await services.ledger.daily_spend(days_back(services.clock.now(), CHART_DAYS))  # SQLite stays on the loop
     return await asyncio.to_thread(spend_chart_png, days, title=f"Daily spend, last {CHART_DAYS} days (USD)")

@@ -97,15 +97,15 @@ class Turn:
                                               text=text, reply_to_message_id=self.inbound.message_id))
 
 
-def plan_prompt(turn: Turn, *, smaller: bool = False) -> None:
+async def plan_prompt(turn: Turn, *, smaller: bool = False) -> None:
     """The turn's prompt, token-budgeted, and its plan recorded (for /status and traces): built by
     the context stage, rebuilt with half the history (`smaller`) by the llm stage after the
     provider refused it. A message that cannot fit even alone ends the turn with a notice."""
     try:
-        rebuild_smaller(turn) if smaller else assemble(turn)
+        await rebuild_smaller(turn) if smaller else await assemble(turn)
     except ContextTooLarge as error:
         raise NoticeError.context_too_large(error) from None
     assert turn.plan is not None
     services, inbound = turn.services, turn.inbound
-    record_prompt_metrics(services.db, services.chats, trace_id=inbound.trace_id, chat_id=inbound.chat_id,
+    await record_prompt_metrics(services.db, services.chats, trace_id=inbound.trace_id, chat_id=inbound.chat_id,
                           plan=turn.plan, now=services.clock.iso())

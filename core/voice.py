@@ -48,41 +48,39 @@ def _label(attachment: Attachment) -> str:
     return f"{attachment.kind} {attachment.file_id}"
 
 
-def stored_audio(turn: Turn, attachment: Attachment) -> bytes | None:
+async def stored_audio(turn: Turn, attachment: Attachment) -> bytes | None:
     """The sound this chat already stored for this Telegram file, or None."""
-    services = turn.services
-    row = services.db.execute(
-        "SELECT sha256 FROM artifact_links WHERE chat_id = ? AND kind = 'voice' AND label = ? LIMIT 1",
-        [turn.inbound.chat_id, _label(attachment)[:200]]).fetchone()
-    if row is None:
+    artifacts = turn.services.artifacts
+    info = await artifacts.find_linked(turn.inbound.chat_id, "voice", _label(attachment))
+    if info is None:
         return None
     try:
-        return services.artifacts.read_bytes(services.artifacts.resolve(turn.inbound.chat_id, row[0]))
+        return await artifacts.read_bytes(info)
     except (ArtifactRefError, ArtifactCorrupt):
         return None  # gone or damaged: download it again
 
 
-def store_audio(turn: Turn, attachment: Attachment, data: bytes) -> str:
+async def store_audio(turn: Turn, attachment: Attachment, data: bytes) -> str:
     """Keep the sound as an artifact of this chat (once, by SHA-256); returns its ref."""
     services, inbound = turn.services, turn.inbound
-    info = services.artifacts.put(content=data, media_type=attachment.mime_type or "application/octet-stream",
+    info = await services.artifacts.put(content=data, media_type=attachment.mime_type or "application/octet-stream",
                                   chat_id=inbound.chat_id, user_id=inbound.user_id, label=_label(attachment),
                                   summary=f"{WHAT.get(attachment.kind, 'recording')}, {attachment.duration_s} s",
                                   kind="voice", trace_id=inbound.trace_id, now=services.clock.iso())
     return info.ref
 
 
-def record_transcription(turn: Turn, attachment: Attachment, transcript: str) -> None:
+async def record_transcription(turn: Turn, attachment: Attachment, transcript: str) -> None:
     """The transcription's usage row: priced per minute, the transcript's tokens on the user's budget."""
     services, inbound = turn.services, turn.inbound
     assert services.transcriber is not None
-    services.ledger.record(transcription_record(
+    await services.ledger.record(transcription_record(
         at=services.clock.now(), trace_id=inbound.trace_id, chat_id=inbound.chat_id, user_id=inbound.user_id,
         model=services.transcriber.model, seconds=attachment.duration_s,
         transcript_tokens=services.counter.count(transcript)))
 
 
-def check_transcription_caps(turn: Turn, attachment: Attachment) -> None:
+async def check_transcription_caps(turn: Turn, attachment: Attachment) -> None:
     """Refuse before the sound is sent when its transcription could cross a spend cap (the budget
     stage runs later, for the chat call: the transcription must not be paid for first)."""
     services, settings, inbound = turn.services, turn.services.settings, turn.inbound
@@ -93,9 +91,9 @@ def check_transcription_caps(turn: Turn, attachment: Attachment) -> None:
         is_operator=services.is_operator_user(inbound.user_id),
         estimated_tokens=seconds * SPOKEN_TOKENS_PER_SECOND,
         estimated_cost_usd=transcription_cost_usd(services.transcriber.model, seconds),
-        user_tokens_today=services.ledger.user_day_tokens(inbound.user_id, utc_day(now)),
+        user_tokens_today=await services.ledger.user_day_tokens(inbound.user_id, utc_day(now)),
         user_daily_token_cap=settings.user_daily_token_budget,
-        month_cost_usd=services.ledger.month_cost_usd(utc_month(now)), monthly_cap_usd=settings.monthly_budget_usd)
+        month_cost_usd=await services.ledger.month_cost_usd(utc_month(now)), monthly_cap_usd=settings.monthly_budget_usd)
     if not decision.allowed:
         turn.outcome = "notice"
         raise NoticeError(Kind.budget_exhausted, format_refusal(decision, now=now), detail=f"cap {decision.cap}")

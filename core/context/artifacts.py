@@ -1,8 +1,10 @@
 """Content-addressed artifacts: documents, long messages and archives kept out of the prompt.
 
-A file lives at `<root>/<sha[:2]>/<sha>` (root is normally DATA_DIR/artifacts), written to a
-temp file in the same folder and renamed, so a crash never leaves half a file under a real
-name. Metadata is one `artifacts` row per content and one `artifact_links` row per chat that
+On SQLite a file lives at `<root>/<sha[:2]>/<sha>` (root is normally DATA_DIR/artifacts),
+written to a temp file in the same folder and renamed, so a crash never leaves half a file under
+a real name. On PostgreSQL nothing depends on the local disk (a PaaS wipes it, and other
+instances cannot see it): the bytes are an `artifact_blobs` row, written in the transaction that
+adds the `artifacts` row. Metadata is one `artifacts` row per content and one `artifact_links` row per chat that
 stored it: the same bytes are kept once. A chat can only resolve its own links, and another
 chat's artifact looks exactly like an unknown one, so refs do not leak between chats.
 Text extraction (pypdf for PDF) and summaries live in core/context/extract.py.
@@ -19,8 +21,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import sqlite_utils
-
+from core.context.database import ContextDatabase
 from core.context.extract import (
     MAX_SUMMARY_CHARS,
     UnsupportedDocument,
@@ -105,15 +106,16 @@ _SELECT = ("SELECT a.sha256, a.media_type, a.size_bytes, a.tokens, l.label, l.su
 class ArtifactStore:
     """Files under `root`, rows in `artifacts` / `artifact_links`; parameterised SQL only."""
 
-    def __init__(self, db: sqlite_utils.Database, root: Path, *, counter: TokenCounter) -> None:
+    def __init__(self, db: ContextDatabase, root: Path, *, counter: TokenCounter) -> None:
         self.db, self.root, self.counter = db, Path(root), counter
+        self._files = db.dialect == "sqlite"  # PostgreSQL: the bytes live in artifact_blobs
 
     def path_for(self, sha256: str) -> Path:
         if not _SHA.fullmatch(sha256):
             raise ValueError(f"not a sha256: {sha256[:80]!r}")
         return self.root / sha256[:2] / sha256
 
-    def put(self, *, content: bytes, media_type: str, chat_id: int, user_id: int | None, label: str,
+    async def put(self, *, content: bytes, media_type: str, chat_id: int, user_id: int | None, label: str,
             summary: str, kind: str, trace_id: str | None, now: str) -> ArtifactInfo:
         """Store `content` once and link it to `chat_id` (the first link's label/summary win)."""
         if kind not in KINDS:
@@ -124,25 +126,42 @@ class ArtifactStore:
         if not _MEDIA.fullmatch(media_type):
             raise ValueError(f"invalid media type {media_type[:80]!r}")
         sha256 = hashlib.sha256(content).hexdigest()
-        self._write_file(sha256, content)
-        known = self.db.execute("SELECT 1 FROM artifacts WHERE sha256 = ?", [sha256]).fetchone()
+        if self._files:
+            self._write_file(sha256, content)
+        known = await self.db.fetchone("SELECT 1 FROM artifacts WHERE sha256 = ?", [sha256])
+        label = " ".join(label.split())[:MAX_LABEL_CHARS] or kind
+        summary = summarize(summary, max_chars=MAX_SUMMARY_CHARS)
         created = False
         if known is None:
             try:
                 tokens: int | None = self.counter.count(self._text_of(content, media_type))
             except UnsupportedDocument:
                 tokens = None  # binary content: stored, but has no text to page through
-            created = self.db.execute(
-                "INSERT OR IGNORE INTO artifacts(sha256, media_type, size_bytes, tokens, created_at)"
-                " VALUES (?, ?, ?, ?, ?)", [sha256, media_type, len(content), tokens, now]).rowcount == 1
-        label = " ".join(label.split())[:MAX_LABEL_CHARS] or kind
-        summary = summarize(summary, max_chars=MAX_SUMMARY_CHARS)
-        linked = self.db.execute(
-            "INSERT OR IGNORE INTO artifact_links(sha256, chat_id, user_id, label, summary, kind, trace_id,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [sha256, chat_id, user_id, label, summary, kind, trace_id, now]).rowcount == 1
-        row = self.db.execute(_SELECT + " WHERE l.chat_id = ? AND l.sha256 = ?", [chat_id, sha256]).fetchone()
+            async with self.db.transaction():
+                created = await self._insert_content(sha256, content, media_type, tokens, now)
+                linked = await self._link(sha256, chat_id, user_id, label, summary, kind, trace_id, now)
+        else:
+            linked = await self._link(sha256, chat_id, user_id, label, summary, kind, trace_id, now)
+        row = await self.db.fetchone(_SELECT + " WHERE l.chat_id = ? AND l.sha256 = ?", [chat_id, sha256])
+        assert row is not None  # linked just now, or before
         return replace(ArtifactInfo(*row), created=created, linked=linked)
+
+    async def _insert_content(self, sha256: str, content: bytes, media_type: str, tokens: int | None,
+                              now: str) -> bool:
+        created = await self.db.execute(
+            "INSERT INTO artifacts(sha256, media_type, size_bytes, tokens, created_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", [sha256, media_type, len(content), tokens, now]) == 1
+        if not self._files:
+            await self.db.execute("INSERT INTO artifact_blobs(sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                                  [sha256, content])
+        return created
+
+    async def _link(self, sha256: str, chat_id: int, user_id: int | None, label: str, summary: str, kind: str,
+                    trace_id: str | None, now: str) -> bool:
+        return await self.db.execute(
+            "INSERT INTO artifact_links(sha256, chat_id, user_id, label, summary, kind, trace_id,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [sha256, chat_id, user_id, label, summary, kind, trace_id, now]) == 1
 
     def _write_file(self, sha256: str, content: bytes) -> None:
         path = self.path_for(sha256)
@@ -170,13 +189,13 @@ class ArtifactStore:
             return decode_text(content)
         raise UnsupportedDocument(f"a {media_type} artifact has no text to read")
 
-    def resolve(self, chat_id: int, ref: str) -> ArtifactInfo:
+    async def resolve(self, chat_id: int, ref: str) -> ArtifactInfo:
         """This chat's artifact for a ref; ArtifactRefError if invalid, unknown or ambiguous."""
         prefix = parse_ref(ref)
         # Hex digits sort below "g": this range is exactly "starts with prefix" and uses the key.
-        rows = self.db.execute(
+        rows = await self.db.fetchall(
             _SELECT + " WHERE l.chat_id = ? AND l.sha256 >= ? AND l.sha256 < ? ORDER BY l.sha256 LIMIT 2",
-            [chat_id, prefix, prefix + "g"]).fetchall()
+            [chat_id, prefix, prefix + "g"])
         if not rows:
             raise ArtifactRefError(f"no artifact {REF_PREFIX}{prefix} in this chat")
         if len(rows) > 1:
@@ -184,19 +203,25 @@ class ArtifactStore:
                                    " give more hex digits")
         return ArtifactInfo(*rows[0])
 
-    def read_bytes(self, info: ArtifactInfo) -> bytes:
-        try:
-            data = self.path_for(info.sha256).read_bytes()
-        except FileNotFoundError:
-            raise ArtifactCorrupt(f"the file of {info.ref} is missing") from None
+    async def read_bytes(self, info: ArtifactInfo) -> bytes:
+        if self._files:
+            try:
+                data = self.path_for(info.sha256).read_bytes()
+            except FileNotFoundError:
+                raise ArtifactCorrupt(f"the file of {info.ref} is missing") from None
+        else:
+            row = await self.db.fetchone("SELECT data FROM artifact_blobs WHERE sha256 = ?", [info.sha256])
+            if row is None:
+                raise ArtifactCorrupt(f"the bytes of {info.ref} are missing")
+            data = bytes(row[0])
         if hashlib.sha256(data).hexdigest() != info.sha256:
             raise ArtifactCorrupt(f"the file of {info.ref} does not match its hash")
         return data
 
-    def read_text(self, info: ArtifactInfo) -> str:
-        return self._text_of(self.read_bytes(info), info.media_type)
+    async def read_text(self, info: ArtifactInfo) -> str:
+        return self._text_of(await self.read_bytes(info), info.media_type)
 
-    def read_text_slice(self, info: ArtifactInfo, *, offset_tokens: int, max_tokens: int,
+    async def read_text_slice(self, info: ArtifactInfo, *, offset_tokens: int, max_tokens: int,
                         limit_tokens: int = MAX_SLICE_TOKENS) -> TextSlice:
         """At most `min(max_tokens, limit_tokens)` tokens of the text from `offset_tokens`;
         `next_offset` is where the next slice starts, None at the end."""
@@ -204,7 +229,7 @@ class ArtifactStore:
             raise ValueError("offset_tokens must be >= 0 and max_tokens >= 1")
         max_tokens = min(max_tokens, limit_tokens)
         encoding = self.counter.encoding
-        tokens = encoding.encode(self.read_text(info), disallowed_special=())
+        tokens = encoding.encode(await self.read_text(info), disallowed_special=())
         total = len(tokens)
         start = min(offset_tokens, total)
         end = min(start + max_tokens, total)
@@ -223,14 +248,23 @@ class ArtifactStore:
             text = encoding.decode(tokens[start:end])
         return TextSlice(text=text, offset=start, next_offset=end if end < total else None, total_tokens=total)
 
-    def latest(self, chat_id: int, kind: str) -> ArtifactInfo | None:
+    async def latest(self, chat_id: int, kind: str) -> ArtifactInfo | None:
         """This chat's most recently linked artifact of `kind`, if any."""
-        row = self.db.execute(_SELECT + " WHERE l.chat_id = ? AND l.kind = ? ORDER BY l.rowid DESC LIMIT 1",
-                              [chat_id, kind]).fetchone()
+        # SQLite's rowid is the link order; PostgreSQL has none: the link's time (milliseconds).
+        order = "l.rowid DESC" if self.db.dialect == "sqlite" else "l.created_at DESC, l.sha256 DESC"
+        row = await self.db.fetchone(_SELECT + f" WHERE l.chat_id = ? AND l.kind = ? ORDER BY {order} LIMIT 1",
+                                     [chat_id, kind])
         return ArtifactInfo(*row) if row else None
 
-    def list(self, chat_id: int, limit: int = 50) -> builtins.list[ArtifactInfo]:
+    async def find_linked(self, chat_id: int, kind: str, label: str) -> ArtifactInfo | None:
+        """This chat's artifact of `kind` linked under exactly `label` (e.g. a voice note's
+        Telegram file, so a DLQ replay transcribes the stored sound instead of downloading it)."""
+        row = await self.db.fetchone(_SELECT + " WHERE l.chat_id = ? AND l.kind = ? AND l.label = ? LIMIT 1",
+                                     [chat_id, kind, label[:MAX_LABEL_CHARS]])
+        return ArtifactInfo(*row) if row else None
+
+    async def list(self, chat_id: int, limit: int = 50) -> builtins.list[ArtifactInfo]:
         """This chat's artifacts, newest first."""
-        rows = self.db.execute(_SELECT + " WHERE l.chat_id = ? ORDER BY l.created_at DESC, l.sha256 LIMIT ?",
-                               [chat_id, max(0, limit)]).fetchall()
+        rows = await self.db.fetchall(_SELECT + " WHERE l.chat_id = ? ORDER BY l.created_at DESC, l.sha256 LIMIT ?",
+                               [chat_id, max(0, limit)])
         return [ArtifactInfo(*row) for row in rows]

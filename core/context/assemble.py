@@ -41,7 +41,7 @@ def static_token_costs(services: ContextServices) -> tuple[int, int]:
     return services.static_tokens
 
 
-def assemble(turn: TurnView) -> None:
+async def assemble(turn: TurnView) -> None:
     """Build `turn.messages` and `turn.plan`: the system prompt with the hot state, the newest history
     that fits (less of it once the provider refused the prompt: `turn.history_share`), the message.
     Raises ContextTooLarge when even the message alone cannot fit; the caller records the plan
@@ -59,19 +59,19 @@ def assemble(turn: TurnView) -> None:
     if shrinking and isinstance(turn.plan, ContextPlan):
         # The provider refused the last prompt: carry at most half of its history this time.
         history_cap = math.floor(turn.plan.history_tokens * HISTORY_SHRINK_FACTOR)
-    candidates = services.history.recent(inbound.chat_id, max_tokens=max(0, prompt_budget))
+    candidates = await services.history.recent(inbound.chat_id, max_tokens=max(0, prompt_budget))
     candidate_tokens = list(map(attrgetter("tokens"), candidates))
     # Images ride in the minimum prompt (counted even if their history message is then dropped).
-    images = ride_along(services.artifacts, inbound.chat_id, turn.user_text, candidates,
+    images = await ride_along(services.artifacts, inbound.chat_id, turn.user_text, candidates,
                         turns=settings.image_history_turns, vision=settings.llm_vision)
     current_tokens += images.tokens
     newest_first = candidate_tokens[::-1]
-    active = services.history.count_active(inbound.chat_id)
+    active = await services.history.count_active(inbound.chat_id)
     # Archiving links the archive in the hot state, which changes its size: plan again (at most
     # twice more; the archive is written ahead of need, so the second round archives nothing).
     for _ in range(3):
-        state = services.hot_state.load(inbound.chat_id)
-        hot_tokens = services.hot_state.tokens(inbound.chat_id)
+        state = await services.hot_state.load(inbound.chat_id)
+        hot_tokens = await services.hot_state.tokens(inbound.chat_id)
         system_tokens = base_system_tokens + hot_tokens + 2  # the blank line joining them
         plan = plan_context(system_tokens=system_tokens, current_tokens=current_tokens,
                             tools_tokens=tools_tokens,
@@ -80,7 +80,7 @@ def assemble(turn: TurnView) -> None:
                             reserve_output_tokens=settings.llm_max_output_tokens,
                             history_share=turn.history_share, max_history_tokens=history_cap)
         kept = candidates[len(candidates) - plan.history_kept:] if plan.history_kept else []
-        if shrinking or len(kept) == active or not archive_dropped(turn, kept=kept):
+        if shrinking or len(kept) == active or not await archive_dropped(turn, kept=kept):
             break
     kept_tokens = candidate_tokens[len(candidates) - len(kept):]
     history_tokens = sum(kept_tokens)
@@ -103,7 +103,7 @@ def assemble(turn: TurnView) -> None:
     span.set_attribute("context.image_tokens", images.tokens)
 
 
-def archive_dropped(turn: TurnView, *, kept: list[StoredMessage]) -> bool:
+async def archive_dropped(turn: TurnView, *, kept: list[StoredMessage]) -> bool:
     """Move the messages older than `kept` out of the active conversation, making sure each is
     in a history archive first; True when a new archive was written (the hot state changed).
 
@@ -114,28 +114,28 @@ def archive_dropped(turn: TurnView, *, kept: list[StoredMessage]) -> bool:
     """
     services, chat_id = turn.services, turn.inbound.chat_id
     boundary = kept[0].id if kept else sys.maxsize
-    leaving = services.history.older_than(chat_id, boundary, limit=ARCHIVE_BATCH_LIMIT)
+    leaving = await services.history.older_than(chat_id, boundary, limit=ARCHIVE_BATCH_LIMIT)
     if not leaving:
         return False
-    cursor = services.history.archive_cursor(chat_id)
+    cursor = await services.history.archive_cursor(chat_id)
     unarchived = [m for m in leaving if m.id > cursor]
     if unarchived:
         ahead = [m for m in kept[: len(kept) // 2] if m.id > cursor]
         through = (ahead or unarchived)[-1].id
-        write_history_archive(turn, unarchived + ahead)
-        services.history.advance_archive_cursor(chat_id, through)
-    services.history.archive_through(chat_id, leaving[-1].id)
+        await write_history_archive(turn, unarchived + ahead)
+        await services.history.advance_archive_cursor(chat_id, through)
+    await services.history.archive_through(chat_id, leaving[-1].id)
     return bool(unarchived)
 
 
-def write_history_archive(turn: TurnView, messages: list[StoredMessage]) -> None:
+async def write_history_archive(turn: TurnView, messages: list[StoredMessage]) -> None:
     """One transcript artifact for `messages`; the hot state's history link now points to it."""
     services, chat_id = turn.services, turn.inbound.chat_id
-    state = services.hot_state.load(chat_id)
+    state = await services.hot_state.load(chat_id)
     old_links = [item for item in state.artifacts if item.text.split(" ", 2)[1:2] == [HISTORY_KIND]]
     previous = old_links[-1].text.split(" ", 1)[0] if old_links else None
     if previous is None or not previous.startswith(REF_PREFIX):
-        latest = services.artifacts.latest(chat_id, HISTORY_KIND)
+        latest = await services.artifacts.latest(chat_id, HISTORY_KIND)
         previous = latest.ref if latest is not None else None
     first, last = messages[0].id, messages[-1].id
     header = [f"# Conversation history, messages #{first} to #{last}", ""]
@@ -143,7 +143,7 @@ def write_history_archive(turn: TurnView, messages: list[StoredMessage]) -> None
         header += [f"Earlier history: {previous}", ""]
     transcript = "\n".join(header) + "\n" + "\n\n".join(f"**{m.role}** (#{m.id}):\n{m.content}" for m in messages)
     label = f"history #{first}-#{last}"
-    info = services.artifacts.put(content=transcript.encode(), media_type="text/markdown", chat_id=chat_id,
+    info = await services.artifacts.put(content=transcript.encode(), media_type="text/markdown", chat_id=chat_id,
                                   user_id=None, label=label, summary=label, kind=HISTORY_KIND,
                                   trace_id=turn.inbound.trace_id, now=services.clock.iso())
     line = (f"{info.ref} {HISTORY_KIND} {label}: earlier conversation, {len(messages)} messages"
@@ -151,10 +151,10 @@ def write_history_archive(turn: TurnView, messages: list[StoredMessage]) -> None
     write = HotStateWrite(producer="pipeline", source="gateway", trace_id=turn.inbound.trace_id, chat_id=chat_id,
                           remove=tuple(item.n for item in old_links), add=(("artifacts", line),))
     turn.guard.check(write, producer=write.producer)
-    services.hot_state.apply(chat_id, write, now=services.clock.iso())
+    await services.hot_state.apply(chat_id, write, now=services.clock.iso())
 
 
-def rebuild_smaller(turn: TurnView) -> None:
+async def rebuild_smaller(turn: TurnView) -> None:
     """The retry after context_length_exceeded: the same turn with half the history budget.
     The tool rounds already made this turn (after the current message) are kept."""
     tail_start = len(turn.messages)
@@ -163,5 +163,5 @@ def rebuild_smaller(turn: TurnView) -> None:
             tail_start = index + 1
     tail = turn.messages[tail_start:]
     turn.history_share *= HISTORY_SHRINK_FACTOR
-    assemble(turn)
+    await assemble(turn)
     turn.messages.extend(tail)

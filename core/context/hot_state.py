@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
-import sqlite_utils
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.context.database import ContextDatabase
 from core.context.tokens import TokenCounter
 from core.contracts import ContractViolation, HotStateWrite
 
@@ -42,7 +42,7 @@ OBJECTIVE = "objective"  # the section name of the pseudo-item an objective trun
 # Sixteen hex digits that tokenize one character per token: an upper bound for any real ref.
 WORST_CASE_REF = "artifact://" + "a1" * 8
 POINTER_SLACK_TOKENS = 2
-ArchiveFn = Callable[[int, str, str], str]  # (chat_id, markdown, label) -> "artifact://<hex>"
+ArchiveFn = Callable[[int, str, str], Awaitable[str]]  # (chat_id, markdown, label) -> "artifact://<hex>"
 
 
 class Item(BaseModel):
@@ -250,45 +250,46 @@ def format_for_user(state: HotState, *, tokens: int, cap: int) -> str:
 class HotStateStore:
     """Loads, compacts, archives and saves hot states in the `hot_state` table.
 
-    Turns of one chat are serialized by the pipeline; `apply` is load-modify-save.
+    Turns of one chat are serialized by the pipeline; `apply` is load-modify-save. No in-process
+    cache: every load reads the row, so on PostgreSQL another instance's write is seen at once.
     """
 
     format_for_user = staticmethod(format_for_user)
 
-    def __init__(self, db: sqlite_utils.Database, *, counter: TokenCounter, max_tokens: int,
+    def __init__(self, db: ContextDatabase, *, counter: TokenCounter, max_tokens: int,
                  archive: ArchiveFn) -> None:
         floor = min_hot_state_tokens(counter=counter)
         if max_tokens < floor:
             raise ValueError(f"HOT_STATE_MAX_TOKENS={max_tokens} is below the minimum of {floor}")
         self.db, self.counter, self.max_tokens, self.archive = db, counter, max_tokens, archive
 
-    def load(self, chat_id: int) -> HotState:
+    async def load(self, chat_id: int) -> HotState:
         """The chat's state (empty when none); a corrupt row raises pydantic's ValidationError."""
-        row = self.db.execute("SELECT state_json FROM hot_state WHERE chat_id = ?", [chat_id]).fetchone()
+        row = await self.db.fetchone("SELECT state_json FROM hot_state WHERE chat_id = ?", [chat_id])
         return HotState.model_validate_json(row[0]) if row else HotState()
 
-    def tokens(self, chat_id: int) -> int:
+    async def tokens(self, chat_id: int) -> int:
         """The stored token count of the rendered state (no recount)."""
-        row = self.db.execute("SELECT tokens FROM hot_state WHERE chat_id = ?", [chat_id]).fetchone()
+        row = await self.db.fetchone("SELECT tokens FROM hot_state WHERE chat_id = ?", [chat_id])
         return int(row[0]) if row else 0
 
-    def save(self, chat_id: int, state: HotState, *, trace_id: str | None, now: str) -> tuple[HotState, int]:
+    async def save(self, chat_id: int, state: HotState, *, trace_id: str | None, now: str) -> tuple[HotState, int]:
         """Compact, archive what was evicted, persist; returns the saved state and its tokens."""
-        saved, tokens, _ = self._save(chat_id, state, trace_id=trace_id, now=now)
+        saved, tokens, _ = await self._save(chat_id, state, trace_id=trace_id, now=now)
         return saved, tokens
 
-    def apply(self, chat_id: int, write: HotStateWrite, *, now: str) -> tuple[HotState, list[str]]:
+    async def apply(self, chat_id: int, write: HotStateWrite, *, now: str) -> tuple[HotState, list[str]]:
         """Load, apply `write`, save; the notes say what happened (and what was archived)."""
         if write.chat_id != chat_id:
             raise ContractViolation("one_turn_identity", field="chat_id", producer=write.producer,
                                     detail=f"a write for chat {write.chat_id} applied to chat {chat_id}")
-        state, notes = apply_write(self.load(chat_id), write)
-        saved, _, evicted = self._save(chat_id, state, trace_id=write.trace_id, now=now)
+        state, notes = apply_write(await self.load(chat_id), write)
+        saved, _, evicted = await self._save(chat_id, state, trace_id=write.trace_id, now=now)
         if evicted:
             notes.append(f"hot state over {self.max_tokens} tokens: {evicted} items archived in {saved.archive_ref}")
         return saved, notes
 
-    def _save(self, chat_id: int, state: HotState, *, trace_id: str | None, now: str) -> tuple[HotState, int, int]:
+    async def _save(self, chat_id: int, state: HotState, *, trace_id: str | None, now: str) -> tuple[HotState, int, int]:
         evicted_total = 0
         # Each round evicts at least one item or shortens the objective, so this ends; the bound
         # is a guard (fail closed) should the pointer ever exceed its reserved worst case.
@@ -298,13 +299,13 @@ class HotStateStore:
                 break
             markdown = archive_markdown(evicted, previous_ref=state.archive_ref, now=now)
             label = f"hot state archive: {len(evicted)} items"
-            ref = self.archive(chat_id, markdown, label)
+            ref = await self.archive(chat_id, markdown, label)
             state = HotState.model_validate({**compacted.model_dump(), "archive_ref": ref})
             evicted_total += len(evicted)
         tokens = self.counter.count(render(state))
         if tokens > self.max_tokens:
             raise RuntimeError(f"hot state of chat {chat_id} did not fit {self.max_tokens} tokens ({tokens})")
-        self.db.execute(
+        await self.db.execute(
             "INSERT INTO hot_state(chat_id, state_json, tokens, trace_id, updated_at) VALUES (?, ?, ?, ?, ?)"
             " ON CONFLICT(chat_id) DO UPDATE SET state_json = excluded.state_json, tokens = excluded.tokens,"
             " trace_id = excluded.trace_id, updated_at = excluded.updated_at",

@@ -154,15 +154,15 @@ class LoadedImage:
     tokens: int
 
 
-def load_image(artifacts: ArtifactStore, chat_id: int, ref: str) -> LoadedImage:
+async def load_image(artifacts: ArtifactStore, chat_id: int, ref: str) -> LoadedImage:
     """An image artifact of this chat as a data: URL with its tokens; ArtifactRefError when the
     ref is not an image of this chat, ArtifactCorrupt when its file is damaged."""
     from PIL import Image, UnidentifiedImageError
 
-    info = artifacts.resolve(chat_id, ref)
+    info = await artifacts.resolve(chat_id, ref)
     if not info.media_type.startswith("image/"):
         raise ArtifactRefError(f"{info.ref} is a {info.media_type}, not an image")
-    data = artifacts.read_bytes(info)
+    data = await artifacts.read_bytes(info)
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -171,12 +171,12 @@ def load_image(artifacts: ArtifactStore, chat_id: int, ref: str) -> LoadedImage:
     return LoadedImage(info.ref, data_url(data, info.media_type), image_tokens(width, height))
 
 
-def images_in(artifacts: ArtifactStore, chat_id: int, text: str) -> list[LoadedImage]:
+async def images_in(artifacts: ArtifactStore, chat_id: int, text: str) -> list[LoadedImage]:
     """The images a turn's text names by marker (ones that cannot be loaded are left out)."""
     loaded = []
     for ref in MARKER.findall(text):
         try:
-            loaded.append(load_image(artifacts, chat_id, ref))
+            loaded.append(await load_image(artifacts, chat_id, ref))
         except (ArtifactRefError, ArtifactCorrupt):
             continue  # the marker stays: the model reads the ref and can ask with view_image
     return loaded
@@ -203,18 +203,18 @@ class RidingImages:
         return (self.history or {}).get(message_id, ())
 
 
-def ride_along(artifacts: ArtifactStore, chat_id: int, user_text: str, candidates: Sequence[StoredMessage],
+async def ride_along(artifacts: ArtifactStore, chat_id: int, user_text: str, candidates: Sequence[StoredMessage],
                *, turns: int, vision: bool) -> RidingImages:
     """Load the images of the current message and of the last `turns` user messages of history."""
     if not vision:
         return RidingImages()
-    current = images_in(artifacts, chat_id, user_text)
+    current = await images_in(artifacts, chat_id, user_text)
     history: dict[int, tuple[str, ...]] = {}
     tokens = sum(image.tokens for image in current)
     riding = riding_messages(candidates, turns)
     for message in candidates:
         if message.id in riding:
-            loaded = images_in(artifacts, chat_id, message.content)
+            loaded = await images_in(artifacts, chat_id, message.content)
             if loaded:
                 history[message.id] = tuple(image.url for image in loaded)
                 tokens += sum(image.tokens for image in loaded)

@@ -18,20 +18,20 @@ if TYPE_CHECKING:
 LONG_TEXT_TOKENS = 2000
 
 
-def store_text(turn: TurnView, text: str, *, label: str, kind: str) -> ArtifactInfo:
+async def store_text(turn: TurnView, text: str, *, label: str, kind: str) -> ArtifactInfo:
     """Store text as an artifact of this chat and index it in the hot state (once)."""
     services, inbound = turn.services, turn.inbound
-    info = services.artifacts.put(content=text.encode("utf-8"), media_type="text/plain", chat_id=inbound.chat_id,
+    info = await services.artifacts.put(content=text.encode("utf-8"), media_type="text/plain", chat_id=inbound.chat_id,
                                   user_id=inbound.user_id, label=label[:200], summary=summarize(text),
                                   kind=kind, trace_id=inbound.trace_id, now=services.clock.iso())
     if info.linked:  # new to this chat: index it once
-        index_artifact(turn, info, label=label, kind=kind)
+        await index_artifact(turn, info, label=label, kind=kind)
     return info
 
 
-def index_artifact(turn: TurnView, info: ArtifactInfo, *, label: str, kind: str) -> None:
+async def index_artifact(turn: TurnView, info: ArtifactInfo, *, label: str, kind: str) -> None:
     line = f"{info.ref} {kind} {label[:60]}: {info.summary[:120]}"
     write = HotStateWrite(producer="pipeline", source="gateway", trace_id=turn.inbound.trace_id,
                           chat_id=turn.inbound.chat_id, add=(("artifacts", line),))
     turn.guard.check(write, producer=write.producer)
-    turn.services.hot_state.apply(turn.inbound.chat_id, write, now=turn.services.clock.iso())
+    await turn.services.hot_state.apply(turn.inbound.chat_id, write, now=turn.services.clock.iso())

@@ -38,7 +38,7 @@ WINDOW_FULL = ("this turn's context window is full: answer with what you have re
                "and read further in a later turn")
 
 
-def execute_tool(turn: TurnView, call: ToolCall) -> str:
+async def execute_tool(turn: TurnView, call: ToolCall) -> str:
     """Run one tool call; the text is the tool message the model reads next round."""
     services, inbound = turn.services, turn.inbound
     with services.tracer.start_as_current_span(f"tool {call.name[:64]}") as span:
@@ -48,12 +48,12 @@ def execute_tool(turn: TurnView, call: ToolCall) -> str:
             if isinstance(arguments, UpdateHotStateArguments):
                 write = to_hot_state_write(arguments, trace_id=inbound.trace_id, chat_id=inbound.chat_id)
                 turn.guard.check(write, producer=write.producer)
-                _, notes = services.hot_state.apply(inbound.chat_id, write, now=services.clock.iso())
+                _, notes = await services.hot_state.apply(inbound.chat_id, write, now=services.clock.iso())
                 return _fitted(turn, json.dumps({"ok": True, "notes": notes}))
             if isinstance(arguments, ViewImageArguments):
-                return _view_image(turn, arguments, span)
+                return await _view_image(turn, arguments, span)
             assert isinstance(arguments, ReadArtifactArguments)
-            return _read_artifact(turn, arguments, span)
+            return await _read_artifact(turn, arguments, span)
         except InvalidToolArguments as invalid:
             # The model's mistake, told to the model: it gets its next round to correct the call.
             span.set_attributes({"tool.invalid_field": invalid.field, "tool.invalid": str(invalid)[:300]})
@@ -70,14 +70,14 @@ def _error(turn: TurnView, message: str) -> str:
     return _fitted(turn, json.dumps({"ok": False, "error": message}))
 
 
-def _view_image(turn: TurnView, arguments: ViewImageArguments, span: trace.Span) -> str:
+async def _view_image(turn: TurnView, arguments: ViewImageArguments, span: trace.Span) -> str:
     """The image joins the prompt for the rest of this turn: the llm stage attaches the images the
     turn's view_image calls loaded as a user message after the tool results."""
     services = turn.services
     if not services.settings.llm_vision:
         return _error(turn, "this model cannot see images (LLM_VISION=false)")
     try:
-        image = load_image(services.artifacts, turn.inbound.chat_id, arguments.ref)
+        image = await load_image(services.artifacts, turn.inbound.chat_id, arguments.ref)
     except ArtifactRefError as error:
         return _error(turn, str(error))
     except ArtifactCorrupt as error:
@@ -91,10 +91,10 @@ def _view_image(turn: TurnView, arguments: ViewImageArguments, span: trace.Span)
                                      "note": "the picture is attached in the next message"}))
 
 
-def _read_artifact(turn: TurnView, arguments: ReadArtifactArguments, span: trace.Span) -> str:
+async def _read_artifact(turn: TurnView, arguments: ReadArtifactArguments, span: trace.Span) -> str:
     services, chat_id = turn.services, turn.inbound.chat_id
     try:
-        info = services.artifacts.resolve(chat_id, arguments.ref)
+        info = await services.artifacts.resolve(chat_id, arguments.ref)
     except ArtifactRefError as error:
         return _error(turn, str(error))
     if info.tokens is None:
@@ -106,7 +106,7 @@ def _read_artifact(turn: TurnView, arguments: ReadArtifactArguments, span: trace
         if limit < MIN_SLICE_TOKENS:
             return _error(turn, WINDOW_FULL)
         try:
-            piece = services.artifacts.read_text_slice(info, offset_tokens=arguments.offset, max_tokens=limit)
+            piece = await services.artifacts.read_text_slice(info, offset_tokens=arguments.offset, max_tokens=limit)
         except ArtifactCorrupt as error:  # the operator's problem; the model is told it cannot be read
             log.error("artifact unreadable in chat %s: %s", chat_id, error)
             return _error(turn, f"{error}: it cannot be read")

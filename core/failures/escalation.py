@@ -14,17 +14,15 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
-
-import sqlite_utils
 
 from core.callbacks import dlq_keyboard, status_keyboard
 from core.contracts import Escalation
 from core.failures.backoff_schedule import ceiling_wait_s
 from core.failures.taxonomy import TAXONOMY, GatewayError, Kind
-from core.store import bump_counter
+from core.store import Database, bump_counter
 from core.store.interfaces import OutboxRow
 
 ALERT_MAX_CHARS = 4000  # Telegram's limit is 4096
@@ -49,71 +47,70 @@ class Outbox:
     """The `outbox` table. Statuses: pending -> sent | dead. At most `max_pending` rows wait;
     beyond that the oldest pending row is dropped (marked dead, counted as `outbox_evicted`)."""
 
-    def __init__(self, db: sqlite_utils.Database, *, max_pending: int = 1000) -> None:
+    def __init__(self, db: Database, *, max_pending: int = 1000) -> None:
         self.db = db
         self.max_pending = max_pending
 
-    def enqueue(self, *, kind: Literal["alert", "reply"], chat_id: int, text: str, trace_id: str | None,
+    async def enqueue(self, *, kind: Literal["alert", "reply"], chat_id: int, text: str, trace_id: str | None,
                 dedupe_key: str | None, now: str, parse_mode: str | None = None,
                 reply_markup: dict[str, Any] | None = None) -> int | None:
         """Queue a message (with inline buttons when `reply_markup`); None when `dedupe_key` was
         queued before (whatever its status)."""
         markup = json.dumps(reply_markup, separators=(",", ":")) if reply_markup else None
-        with self.db.atomic():
-            cursor = self.db.execute(
+        async with self.db.transaction():
+            row_id = await self.db.insert_id(
                 "INSERT INTO outbox(kind, chat_id, text, parse_mode, trace_id, dedupe_key, status, next_attempt_at,"
                 " created_at, reply_markup) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
                 " ON CONFLICT(dedupe_key) DO NOTHING",
                 [kind, chat_id, text, parse_mode, trace_id, dedupe_key, now, now, markup])
-            if cursor.rowcount != 1:
+            if not row_id:
                 return None
-            row_id = int(cursor.lastrowid or 0)
-            excess = self.depth() - self.max_pending
+            excess = await self.depth() - self.max_pending
             if excess > 0:
-                self.db.execute(
+                await self.db.execute(
                     "UPDATE outbox SET status = 'dead', last_error = 'evicted: outbox full' WHERE id IN"
                     " (SELECT id FROM outbox WHERE status = 'pending' AND id != ? ORDER BY id LIMIT ?)",
                     [row_id, excess])
-                bump_counter(self.db, "outbox_evicted", excess)
+                await bump_counter(self.db, "outbox_evicted", excess)
         return row_id
 
-    def due(self, *, now: str, limit: int = 20) -> list[OutboxRow]:
+    async def due(self, *, now: str, limit: int = 20) -> list[OutboxRow]:
         """Pending rows whose time has come, in id order. A row waits while an older pending row
         of its chat is still backing off, so a chat's messages never arrive out of order."""
-        rows = self.db.execute(
+        rows = await self.db.fetchall(
             f"SELECT {_OUTBOX_COLUMNS} FROM outbox AS o WHERE status = 'pending' AND next_attempt_at <= ?"
             " AND NOT EXISTS (SELECT 1 FROM outbox AS e WHERE e.chat_id = o.chat_id AND e.status = 'pending'"
-            " AND e.id < o.id AND e.next_attempt_at > ?) ORDER BY id LIMIT ?", [now, now, limit]).fetchall()
+            " AND e.id < o.id AND e.next_attempt_at > ?) ORDER BY id LIMIT ?", [now, now, limit])
         return [OutboxRow(*r) for r in rows]
 
-    def get(self, row_id: int) -> OutboxRow | None:
-        row = self.db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", [row_id]).fetchone()
+    async def get(self, row_id: int) -> OutboxRow | None:
+        row = await self.db.fetchone(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE id = ?", [row_id])
         return OutboxRow(*row) if row else None
 
-    def mark_sent(self, row_id: int, *, now: str) -> None:
-        self.db.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
+    async def mark_sent(self, row_id: int, *, now: str) -> None:
+        await self.db.execute("UPDATE outbox SET status = 'sent', sent_at = ?, attempts = attempts + 1 WHERE id = ?",
                         [now, row_id])
 
-    def mark_retry(self, row_id: int, *, error: str, next_attempt_at: str) -> None:
-        self.db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
+    async def mark_retry(self, row_id: int, *, error: str, next_attempt_at: str) -> None:
+        await self.db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?",
                         [error[:500], next_attempt_at, row_id])
 
-    def mark_dead(self, row_id: int, *, error: str) -> None:
-        self.db.execute("UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?",
+    async def mark_dead(self, row_id: int, *, error: str) -> None:
+        await self.db.execute("UPDATE outbox SET status = 'dead', attempts = attempts + 1, last_error = ? WHERE id = ?",
                         [error[:500], row_id])
 
-    def depth(self) -> int:
-        return int(self.db.execute("SELECT COUNT(*) FROM outbox WHERE status = 'pending'").fetchone()[0])
+    async def depth(self) -> int:
+        return int((await self.db.fetchone("SELECT COUNT(*) FROM outbox WHERE status = 'pending'"))[0])
 
-    def pending_for(self, chat_id: int) -> list[OutboxRow]:
-        rows = self.db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' AND chat_id = ?"
-                               " ORDER BY id", [chat_id]).fetchall()
+    async def pending_for(self, chat_id: int) -> list[OutboxRow]:
+        rows = await self.db.fetchall(f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'pending' AND chat_id = ?"
+                               " ORDER BY id", [chat_id])
         return [OutboxRow(*r) for r in rows]
 
-    def prune(self, *, before: str) -> int:
+    async def prune(self, *, before: str) -> int:
         """Delete sent and dead rows created before `before` (their dedupe keys go with them)."""
-        cursor = self.db.execute("DELETE FROM outbox WHERE status IN ('sent', 'dead') AND created_at < ?", [before])
-        return cursor.rowcount
+        return await self.db.execute("DELETE FROM outbox WHERE status IN ('sent', 'dead') AND created_at < ?",
+                                     [before])
 
 
 class DeliveryFailed(Exception):
@@ -138,8 +135,9 @@ class TextSender(Protocol):
 
 async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], datetime], limit: int = 20,
                        base_wait_s: float = 2.0, max_wait_s: float = 60.0, max_attempts: int | None = None,
-                       max_age_s: float | None = OUTBOX_MAX_AGE_S, chat_gone: Callable[[int], bool] | None = None,
-                       on_chat_gone: Callable[[int, str], None] | None = None) -> int:
+                       max_age_s: float | None = OUTBOX_MAX_AGE_S,
+                       chat_gone: Callable[[int], Awaitable[bool]] | None = None,
+                       on_chat_gone: Callable[[int, str], Awaitable[None]] | None = None) -> int:
     """Send what is due, in id order; returns how many were sent.
 
     A temporary refusal schedules the row again (after Telegram's retry_after, else the shared
@@ -153,11 +151,11 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
     """
     sent = 0
     held_chats: set[int] = set()
-    for row in outbox.due(now=iso(now()), limit=limit):
+    for row in await outbox.due(now=iso(now()), limit=limit):
         if row.chat_id in held_chats:
             continue
-        if chat_gone is not None and chat_gone(row.chat_id):
-            outbox.mark_dead(row.id, error="not sent: the chat blocked the bot")
+        if chat_gone is not None and await chat_gone(row.chat_id):
+            await outbox.mark_dead(row.id, error="not sent: the chat blocked the bot")
             continue
         try:
             buttons = {"reply_markup": json.loads(row.reply_markup)} if row.reply_markup else {}
@@ -166,22 +164,22 @@ async def drain_outbox(outbox: Outbox, sender: TextSender, *, now: Callable[[], 
             failure = error if isinstance(error, DeliveryFailed) else DeliveryFailed(
                 f"{type(error).__name__}: {error}", permanent=False)
             if failure.chat_gone and on_chat_gone is not None:
-                on_chat_gone(row.chat_id, failure.reason)
+                await on_chat_gone(row.chat_id, failure.reason)
             age_s = (_parse_iso(iso(now())) - _parse_iso(row.created_at)).total_seconds()
             too_old = max_age_s is not None and age_s >= max_age_s
             out_of_attempts = max_attempts is not None and row.attempts + 1 >= max_attempts
             if failure.permanent or too_old or out_of_attempts:
-                outbox.mark_dead(row.id, error=failure.reason)
+                await outbox.mark_dead(row.id, error=failure.reason)
                 continue
             wait_s = failure.retry_after_s
             if wait_s is None:
                 # row.attempts counts the failures before this one: this is failure number attempts + 1.
                 # No jitter: one loop delivers every row, so there is no herd of clients to spread out.
                 wait_s = ceiling_wait_s(attempt=row.attempts + 1, base_wait_s=base_wait_s, max_wait_s=max_wait_s)
-            outbox.mark_retry(row.id, error=failure.reason, next_attempt_at=iso(now() + timedelta(seconds=wait_s)))
+            await outbox.mark_retry(row.id, error=failure.reason, next_attempt_at=iso(now() + timedelta(seconds=wait_s)))
             held_chats.add(row.chat_id)
             continue
-        outbox.mark_sent(row.id, now=iso(now()))
+        await outbox.mark_sent(row.id, now=iso(now()))
         sent += 1
     return sent
 
@@ -213,7 +211,7 @@ def _since(moment: datetime, *, now: datetime) -> str:
 class Escalator:
     """Operator alerts, one per `Escalation.key` per cooldown, persisted across restarts."""
 
-    def __init__(self, db: sqlite_utils.Database, outbox: Outbox, *, operator_chat_id: int | None, cooldown_s: float,
+    def __init__(self, db: Database, outbox: Outbox, *, operator_chat_id: int | None, cooldown_s: float,
                  logger: logging.Logger, repeat_threshold: int = 3, repeat_window_s: float = 600.0,
                  max_tracked_chats: int = 1000) -> None:
         self.db, self.outbox, self.logger = db, outbox, logger
@@ -222,26 +220,26 @@ class Escalator:
         self.max_tracked_chats = max_tracked_chats
         self._chat_failures: OrderedDict[int, deque[float]] = OrderedDict()
 
-    def raise_alert(self, alert: Escalation, *, now: datetime) -> bool:
+    async def raise_alert(self, alert: Escalation, *, now: datetime) -> bool:
         """Send (or, with no operator chat, log) the alert unless its key is cooling down;
         True when it went out, False when it was suppressed."""
         now = now.astimezone(UTC) if now.tzinfo else now.replace(tzinfo=UTC)
-        with self.db.atomic():
-            state = self.db.execute("SELECT last_sent_at, suppressed FROM alert_state WHERE key = ?",
-                                    [alert.key]).fetchone()
+        async with self.db.transaction():
+            state = await self.db.fetchone("SELECT last_sent_at, suppressed FROM alert_state WHERE key = ?",
+                                    [alert.key])
             last_sent = datetime.fromisoformat(state[0]) if state else None
             if last_sent is not None and (now - last_sent).total_seconds() < self.cooldown_s:
-                self.db.execute("UPDATE alert_state SET suppressed = suppressed + 1 WHERE key = ?", [alert.key])
+                await self.db.execute("UPDATE alert_state SET suppressed = suppressed + 1 WHERE key = ?", [alert.key])
                 return False
             suppressed = int(state[1]) if state else 0
             text = self._render(alert, now=now, last_sent=last_sent, suppressed=suppressed)
-            self.db.execute(
+            await self.db.execute(
                 "INSERT INTO alert_state(key, last_sent_at, suppressed) VALUES (?, ?, 0) ON CONFLICT(key)"
                 " DO UPDATE SET last_sent_at = excluded.last_sent_at, suppressed = 0", [alert.key, iso(now)])
             if self.operator_chat_id is None:
                 self.logger.error("%s", text, extra={"trace_id": alert.trace_id, "alert_key": alert.key})
                 return True
-            queued = self.outbox.enqueue(kind="alert", chat_id=self.operator_chat_id, text=text,
+            queued = await self.outbox.enqueue(kind="alert", chat_id=self.operator_chat_id, text=text,
                                          trace_id=alert.trace_id, dedupe_key=f"alert:{alert.key}:{iso(now)}",
                                          now=iso(now), reply_markup=alert_buttons(alert))
         self.logger.info("operator alert queued: %s", alert.key, extra={"trace_id": alert.trace_id})

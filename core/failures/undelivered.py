@@ -30,21 +30,21 @@ class DeliveryServices(Protocol):
     def clock(self) -> Clock: ...
 
 
-def keep_undelivered(services: DeliveryServices, *, chat_id: int, text: str, trace_id: str, failed: DeliveryFailed) -> None:
+async def keep_undelivered(services: DeliveryServices, *, chat_id: int, text: str, trace_id: str, failed: DeliveryFailed) -> None:
     """A reply Telegram would not take now goes to the outbox and is retried; a blocked chat is recorded."""
     if failed.chat_gone:
-        record_blocked(services, chat_id, failed.reason)
+        await record_blocked(services, chat_id, failed.reason)
         return
     if failed.permanent:  # Telegram will never take this text: retrying cannot help
         log.error("reply to chat %s refused for good, not kept: %s", chat_id, failed.reason,
                   extra={"trace_id": trace_id})
         return
-    services.outbox.enqueue(kind="reply", chat_id=chat_id, text=text, trace_id=trace_id,
+    await services.outbox.enqueue(kind="reply", chat_id=chat_id, text=text, trace_id=trace_id,
                             dedupe_key=f"reply:{trace_id}", now=services.clock.iso())
 
 
-def record_blocked(services: DeliveryServices, chat_id: int, reason: str) -> None:
+async def record_blocked(services: DeliveryServices, chat_id: int, reason: str) -> None:
     """The chat refuses the bot (blocked, kicked, deleted): nothing is sent to it until its user
     writes again; the outbox drops its rows and the DLQ replay skips it."""
-    services.chats.mark_blocked(chat_id, reason[:200], now=services.clock.iso())
+    await services.chats.mark_blocked(chat_id, reason[:200], now=services.clock.iso())
     log.warning("chat %s blocked the bot; not sending to it any more: %s", chat_id, reason)

@@ -12,11 +12,11 @@ from core.turn import Turn, TurnEnded
 
 async def run(turn: Turn) -> None:
     services, inbound = turn.services, turn.inbound
-    allowed = inbound.chat_type == "console" or services.is_allowed(inbound.user_id, inbound.chat_id)
+    allowed = inbound.chat_type == "console" or await services.is_allowed(inbound.user_id, inbound.chat_id)
     trace.get_current_span().set_attribute("auth.allowed", allowed)
     if not allowed:
         turn.outcome = "refused"
-        text = services.access.answer_stranger(user_id=inbound.user_id, chat_id=inbound.chat_id,
+        text = await services.access.answer_stranger(user_id=inbound.user_id, chat_id=inbound.chat_id,
                                                chat_type=inbound.chat_type,
                                                name=inbound.user_first_name or inbound.user_name,
                                                username=inbound.user_name if inbound.user_name != inbound.user_first_name

@@ -26,8 +26,8 @@ async def run(turn: Turn) -> None:
     price = services.prices.price_for(turn.model or settings.llm_model)
     estimated_cost = cost_usd(price=price, input_tokens=plan.total_tokens, output_tokens=settings.llm_max_output_tokens)
     is_operator = services.is_operator_user(inbound.user_id)
-    used_today = services.ledger.user_day_tokens(inbound.user_id, utc_day(now))
-    month_cost = services.ledger.month_cost_usd(utc_month(now))
+    used_today = await services.ledger.user_day_tokens(inbound.user_id, utc_day(now))
+    month_cost = await services.ledger.month_cost_usd(utc_month(now))
     decision = check_caps(is_operator=is_operator, estimated_tokens=estimated_tokens,
                           estimated_cost_usd=estimated_cost, user_tokens_today=used_today,
                           user_daily_token_cap=settings.user_daily_token_budget, month_cost_usd=month_cost,
@@ -46,11 +46,11 @@ async def warn_once(turn: Turn, cap: CapName, decision: CapDecision, *, now: dat
     """The 80% heads-up, once per period: the daily one to the user, the monthly one to the operator."""
     services, inbound, settings = turn.services, turn.inbound, turn.services.settings
     if cap == "user_daily_tokens":
-        if services.warnings.once(daily_warning_key(inbound.user_id, utc_day(now)), now=now.isoformat()):
+        if await services.warnings.once(daily_warning_key(inbound.user_id, utc_day(now)), now=now.isoformat()):
             await turn.send("notice", format_cap_warning(cap=cap, now=now, used=decision.user_tokens_after,
                                                          limit=settings.user_daily_token_budget))
-    elif cap == "monthly_usd" and services.warnings.once(monthly_warning_key(utc_month(now)), now=now.isoformat()):
-        services.escalator.raise_alert(Escalation(
+    elif cap == "monthly_usd" and await services.warnings.once(monthly_warning_key(utc_month(now)), now=now.isoformat()):
+        await services.escalator.raise_alert(Escalation(
             producer="pipeline", key=f"monthly80:{utc_month(now)}", kind="budget_warning", severity="warning",
             summary=format_cap_warning(cap=cap, now=now, used=decision.month_cost_after_usd,
                                        limit=settings.monthly_budget_usd),

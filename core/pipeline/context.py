@@ -8,4 +8,4 @@ from core.turn import Turn, plan_prompt
 
 
 async def run(turn: Turn) -> None:
-    plan_prompt(turn)
+    await plan_prompt(turn)

@@ -55,11 +55,11 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
             services.last_error = {"kind": str(gateway_error.kind), "ref": turn.ref, "at": now.isoformat()}
         if gateway_error.kind == Kind.storage_unavailable:  # nothing below could be written
             return await _defer_for_storage(turn, gateway_error)
-        spent = services.ledger.mark_wasted(inbound.trace_id)
+        spent = await services.ledger.mark_wasted(inbound.trace_id)
         dlq_id = None
         if info.dlq and turn.replay_dlq_id is None:
             attempts = [a._asdict() if hasattr(a, "_asdict") else dict(a) for a in gateway_error.attempts]
-            dlq_id = services.dlq.add(
+            dlq_id = await services.dlq.add(
                 build(DlqEntry, "dlq_entry_valid", "pipeline", trace_id=inbound.trace_id, chat_id=inbound.chat_id,
                       user_id=inbound.user_id, inbound=inbound, error_kind=str(gateway_error.kind),
                       error_message=gateway_error.detail[:2000] or str(gateway_error.kind),
@@ -67,7 +67,7 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
                 attempts=attempts, now=services.clock.iso(), update_id=inbound.update_id)
             failure_span.set_attribute("dlq.id", dlq_id)
         elif turn.replay_dlq_id is not None:
-            services.dlq.record_replay_error(turn.replay_dlq_id, error_kind=str(gateway_error.kind),
+            await services.dlq.record_replay_error(turn.replay_dlq_id, error_kind=str(gateway_error.kind),
                                              error_message=gateway_error.detail[:2000] or str(gateway_error.kind),
                                              replayable=info.outage, now=services.clock.iso())
         # A replay that fails again and stays in the DLQ is reported to the operator (who ran it,
@@ -79,8 +79,8 @@ async def fail_turn(turn: Turn, error: BaseException) -> Outcome:
                                auto_replay=services.settings.dlq_auto_replay)
             await _send_error_reply(turn, reply)
         elif gateway_error.kind == Kind.tg_blocked:
-            record_blocked(services, inbound.chat_id, gateway_error.detail)
-        escalate_failure(services, turn, gateway_error, dlq_id=dlq_id, spent_tokens=spent)
+            await record_blocked(services, inbound.chat_id, gateway_error.detail)
+        await escalate_failure(services, turn, gateway_error, dlq_id=dlq_id, spent_tokens=spent)
     if gateway_error.kind in (Kind.budget_exhausted, Kind.context_too_large):
         return "notice"
     return "dlq" if dlq_id is not None else "failed"
@@ -108,7 +108,7 @@ async def _send_error_reply(turn: Turn, text: str, *, keep: bool = True) -> None
         await turn.send("error", text)
     except DeliveryFailed as failed:
         if keep:
-            keep_undelivered(services, chat_id=inbound.chat_id, text=text, trace_id=inbound.trace_id, failed=failed)
+            await keep_undelivered(services, chat_id=inbound.chat_id, text=text, trace_id=inbound.trace_id, failed=failed)
         else:
             log.warning("error reply to chat %s not delivered: %s", inbound.chat_id, failed.reason)
     except Exception as error:  # a channel bug: logged with its traceback, the turn still ends cleanly
@@ -131,7 +131,7 @@ def alert_action(error: GatewayError, *, entry_id: int | None, ref: str, chat_ty
     return f"{action}; {replay} to retry it now" if action and action != "none" else replay
 
 
-def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq_id: int | None,
+async def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq_id: int | None,
                      spent_tokens: int) -> None:
     inbound, info = turn.inbound, error.info
     now = services.clock.now()
@@ -164,4 +164,4 @@ def escalate_failure(services: Services, turn: Turn, error: GatewayError, *, dlq
                                  summary=f"A failed turn had already spent {spent_tokens:,} tokens.",
                                  action=f"python -m bot trace {short_ref(inbound.trace_id)}", **common))
     for alert in alerts:
-        services.escalator.raise_alert(alert, now=now)
+        await services.escalator.raise_alert(alert, now=now)

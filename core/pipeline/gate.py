@@ -15,7 +15,7 @@ async def run(turn: Turn) -> None:
     exactly one probe through."""
     services = turn.services
     models = services.models
-    turn.model = models.resolve(services.chat_models.get(turn.inbound.chat_id))
+    turn.model = models.resolve(await services.chat_models.get(turn.inbound.chat_id))
     span = trace.get_current_span()
     now_s = services.clock.monotonic()
     waits: list[float] = []

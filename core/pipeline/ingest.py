@@ -42,7 +42,7 @@ async def run(turn: Turn) -> None:
         tokens = services.counter.count(text)
         span.set_attribute("message.tokens", tokens)
         if tokens > LONG_TEXT_TOKENS:
-            info = store_text(turn, text, label="long message", kind="long_message")
+            info = await store_text(turn, text, label="long message", kind="long_message")
             parts.append(f"[The user sent a long text ({tokens} tokens), stored as {info.ref}. "
                          f"Summary: {info.summary} Read it with read_artifact when needed.]")
         else:
@@ -68,7 +68,7 @@ async def _ingest_document(turn: Turn, attachment: Attachment) -> str:
         content = await extract_text_off_loop(data, file_name=attachment.file_name, mime_type=attachment.mime_type)
     except UnsupportedDocument as error:
         await _end_with_notice(turn, f"I can't read {attachment.file_name}: {error}", "unsupported document")
-    info = store_text(turn, content, label=attachment.file_name, kind="document")
+    info = await store_text(turn, content, label=attachment.file_name, kind="document")
     trace.get_current_span().set_attributes({"document.bytes": len(data), "document.tokens": info.tokens or 0,
                                              "document.new": info.created})
     return (f"[Document {attachment.file_name} stored as {info.ref} ({info.tokens} tokens). "
@@ -98,12 +98,12 @@ async def _ingest_image(turn: Turn, attachment: Attachment, *, captioned: bool) 
     except UnsupportedImage as error:
         await _end_with_notice(turn, f"I can't read {attachment.file_name}: {error}", "unsupported image")
     vision = services.settings.llm_vision
-    info = services.artifacts.put(content=prepared.data, media_type=prepared.media_type, chat_id=inbound.chat_id,
+    info = await services.artifacts.put(content=prepared.data, media_type=prepared.media_type, chat_id=inbound.chat_id,
                                   user_id=inbound.user_id, label=attachment.file_name,
                                   summary=inbound.text.strip() or "picture", kind=IMAGE_KIND,
                                   trace_id=inbound.trace_id, now=services.clock.iso())
     if info.linked:  # new to this chat: the hot state lists it, so view_image can find it later
-        index_artifact(turn, info, label=attachment.file_name, kind=IMAGE_KIND)
+        await index_artifact(turn, info, label=attachment.file_name, kind=IMAGE_KIND)
     trace.get_current_span().set_attributes({
         "image.bytes": len(data), "image.stored_bytes": len(prepared.data), "image.width": prepared.width,
         "image.height": prepared.height, "image.scaled": prepared.scaled, "image.tokens": prepared.tokens,
@@ -124,8 +124,8 @@ async def _transcribe(turn: Turn, attachment: Attachment) -> str:
     refused = refusal(attachment, max_seconds=services.settings.voice_max_seconds)
     if refused:
         await _end_with_notice(turn, refused, "voice note too long")
-    check_transcription_caps(turn, attachment)
-    data = stored_audio(turn, attachment)
+    await check_transcription_caps(turn, attachment)
+    data = await stored_audio(turn, attachment)
     span = trace.get_current_span()
     span.set_attributes({"voice.kind": attachment.kind, "voice.duration_s": attachment.duration_s,
                          "voice.stored": data is not None})
@@ -135,12 +135,12 @@ async def _transcribe(turn: Turn, attachment: Attachment) -> str:
         except DeliveryFailed as failed:
             await _end_with_notice(turn, f"I could not download that recording ({failed.reason}). "
                                          "Please send it again.", "download failed")
-        store_audio(turn, attachment, data)
+        await store_audio(turn, attachment, data)
     assert services.transcriber is not None, "build_services makes the transcriber"
     transcript = await transcribe_with_retry(
         services.transcriber, data, file_name=attachment.file_name, breakers=services.breakers,
         policy=services.retry_policy, secrets=services.settings.secrets(), monotonic=services.clock.monotonic)
-    record_transcription(turn, attachment, transcript)
+    await record_transcription(turn, attachment, transcript)
     if not transcript:
         await _end_with_notice(turn, "I could not make out any words in that recording.", "empty transcript")
     return transcript

@@ -56,14 +56,14 @@ async def run(turn: Turn) -> None:
             offer_tools = round_number < MAX_TOOL_ROUNDS
             result = await until_stopped(turn.stop, call_llm(turn, tools=TOOLS if offer_tools else (), stream=True))
             if result is None:  # /stop: the call was cancelled; the turn goes on with what streamed
-                end_stopped(turn)
+                await end_stopped(turn)
                 return
             if result.tool_calls and offer_tools:
                 turn.messages.append(ChatMessage(role="assistant", content=result.text or None,
                                                  tool_calls=result.tool_calls))
                 for call in result.tool_calls:
                     turn.messages.append(ChatMessage(role="tool", tool_call_id=call.id,
-                                                     content=execute_tool(turn, call)))
+                                                     content=await execute_tool(turn, call)))
                 if turn.viewed_images:  # view_image: the pictures ride along for the rest of the turn
                     turn.messages.append(ChatMessage(role="user", content="[The pictures view_image asked for.]",
                                                      images=tuple(turn.viewed_images)))
@@ -128,7 +128,7 @@ async def _call_model(turn: Turn, model: str, *, tools: tuple, stream: bool, pol
 
     async def attempt(number: int, shrink_context: bool) -> LLMResult:
         if shrink_context:
-            plan_prompt(turn, smaller=True)
+            await plan_prompt(turn, smaller=True)
         now_s = services.clock.monotonic()
         if not breaker.allow(now_s=now_s):
             raise GatewayError(Kind.circuit_open, f"circuit {breaker.name} is open")
@@ -157,12 +157,12 @@ async def _call_model(turn: Turn, model: str, *, tools: tuple, stream: bool, pol
             else:
                 breaker.record_neutral()
                 transition = None
-            record_attempt(services, turn, request, None, error=classified)
-            _on_transition(services, turn, transition, model=model)
+            await record_attempt(services, turn, request, None, error=classified)
+            await _on_transition(services, turn, transition, model=model)
             raise classified from error
         transition = breaker.record_success(now_s=services.clock.monotonic())
-        record_attempt(services, turn, request, result, error=None)
-        _on_transition(services, turn, transition, model=model)
+        await record_attempt(services, turn, request, result, error=None)
+        await _on_transition(services, turn, transition, model=model)
         if services.on_llm_success is not None and transition is None:
             services.on_llm_success()  # the provider answers: replay what waits
         return result
@@ -192,14 +192,14 @@ def draft_sink(turn: Turn) -> DeltaSink:
     return on_delta
 
 
-def _on_transition(services: Services, turn: Turn, transition: Transition | None, *, model: str) -> None:
+async def _on_transition(services: Services, turn: Turn, transition: Transition | None, *, model: str) -> None:
     if transition is None:
         return
     settings = services.settings
     host = services.models.endpoint(model).host
     common = {"producer": "pipeline", "trace_id": turn.inbound.trace_id}
     if transition.to_state == "open" and transition.from_state == "closed":
-        services.escalator.raise_alert(Escalation(
+        await services.escalator.raise_alert(Escalation(
             key=f"circuit:{host}:{model}", kind="circuit_open", severity="critical",
             summary=f"The circuit to {host} ({model}) opened after "
                     f"{transition.consecutive_failures} consecutive failures; turns fail fast for "
@@ -207,7 +207,7 @@ def _on_transition(services: Services, turn: Turn, transition: Transition | None
             action="check the provider's status page and /status; messages wait in /dlq", **common),
             now=services.clock.now())
     elif transition.to_state == "closed":
-        services.escalator.raise_alert(Escalation(
+        await services.escalator.raise_alert(Escalation(
             key=f"circuit-closed:{host}:{model}", kind="circuit_closed", severity="info",
             summary=f"Recovered: the circuit to {host} ({model}) closed again.",
             action="queued messages are replayed automatically" if settings.dlq_auto_replay else "/replay all",
@@ -216,7 +216,7 @@ def _on_transition(services: Services, turn: Turn, transition: Transition | None
             services.on_circuit_closed()
 
 
-def record_attempt(services: Services, turn: Turn, request: AgentRequest, result: LLMResult | None, *,
+async def record_attempt(services: Services, turn: Turn, request: AgentRequest, result: LLMResult | None, *,
                    error: GatewayError | None) -> None:
     """Every attempt writes a usage row; a failed one is estimated and marked wasted."""
     inbound = turn.inbound
@@ -235,7 +235,7 @@ def record_attempt(services: Services, turn: Turn, request: AgentRequest, result
                    cost_usd=cost_usd(price=price, input_tokens=usage.input_tokens,
                                      output_tokens=usage.output_tokens),
                    wasted=error is not None)
-    services.ledger.record(record)
+    await services.ledger.record(record)
     turn.tokens_spent += usage.total_tokens
 
 

@@ -26,7 +26,7 @@ async def run(turn: Turn) -> None:
     except DeliveryFailed as failed:
         # The answer exists and is paid for: keep it in the outbox (retried until Telegram takes
         # it), or record that the user blocked the bot. Not a failed turn.
-        keep_undelivered(turn.services, chat_id=turn.inbound.chat_id, text=text, trace_id=turn.inbound.trace_id,
+        await keep_undelivered(turn.services, chat_id=turn.inbound.chat_id, text=text, trace_id=turn.inbound.trace_id,
                          failed=failed)
         trace.get_current_span().set_attribute("reply.deferred", not failed.permanent)
         return

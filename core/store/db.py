@@ -1,19 +1,18 @@
-"""Opening gateway.db, and what every SQLite repository shares: transactions and counters.
+"""Opening gateway.db, and what every store shares: counters.
 
 The hot path uses the connection directly with prepared statements: a turn writes a handful of
 small rows, and WAL with synchronous=NORMAL keeps each commit well under a millisecond while
-surviving a killed process.
+surviving a killed process. Transactions are the engine's: `async with db.transaction()`.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
 
+from core.store.engine import Database, SQLiteDatabase
 from core.store.schema import migrations
 
 GATEWAY_DB = "gateway.db"
@@ -33,27 +32,16 @@ def open_database(path: Path | str) -> sqlite_utils.Database:
     return db
 
 
-def bump_counter(db: sqlite_utils.Database, name: str, by: int = 1) -> None:
-    db.execute("INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-               [name, by, by])
+def open_sqlite(path: Path | str) -> SQLiteDatabase:
+    """`open_database` wrapped as the engine every store takes."""
+    return SQLiteDatabase(open_database(path))
 
 
-def read_counter(db: sqlite_utils.Database, name: str) -> int:
-    row = db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()
+async def bump_counter(db: Database, name: str, by: int = 1) -> None:
+    await db.execute("INSERT INTO counters(name, value) VALUES (?, ?)"
+                     " ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value", [name, by])
+
+
+async def read_counter(db: Database, name: str) -> int:
+    row = await db.fetchone("SELECT value FROM counters WHERE name = ?", [name])
     return int(row[0]) if row else 0
-
-
-@contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[None]:
-    """Several writes in one commit (a WAL commit costs more than the writes it carries).
-    Nested use joins the outer transaction."""
-    if db.conn.in_transaction:
-        yield
-        return
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")

@@ -1,4 +1,4 @@
-"""The conversation history in SQLite (the `messages` table), with a per-chat read cache."""
+"""The conversation history (the `messages` table), with a per-chat read cache on SQLite."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from itertools import islice
 from operator import attrgetter
 
-import sqlite_utils
-
 from core.context.budget import newest_that_fit
 from core.store.db import read_counter
+from core.store.engine import Database
 from core.store.interfaces import HistoryMessage
 
 # Per-chat high-water mark of archived history, kept in the `counters` table (one row per chat).
@@ -49,25 +48,29 @@ class History:
     committed, or drop it when they run inside a transaction (which may still roll back); nothing
     read inside a transaction is kept; and a commit by any other connection (`PRAGMA
     data_version`: the DLQ replay CLI, a second process) drops every window.
+
+    On PostgreSQL there is no cache: other instances of the bot write the same chats and nothing
+    like `data_version` tells this one, so every `recent` reads the database (still bounded by
+    what fits, on the (chat_id, archived, id) index).
     """
 
-    def __init__(self, db: sqlite_utils.Database, *, cache_chats: int = HISTORY_CACHE_CHATS,
+    def __init__(self, db: Database, *, cache_chats: int = HISTORY_CACHE_CHATS,
                  cache_messages: int = HISTORY_CACHE_MESSAGES, cache_tokens: int = HISTORY_CACHE_TOKENS) -> None:
         self.db = db
         self._windows: OrderedDict[int, _Window] = OrderedDict()
         self._cache_chats, self._cache_messages, self._cache_tokens = cache_chats, cache_messages, cache_tokens
         self._cached_messages = self._cached_tokens = 0
         self._data_version: int | None = None
+        self._cached = db.dialect == "sqlite"  # see the class docstring: PostgreSQL reads every time
 
-    def append(self, *, chat_id: int, role: str, content: str, tokens: int, trace_id: str | None,
+    async def append(self, *, chat_id: int, role: str, content: str, tokens: int, trace_id: str | None,
                update_id: int | None, now: str) -> int:
         # No cache update: the next `recent` reads every active row newer than its window.
-        cursor = self.db.execute(
+        return await self.db.insert_id(
             "INSERT INTO messages(chat_id, role, content, tokens, trace_id, update_id, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)", [chat_id, role, content, tokens, trace_id, update_id, now])
-        return int(cursor.lastrowid or 0)
 
-    def recent(self, chat_id: int, *, max_tokens: int, max_messages: int = 400) -> list[HistoryMessage]:
+    async def recent(self, chat_id: int, *, max_tokens: int, max_messages: int = 400) -> list[HistoryMessage]:
         """Newest messages that fit `max_tokens`, returned oldest first. Cost is bounded by
         what fits, not by the length of the conversation (index on chat_id, archived, id), and,
         once the chat's window is cached, by the messages added since the last call."""
@@ -75,22 +78,26 @@ class History:
             return []
         if max_messages < 0:  # SQLite's LIMIT: a negative limit is no limit
             max_messages = UNLIMITED
-        version = self._other_writers_checked()
+        if not self._cached:
+            window = await self._read(chat_id, max_tokens=max_tokens, max_messages=max_messages)
+            start, _ = _fit(window, max_tokens=max_tokens, max_messages=max_messages)
+            return window.messages[start:]
+        version = await self._other_writers_checked()
         window = self._windows.get(chat_id)
         start = None
         if window is not None:
-            window = self._catch_up(chat_id, window, max_messages)
+            window = await self._catch_up(chat_id, window, max_messages)
             start, used = _fit(window, max_tokens=max_tokens, max_messages=max_messages)
         if window is None or start is None:
-            window = self._read(chat_id, max_tokens=max_tokens, max_messages=max_messages)
+            window = await self._read(chat_id, max_tokens=max_tokens, max_messages=max_messages)
             start, used = _fit(window, max_tokens=max_tokens, max_messages=max_messages)
             assert start is not None  # a fresh read ends where the limits do, or holds every active message
-        if self._data_version_now() != version:  # another connection committed meanwhile: read again
+        if await self._data_version_now() != version:  # another connection committed meanwhile: read again
             self._forget_all()
-            window = self._read(chat_id, max_tokens=max_tokens, max_messages=max_messages)
+            window = await self._read(chat_id, max_tokens=max_tokens, max_messages=max_messages)
             start, _ = _fit(window, max_tokens=max_tokens, max_messages=max_messages)
             return window.messages[start:]
-        if not self.db.conn.in_transaction:  # what a transaction reads may still roll back
+        if not self.db.in_transaction:  # what a transaction reads may still roll back
             # Keep what the next call needs: the messages kept and the newest one that did not
             # fit (with the same limits, a later call never reaches further back).
             first = max(start - 1, 0)
@@ -98,10 +105,10 @@ class History:
             self._store(chat_id, _Window(window.messages[first:], tokens, window.complete and first == 0))
         return window.messages[start:]
 
-    def _read(self, chat_id: int, *, max_tokens: int, max_messages: int) -> _Window:
+    async def _read(self, chat_id: int, *, max_tokens: int, max_messages: int) -> _Window:
         """The uncached read: the newest `max_messages` active messages down to the first that
         does not fit `max_tokens`, that one included."""
-        rows = self.db.execute(
+        rows = await self.db.fetchall(
             "SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0"
             " ORDER BY id DESC LIMIT ?", [chat_id, max_messages])
         messages: list[HistoryMessage] = []
@@ -118,12 +125,12 @@ class History:
         messages.reverse()
         return _Window(messages, used, complete)
 
-    def _catch_up(self, chat_id: int, window: _Window, max_messages: int) -> _Window:
+    async def _catch_up(self, chat_id: int, window: _Window, max_messages: int) -> _Window:
         """The window plus the active rows added since it was read (at most `max_messages`)."""
         newest = window.messages[-1].id if window.messages else 0
-        rows = self.db.execute(
+        rows = await self.db.fetchall(
             "SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0 AND id > ?"
-            " ORDER BY id DESC LIMIT ?", [chat_id, newest, max_messages]).fetchall()
+            " ORDER BY id DESC LIMIT ?", [chat_id, newest, max_messages])
         if not rows:
             return window
         added = [HistoryMessage(*row) for row in reversed(rows)]
@@ -132,16 +139,17 @@ class History:
             return _Window(added, tokens, False)
         return _Window(window.messages + added, window.tokens + tokens, window.complete)
 
-    def _other_writers_checked(self) -> int:
+    async def _other_writers_checked(self) -> int:
         """Drop every window if another connection committed since the last look."""
-        version = self._data_version_now()
+        version = await self._data_version_now()
         if version != self._data_version:
             self._forget_all()
             self._data_version = version
         return version
 
-    def _data_version_now(self) -> int:
-        return int(self.db.execute("PRAGMA data_version").fetchone()[0])
+    async def _data_version_now(self) -> int:
+        row = await self.db.fetchone("PRAGMA data_version")  # SQLite only: the cache exists only there
+        return int(row[0]) if row else 0
 
     def _store(self, chat_id: int, window: _Window) -> None:
         self._forget(chat_id)
@@ -164,23 +172,23 @@ class History:
         self._windows.clear()
         self._cached_messages = self._cached_tokens = 0
 
-    def count_active(self, chat_id: int) -> int:
-        row = self.db.execute("SELECT COUNT(*) FROM messages WHERE chat_id = ? AND archived = 0", [chat_id])
-        return int(row.fetchone()[0])
+    async def count_active(self, chat_id: int) -> int:
+        row = await self.db.fetchone("SELECT COUNT(*) FROM messages WHERE chat_id = ? AND archived = 0", [chat_id])
+        return int(row[0]) if row else 0
 
-    def older_than(self, chat_id: int, message_id: int, *, limit: int = 1000) -> list[HistoryMessage]:
-        rows = self.db.execute(
+    async def older_than(self, chat_id: int, message_id: int, *, limit: int = 1000) -> list[HistoryMessage]:
+        rows = await self.db.fetchall(
             "SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0 AND id < ?"
-            " ORDER BY id LIMIT ?", [chat_id, message_id, limit]).fetchall()
+            " ORDER BY id LIMIT ?", [chat_id, message_id, limit])
         return [HistoryMessage(*r) for r in rows]
 
-    def archive_through(self, chat_id: int, message_id: int) -> int:
+    async def archive_through(self, chat_id: int, message_id: int) -> int:
         """Move messages up to `message_id` out of the active conversation (kept in the table)."""
-        cursor = self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0 AND id <= ?",
+        changed = await self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0 AND id <= ?",
                                  [chat_id, message_id])
         window = self._windows.get(chat_id)
         if window is not None:
-            if self.db.conn.in_transaction:
+            if self.db.in_transaction:
                 self._forget(chat_id)
             elif window.messages and window.messages[0].id <= message_id:
                 # The window held the newest active messages: every active one older than the
@@ -194,51 +202,52 @@ class History:
                 window.complete = True
                 self._cached_messages -= gone
                 self._cached_tokens -= dropped
-        return cursor.rowcount
+        return changed
 
-    def archive_cursor(self, chat_id: int) -> int:
+    async def archive_cursor(self, chat_id: int) -> int:
         """The newest message id already copied into a history archive artifact (0 if none)."""
-        return read_counter(self.db, f"{ARCHIVE_CURSOR}{chat_id}")
+        return await read_counter(self.db, f"{ARCHIVE_CURSOR}{chat_id}")
 
-    def advance_archive_cursor(self, chat_id: int, message_id: int) -> None:
+    async def advance_archive_cursor(self, chat_id: int, message_id: int) -> None:
         """Record that messages up to `message_id` are in an archive (the cursor never moves back)."""
-        self.db.execute("INSERT INTO counters(name, value) VALUES (?, ?)"
-                        " ON CONFLICT(name) DO UPDATE SET value = MAX(value, excluded.value)",
+        await self.db.execute("INSERT INTO counters(name, value) VALUES (?, ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = CASE WHEN counters.value > excluded.value"
+                              " THEN counters.value ELSE excluded.value END",
                         [f"{ARCHIVE_CURSOR}{chat_id}", message_id])
 
-    def start_new(self, chat_id: int) -> int:
-        cursor = self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0", [chat_id])
+    async def start_new(self, chat_id: int) -> int:
+        changed = await self.db.execute("UPDATE messages SET archived = 1 WHERE chat_id = ? AND archived = 0", [chat_id])
         self._forget(chat_id)
-        return cursor.rowcount
+        return changed
 
 
     # /retry (bot/commands_control.py): the last exchange is set aside while it is answered again,
     # then deleted (the new answer replaces it) or, when the new turn does not answer, put back.
-    def last_exchange(self, chat_id: int) -> list[HistoryMessage]:
+    async def last_exchange(self, chat_id: int) -> list[HistoryMessage]:
         """The chat's last active user message and what followed it, oldest first ([] if none)."""
-        row = self.db.execute("SELECT MAX(id) FROM messages WHERE chat_id = ? AND archived = 0 AND role = 'user'",
-                              [chat_id]).fetchone()
+        row = await self.db.fetchone("SELECT MAX(id) FROM messages WHERE chat_id = ? AND archived = 0 AND role = 'user'",
+                              [chat_id])
         if row is None or row[0] is None:
             return []
-        rows = self.db.execute("SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0"
-                               " AND id >= ? ORDER BY id", [chat_id, row[0]]).fetchall()
+        rows = await self.db.fetchall("SELECT id, role, content, tokens FROM messages WHERE chat_id = ? AND archived = 0"
+                               " AND id >= ? ORDER BY id", [chat_id, row[0]])
         return [HistoryMessage(*r) for r in rows]
 
-    def set_aside(self, chat_id: int, message_ids: list[int], *, aside: bool = True) -> int:
+    async def set_aside(self, chat_id: int, message_ids: list[int], *, aside: bool = True) -> int:
         """Take these messages out of the conversation (`aside`), or put them back."""
         marks = ",".join("?" * len(message_ids))
-        cursor = self.db.execute(f"UPDATE messages SET archived = ? WHERE chat_id = ? AND id IN ({marks})",
+        changed = await self.db.execute(f"UPDATE messages SET archived = ? WHERE chat_id = ? AND id IN ({marks})",
                                  [int(aside), chat_id, *message_ids])
         self._forget(chat_id)
-        return cursor.rowcount
+        return changed
 
-    def delete(self, chat_id: int, message_ids: list[int]) -> int:
+    async def delete(self, chat_id: int, message_ids: list[int]) -> int:
         """Remove these messages for good (an answer /retry replaced, and its question, now asked again)."""
         marks = ",".join("?" * len(message_ids))
-        cursor = self.db.execute(f"DELETE FROM messages WHERE chat_id = ? AND id IN ({marks})",
+        changed = await self.db.execute(f"DELETE FROM messages WHERE chat_id = ? AND id IN ({marks})",
                                  [chat_id, *message_ids])
         self._forget(chat_id)
-        return cursor.rowcount
+        return changed
 
 def _fit(window: _Window, *, max_tokens: int, max_messages: int) -> tuple[int | None, int]:
     """Where the newest messages that fit start in `window.messages`, and their tokens; None

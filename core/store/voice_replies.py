@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import sqlite_utils
+from core.store.engine import Database
 
 
 class VoiceReplies:
     """Per-chat spoken answers (VoiceReplyStore)."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
 
-    def is_on(self, chat_id: int) -> bool:
-        return self.db.execute("SELECT 1 FROM voice_replies WHERE chat_id = ?", [chat_id]).fetchone() is not None
+    async def is_on(self, chat_id: int) -> bool:
+        return await self.db.fetchone("SELECT 1 FROM voice_replies WHERE chat_id = ?", [chat_id]) is not None
 
-    def set(self, chat_id: int, on: bool, *, now: str) -> None:
+    async def set(self, chat_id: int, on: bool, *, now: str) -> None:
         if on:
-            self.db.execute("INSERT INTO voice_replies(chat_id, updated_at) VALUES (?, ?)"
+            await self.db.execute("INSERT INTO voice_replies(chat_id, updated_at) VALUES (?, ?)"
                             " ON CONFLICT(chat_id) DO UPDATE SET updated_at = excluded.updated_at", [chat_id, now])
         else:
-            self.db.execute("DELETE FROM voice_replies WHERE chat_id = ?", [chat_id])
+            await self.db.execute("DELETE FROM voice_replies WHERE chat_id = ?", [chat_id])

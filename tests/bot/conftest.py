@@ -60,11 +60,11 @@ class Harness:
     llm: ScriptedLLM
 
     def journal(self, update_id: int) -> tuple[str, str | None] | None:
-        row = self.services.db.execute("SELECT state, error FROM journal WHERE update_id = ?", [update_id]).fetchone()
+        row = self.services.db.conn.execute("SELECT state, error FROM journal WHERE update_id = ?", [update_id]).fetchone()
         return (row[0], row[1]) if row else None
 
     def dlq_count(self, update_id: int) -> int:
-        return self.services.db.execute("SELECT COUNT(*) FROM dlq WHERE update_id = ?", [update_id]).fetchone()[0]
+        return self.services.db.conn.execute("SELECT COUNT(*) FROM dlq WHERE update_id = ?", [update_id]).fetchone()[0]
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
                       allowed_user_ids=f"{ALLOWED},101", retry_wait_scale=0.0, dlq_auto_replay=False,
                       breaker_failure_threshold=10_000, user_messages_per_minute=0, user_daily_token_budget=0)
     llm = ScriptedLLM()
-    services = build_services(config, llm=llm)
+    services = loop.run_until_complete(build_services(config, llm=llm))
     bot = Bot(TEST_TOKEN, base_url=f"{fake.base_url}/bot", base_file_url=f"{fake.base_url}/file/bot")
     loop.run_until_complete(bot.initialize())
     runtime = Runtime(services, bot)

@@ -50,12 +50,14 @@ def prepare(harness: Harness) -> tuple[int, int, int]:
     (and one in a user's chat) to press on; returns (entry id, operator message id, user message id)."""
     services, loop = harness.services, harness.loop
     for subject in SUBJECTS:
-        services.access.answer_stranger(user_id=subject, chat_id=subject, chat_type="private", name="Eve")
+        loop.run_until_complete(services.access.answer_stranger(user_id=subject, chat_id=subject,
+                                                                chat_type="private", name="Eve"))
     inbound = InboundMessage(update_id=next(UPDATE_IDS), trace_id=uuid.uuid4().hex, chat_id=ALLOWED, chat_type="private",
                              user_id=ALLOWED, text="a lost question", received_at=datetime.now(UTC))
-    entry_id = services.dlq.add(DlqEntry(trace_id=inbound.trace_id, chat_id=ALLOWED, user_id=ALLOWED, inbound=inbound,
-                                         error_kind="llm_server", error_message="HTTP 500", replayable=True),
-                                attempts=[], now=services.clock.iso())
+    entry_id = loop.run_until_complete(services.dlq.add(
+        DlqEntry(trace_id=inbound.trace_id, chat_id=ALLOWED, user_id=ALLOWED, inbound=inbound,
+                 error_kind="llm_server", error_message="HTTP 500", replayable=True),
+        attempts=[], now=services.clock.iso()))
     bot = harness.runtime.bot
     markup = inline_keyboard(dlq_keyboard(entry_id, "0123abcd"))
     on_alert = loop.run_until_complete(bot.send_message(OPERATOR, "an alert", reply_markup=markup))
@@ -80,8 +82,8 @@ def test_forged_truncated_and_stale_presses_change_nothing_the_operator_did_not_
 
     harness.runtime.router.buttons.replay = record_replay
     records = services.access.records
-    pending = {c.subject_id for c in records.pending_codes(now=services.clock.iso())}
-    status = records.statuses(SUBJECTS)
+    pending = {c.subject_id for c in loop.run_until_complete(records.pending_codes(now=services.clock.iso()))}
+    status = loop.run_until_complete(records.statuses(SUBJECTS))
     answers_before = len(fake.callback_answers())
     expected_replays, discarded = [], False
     presses = data.draw(st.lists(st.tuples(st.sampled_from([OPERATOR, OPERATOR, STRANGER, ALLOWED]),
@@ -104,7 +106,8 @@ def test_forged_truncated_and_stale_presses_change_nothing_the_operator_did_not_
         elif press.action == "discard" and press.number == entry_id:
             discarded = True
     assert replayed == expected_replays
-    assert services.access.records.statuses(SUBJECTS) == status
-    assert {c.subject_id for c in services.access.records.pending_codes(now=services.clock.iso())} == pending
-    assert services.dlq.get(entry_id).status == ("discarded" if discarded else "pending")
+    assert loop.run_until_complete(records.statuses(SUBJECTS)) == status
+    assert {c.subject_id for c in loop.run_until_complete(records.pending_codes(now=services.clock.iso()))} == pending
+    entry = loop.run_until_complete(services.dlq.get(entry_id))
+    assert entry is not None and entry.status == ("discarded" if discarded else "pending")
     assert len(fake.callback_answers()) - answers_before == len(presses)  # every press answered, once each

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.channel import TelegramChannel
 from core.failures.escalation import Outbox, drain_outbox, iso
-from core.store import open_database
+from core.store import open_sqlite
 from tests.bot.conftest import CHAT
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -15,14 +15,14 @@ ANSWER = "Paris is the **capital** of France.\n\n- one\n- two"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def kept(outbox: Outbox, kind: str, text: str) -> None:
-    outbox.enqueue(kind=kind, chat_id=CHAT, text=text, trace_id=None, dedupe_key=f"{kind}:{text}", now=iso(T0))
+async def kept(outbox: Outbox, kind: str, text: str) -> None:
+    await outbox.enqueue(kind=kind, chat_id=CHAT, text=text, trace_id=None, dedupe_key=f"{kind}:{text}", now=iso(T0))
 
 
 async def test_a_kept_reply_refused_first_is_resent_as_html(channel: TelegramChannel,
                                                             fake_telegram: FakeTelegram) -> None:
-    outbox = Outbox(open_database(":memory:"))
-    kept(outbox, "reply", ANSWER)
+    outbox = Outbox(open_sqlite(":memory:"))
+    await kept(outbox, "reply", ANSWER)
     fake_telegram.fail("sendMessage", 500, chat_id=CHAT)
     assert await drain_outbox(outbox, channel, now=lambda: T0) == 0  # refused: kept for later
     assert await drain_outbox(outbox, channel, now=lambda: T0 + timedelta(minutes=5)) == 1
@@ -49,8 +49,8 @@ async def test_a_long_kept_reply_is_sent_in_parts(channel: TelegramChannel, fake
 
 async def test_an_alert_is_sent_as_written(channel: TelegramChannel, fake_telegram: FakeTelegram) -> None:
     alert = "[ERROR] llm_malformed: *not* an answer\nkind: llm_malformed\nref: 0123abcd"
-    outbox = Outbox(open_database(":memory:"))
-    kept(outbox, "alert", alert)
+    outbox = Outbox(open_sqlite(":memory:"))
+    await kept(outbox, "alert", alert)
     assert await drain_outbox(outbox, channel, now=lambda: T0) == 1
     [message] = fake_telegram.messages(CHAT)
     assert (message.text, message.parse_mode) == (alert, None)

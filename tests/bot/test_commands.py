@@ -18,9 +18,9 @@ CONTENT = b"# Notes\n\nsome notes worth keeping\n"
 
 def stored_ref(harness: Harness) -> str:
     services = harness.services
-    info = services.artifacts.put(content=CONTENT, media_type="text/markdown", chat_id=ALLOWED, user_id=ALLOWED,
+    info = harness.loop.run_until_complete(services.artifacts.put(content=CONTENT, media_type="text/markdown", chat_id=ALLOWED, user_id=ALLOWED,
                                   label="notes", summary="notes", kind="document", trace_id=None,
-                                  now=services.clock.iso())
+                                  now=services.clock.iso()))
     return info.ref
 
 

@@ -16,7 +16,7 @@ def ask(harness: Harness, text: str, update_id: int) -> str:
 
 
 def active_history(harness: Harness) -> list[tuple[str, str]]:
-    rows = harness.services.db.execute("SELECT role, content FROM messages WHERE chat_id = ? AND archived = 0"
+    rows = harness.services.db.conn.execute("SELECT role, content FROM messages WHERE chat_id = ? AND archived = 0"
                                        " ORDER BY id", [ALLOWED]).fetchall()
     return [(role, content) for role, content in rows]
 
@@ -55,7 +55,7 @@ def test_retry_that_does_not_answer_puts_the_old_exchange_back(harness: Harness)
     assert ask(harness, "/retry", 2) == "replied"
     assert "ref:" in harness.fake.sent_texts(ALLOWED)[-1]  # the failed turn says so, as any turn does
     assert active_history(harness) == before
-    [entry] = harness.services.dlq.list("pending")
+    [entry] = harness.loop.run_until_complete(harness.services.dlq.list("pending"))
     assert entry.inbound.text == "a question"
 
     harness.llm.enqueue("second answer")

@@ -227,18 +227,18 @@ def test_a_failure_outside_the_turn_still_ends_the_update(harness: Harness, monk
     assert harness.loop.run_until_complete(harness.runtime.process_raw(update)) == "error"
     assert harness.journal(50)[0] == "failed"
     assert "is kept for the operator" in harness.fake.sent_texts(ALLOWED)[-1]
-    assert harness.services.journal.unfinished() == []
+    assert harness.loop.run_until_complete(harness.services.journal.unfinished()) == []
 
 
 def test_maintenance_prunes_old_finished_rows_only(harness: Harness) -> None:
     journal = harness.services.journal
     old, recent = "2000-01-01T00:00:00.000+00:00", harness.services.clock.iso()
     for update_id, when, state in ((900, old, "replied"), (901, old, "received"), (902, recent, "replied")):
-        journal.accept(update_id=update_id, chat_id=1, user_id=1, kind="update", raw={"update_id": update_id},
-                       trace_id=None, now=when)
+        harness.loop.run_until_complete(journal.accept(update_id=update_id, chat_id=1, user_id=1, kind="update",
+                                                       raw={"update_id": update_id}, trace_id=None, now=when))
         if state != "received":
-            journal.mark(update_id, state, now=when)
-    harness.runtime.maintain()
+            harness.loop.run_until_complete(journal.mark(update_id, state, now=when))
+    harness.loop.run_until_complete(harness.runtime.maintain())
     assert harness.journal(900) is None  # finished and a week old: gone
     assert harness.journal(901) == ("received", None)  # unfinished work is never pruned
     assert harness.journal(902)[0] == "replied"

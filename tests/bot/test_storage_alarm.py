@@ -36,7 +36,7 @@ class FakeServices:
     settings: Settings
     clock: ManualClock = field(default_factory=ManualClock)
 
-    def is_allowed(self, user_id: int) -> bool:
+    async def is_allowed(self, user_id: int) -> bool:
         return user_id in self.settings.allowed_ids or user_id == self.settings.operator_chat_id
 
 
@@ -59,7 +59,7 @@ def rig(tmp_path: Path) -> Rig:
     sent: list[tuple[int, str]] = []
     disk: dict[str, Any] = {"free": 10 * MIN_FREE_BYTES, "write_error": None, "writes": 0}
 
-    def write_probe() -> None:
+    async def write_probe() -> None:
         disk["writes"] += 1
         if disk["write_error"] is not None:
             raise disk["write_error"]
@@ -107,50 +107,54 @@ def test_remembered_updates_are_bounded(rig: Rig) -> None:
     assert rig.alarm.note(REMEMBERED_UPDATES + 4, "full") is False
 
 
-def test_only_an_allowed_sender_addressing_the_bot_is_told(rig: Rig) -> None:
-    rig.alarm.failed(message(1, ALLOWED), FULL)
-    rig.alarm.failed(message(1, ALLOWED), FULL)  # Telegram redelivers the same update: told once
-    rig.alarm.failed(message(2, STRANGER), FULL)  # the bot would not answer them either
-    rig.alarm.failed(message(3, ALLOWED, "just chatting", chat_id=GROUP), FULL)  # not addressed to the bot
+async def test_only_an_allowed_sender_addressing_the_bot_is_told(rig: Rig) -> None:
+    await rig.alarm.failed(message(1, ALLOWED), FULL)
+    await rig.alarm.failed(message(1, ALLOWED), FULL)  # Telegram redelivers the same update: told once
+    await rig.alarm.failed(message(2, STRANGER), FULL)  # the bot would not answer them either
+    await rig.alarm.failed(message(3, ALLOWED, "just chatting", chat_id=GROUP), FULL)  # not addressed to the bot
     assert len(rig.to(ALLOWED)) == 1 and "Yours is kept" in rig.to(ALLOWED)[0]
     assert rig.to(STRANGER) == [] and rig.to(GROUP) == []
 
 
-def test_probe_does_nothing_while_storage_works(rig: Rig) -> None:
-    assert rig.alarm.probe() is True
+async def test_probe_does_nothing_while_storage_works(rig: Rig) -> None:
+    assert await rig.alarm.probe() is True
     assert rig.disk["writes"] == 0 and rig.sent == []
 
 
-def test_probe_needs_free_space_and_a_write_before_recovering(rig: Rig) -> None:
+async def test_probe_needs_free_space_and_a_write_before_recovering(rig: Rig) -> None:
     resumed: list[int] = []
-    rig.alarm.resume = lambda: resumed.append(1) or 3
-    rig.alarm.failed(message(1, ALLOWED), FULL)
+    async def resume() -> int:
+        resumed.append(1)
+        return 3
+
+    rig.alarm.resume = resume
+    await rig.alarm.failed(message(1, ALLOWED), FULL)
     rig.disk["free"] = MIN_FREE_BYTES - 1  # SQLite may still commit into its WAL: not proof enough
-    assert rig.alarm.probe() is False and rig.disk["writes"] == 0
+    assert await rig.alarm.probe() is False and rig.disk["writes"] == 0
     rig.disk["free"], rig.disk["write_error"] = 10 * MIN_FREE_BYTES, FULL
-    assert rig.alarm.probe() is False and rig.disk["writes"] == 1
+    assert await rig.alarm.probe() is False and rig.disk["writes"] == 1
     assert rig.alarm.failing and resumed == []
     rig.disk["write_error"] = None
     rig.services.clock.now_s += 42
-    assert rig.alarm.probe() is True
+    assert await rig.alarm.probe() is True
     assert not rig.alarm.failing and resumed == [1]
     assert "writes work again after 42 s" in rig.to(OPERATOR)[-1]
 
 
-def test_probe_lets_an_error_that_is_not_about_storage_through(rig: Rig) -> None:
+async def test_probe_lets_an_error_that_is_not_about_storage_through(rig: Rig) -> None:
     rig.alarm.note(1, "full")
     rig.disk["write_error"] = sqlite3.ProgrammingError("Cannot operate on a closed database.")
     with pytest.raises(sqlite3.ProgrammingError):
-        rig.alarm.probe()
+        await rig.alarm.probe()
 
 
-def test_recovery_tells_the_operator_only_if_they_were_alerted(rig: Rig) -> None:
+async def test_recovery_tells_the_operator_only_if_they_were_alerted(rig: Rig) -> None:
     rig.alarm.note(1, "full")
-    rig.alarm.recovered()
+    await rig.alarm.recovered()
     assert len(rig.to(OPERATOR)) == 2  # the alert and the all-clear
     rig.services.clock.now_s += 10  # within the cooldown: the next failure is not announced ...
     rig.alarm.note(2, "full")
-    rig.alarm.recovered()
+    await rig.alarm.recovered()
     assert len(rig.to(OPERATOR)) == 2  # ... so neither is its end: a flapping disk stays quiet
 
 

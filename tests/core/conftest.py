@@ -13,12 +13,12 @@ from tests.core.fakes import Built, MakePipeline, build_pipeline
 
 @pytest.fixture
 async def make_pipeline(tmp_path: Path) -> AsyncIterator[MakePipeline]:
-    """`make_pipeline(**settings)` builds real services and a pipeline over a temp DATA_DIR (see
+    """`await make_pipeline(**settings)` builds real services and a pipeline over a temp DATA_DIR (see
     `build_pipeline`); every one built is closed after the test, whether it passed or not."""
     built: list[Services] = []
 
-    def make(*, path: Path | None = None, tracing: bool = True, **overrides: object) -> Built:
-        services, pipeline, llm, channel = build_pipeline(path or tmp_path, tracing=tracing, **overrides)
+    async def make(*, path: Path | None = None, tracing: bool = True, **overrides: object) -> Built:
+        services, pipeline, llm, channel = await build_pipeline(path or tmp_path, tracing=tracing, **overrides)
         built.append(services)
         return services, pipeline, llm, channel
 

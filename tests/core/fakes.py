@@ -71,7 +71,7 @@ class RecordingChannel:
         return [e.text_now() for e in self.events if not kinds or e.kind in kinds]
 
 
-def build_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object):
+async def build_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object):
     """Real services and pipeline over a temp DATA_DIR, with a ScriptedLLM and a RecordingChannel.
     Operator 900; users 100 and 101 allowed; retry waits zero. Tests use the `make_pipeline`
     fixture (tests/core/conftest.py), which closes what this opens."""
@@ -83,7 +83,7 @@ def build_pipeline(tmp_path: Path, *, tracing: bool = True, **overrides: object)
     values.update(overrides)
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", **values)
     llm = ScriptedLLM()
-    services = build_services(settings, llm=llm, tracing=tracing, speaker=ScriptedSpeaker())
+    services = await build_services(settings, llm=llm, tracing=tracing, speaker=ScriptedSpeaker())
     return services, Pipeline(services), llm, RecordingChannel()
 
 

@@ -18,7 +18,7 @@ from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
 from core.context.artifacts import ArtifactCorrupt, ArtifactRefError, ArtifactStore
 from core.context.extract import MAX_DOCUMENT_BYTES, UnsupportedDocument, extract_text, summarize
 from core.context.tokens import counter_for_model
-from core.store import open_database
+from core.store import open_sqlite
 
 COUNTER = counter_for_model("gpt-4o-mini")
 NOW = "2025-01-01T00:00:00.000+00:00"
@@ -26,12 +26,12 @@ NOW = "2025-01-01T00:00:00.000+00:00"
 
 @pytest.fixture
 def store(tmp_path: Path) -> ArtifactStore:
-    return ArtifactStore(open_database(":memory:"), tmp_path / "artifacts", counter=COUNTER)
+    return ArtifactStore(open_sqlite(":memory:"), tmp_path / "artifacts", counter=COUNTER)
 
 
-def put(store: ArtifactStore, content: bytes, *, chat_id: int = 1, media_type: str = "text/plain",
+async def put(store: ArtifactStore, content: bytes, *, chat_id: int = 1, media_type: str = "text/plain",
         label: str = "notes.txt", now: str = NOW):
-    return store.put(content=content, media_type=media_type, chat_id=chat_id, user_id=7, label=label,
+    return await store.put(content=content, media_type=media_type, chat_id=chat_id, user_id=7, label=label,
                      summary=summarize(content.decode("utf-8", "replace")), kind="document", trace_id=None, now=now)
 
 
@@ -39,89 +39,89 @@ def files(store: ArtifactStore) -> list[Path]:
     return sorted(p for p in store.root.rglob("*") if p.is_file())
 
 
-def test_same_content_is_stored_once(store: ArtifactStore) -> None:
-    first = put(store, b"hello world")
-    again = put(store, b"hello world", label="other name")
+async def test_same_content_is_stored_once(store: ArtifactStore) -> None:
+    first = await put(store, b"hello world")
+    again = await put(store, b"hello world", label="other name")
     sha = hashlib.sha256(b"hello world").hexdigest()
     assert first.created and first.linked and not again.created and not again.linked
     assert first.sha256 == sha and first.ref == "artifact://" + sha[:16] and again.label == "notes.txt"
     assert files(store) == [store.root / sha[:2] / sha]
-    assert store.db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 1
-    other = put(store, b"hello world", chat_id=2)
+    assert store.db.conn.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 1
+    other = await put(store, b"hello world", chat_id=2)
     assert not other.created and other.linked
-    assert store.db.execute("SELECT COUNT(*) FROM artifact_links").fetchone()[0] == 2
+    assert store.db.conn.execute("SELECT COUNT(*) FROM artifact_links").fetchone()[0] == 2
     assert len(files(store)) == 1 and first.tokens == COUNTER.count("hello world")
-    assert store.read_bytes(first) == b"hello world"
+    assert await store.read_bytes(first) == b"hello world"
 
 
-def test_resolve_forms_and_refusals(store: ArtifactStore) -> None:
-    info = put(store, b"some document text")
+async def test_resolve_forms_and_refusals(store: ArtifactStore) -> None:
+    info = await put(store, b"some document text")
     for ref in (info.ref, info.sha256, info.sha256[:12], "ARTIFACT://" + info.sha256[:12].upper(), f" {info.ref} "):
-        assert store.resolve(1, ref).sha256 == info.sha256
+        assert (await store.resolve(1, ref)).sha256 == info.sha256
     for bad in ("artifact://" + info.sha256[:11], "artifact://xyz123456789abc", "", "artifact://", "../../etc/passwd",
                 "artifact://" + "0" * 65, info.sha256[:6] + "-" + info.sha256[7:14]):
         with pytest.raises(ArtifactRefError, match="invalid artifact reference"):
-            store.resolve(1, bad)
+            await store.resolve(1, bad)
     with pytest.raises(ArtifactRefError) as other_chat:
-        store.resolve(2, info.ref)
+        await store.resolve(2, info.ref)
     unknown = "0" * 16 if not info.sha256.startswith("0" * 16) else "1" * 16
     with pytest.raises(ArtifactRefError) as not_there:
-        store.resolve(1, unknown)
+        await store.resolve(1, unknown)
     # Another chat's artifact reads exactly like an unknown one.
     assert str(other_chat.value) == str(not_there.value).replace(unknown, info.sha256[:16])
 
 
-def test_ambiguous_prefix(store: ArtifactStore) -> None:
+async def test_ambiguous_prefix(store: ArtifactStore) -> None:
     prefix = "abcdef123456"
     for tail in ("0", "1"):
         sha = prefix + tail * 52
-        store.db.execute("INSERT INTO artifacts(sha256, media_type, size_bytes, tokens, created_at)"
+        store.db.conn.execute("INSERT INTO artifacts(sha256, media_type, size_bytes, tokens, created_at)"
                          " VALUES (?, 'text/plain', 1, 1, ?)", [sha, NOW])
-        store.db.execute("INSERT INTO artifact_links(sha256, chat_id, user_id, label, summary, kind, trace_id,"
+        store.db.conn.execute("INSERT INTO artifact_links(sha256, chat_id, user_id, label, summary, kind, trace_id,"
                          " created_at) VALUES (?, 1, 1, 'x', 'x', 'document', NULL, ?)", [sha, NOW])
     with pytest.raises(ArtifactRefError, match="several"):
-        store.resolve(1, "artifact://" + prefix)
-    assert store.resolve(1, "artifact://" + prefix + "1").sha256 == prefix + "1" * 52
+        await store.resolve(1, "artifact://" + prefix)
+    assert (await store.resolve(1, "artifact://" + prefix + "1")).sha256 == prefix + "1" * 52
     with pytest.raises(ArtifactRefError, match="no artifact"):
-        store.resolve(2, prefix)
+        await store.resolve(2, prefix)
 
 
-def test_list_read_and_corruption(store: ArtifactStore) -> None:
-    a = put(store, b"first", now="2025-01-01T00:00:00")
-    b = put(store, b"second", now="2025-01-02T00:00:00")
-    assert [i.sha256 for i in store.list(1)] == [b.sha256, a.sha256] and store.list(2) == []
+async def test_list_read_and_corruption(store: ArtifactStore) -> None:
+    a = await put(store, b"first", now="2025-01-01T00:00:00")
+    b = await put(store, b"second", now="2025-01-02T00:00:00")
+    assert [i.sha256 for i in await store.list(1)] == [b.sha256, a.sha256] and await store.list(2) == []
     store.root.joinpath(a.sha256[:2], a.sha256).write_bytes(b"tampered")
     with pytest.raises(ArtifactCorrupt):
-        store.read_bytes(a)
+        await store.read_bytes(a)
     with pytest.raises(ValueError):
-        store.put(content=b"x", media_type="text/plain", chat_id=1, user_id=None, label="x", summary="x",
+        await store.put(content=b"x", media_type="text/plain", chat_id=1, user_id=None, label="x", summary="x",
                   kind="bogus", trace_id=None, now=NOW)
-    binary = put(store, bytes(range(256)), media_type="application/octet-stream")
+    binary = await put(store, bytes(range(256)), media_type="application/octet-stream")
     assert binary.tokens is None
     with pytest.raises(UnsupportedDocument):
-        store.read_text_slice(binary, offset_tokens=0, max_tokens=10)
+        await store.read_text_slice(binary, offset_tokens=0, max_tokens=10)
 
 
 @pytest.mark.parametrize("text", [
     " ".join(f"sentence {i} of a long document." for i in range(900)),
     "日本語のテキスト、絵文字 🎉🧪 と العربية mixed. " * 150,
 ])
-def test_read_text_slice_is_bounded_and_pages_to_the_end(store: ArtifactStore, text: str) -> None:
-    info = put(store, text.encode())
+async def test_read_text_slice_is_bounded_and_pages_to_the_end(store: ArtifactStore, text: str) -> None:
+    info = await put(store, text.encode())
     pieces, offset, seen = [], 0, 0
     while offset is not None:
-        part = store.read_text_slice(info, offset_tokens=offset, max_tokens=700)
+        part = await store.read_text_slice(info, offset_tokens=offset, max_tokens=700)
         assert part.offset == offset and part.total_tokens == info.tokens
         assert COUNTER.count(part.text) <= 700 and part.text
         pieces.append(part.text)
         offset, seen = part.next_offset, seen + 1
     assert "".join(pieces) == text and seen >= 2
-    capped = store.read_text_slice(info, offset_tokens=0, max_tokens=50_000)
+    capped = await store.read_text_slice(info, offset_tokens=0, max_tokens=50_000)
     assert COUNTER.count(capped.text) <= 2000 and capped.next_offset is not None
-    end = store.read_text_slice(info, offset_tokens=10**9, max_tokens=10)
+    end = await store.read_text_slice(info, offset_tokens=10**9, max_tokens=10)
     assert end.text == "" and end.next_offset is None
     with pytest.raises(ValueError):
-        store.read_text_slice(info, offset_tokens=-1, max_tokens=10)
+        await store.read_text_slice(info, offset_tokens=-1, max_tokens=10)
 
 
 def tiny_pdf(text: str) -> bytes:

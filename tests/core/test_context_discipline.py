@@ -23,8 +23,8 @@ FILLER = " ".join(["lorem ipsum dolor sit amet consectetur"] * 12)
 
 @pytest.fixture
 def make(make_pipeline: MakePipeline) -> MakePipeline:
-    def build(**overrides: object):  # noqa: ANN202
-        return make_pipeline(tracing=False, **{"user_daily_token_budget": 0, "user_messages_per_minute": 0,
+    async def build(**overrides: object):  # noqa: ANN202
+        return await make_pipeline(tracing=False, **{"user_daily_token_budget": 0, "user_messages_per_minute": 0,
                                                **overrides})
     return build
 
@@ -59,27 +59,27 @@ def test_plan_context_caps_history_tokens() -> None:
 
 
 async def test_long_conversation_archives_in_batches_behind_one_link(make: MakePipeline) -> None:
-    services, pipeline, llm, channel = make(llm_context_tokens=2048, llm_max_output_tokens=256)
+    services, pipeline, llm, channel = await make(llm_context_tokens=2048, llm_max_output_tokens=256)
     from core.contracts import HotStateWrite
 
-    services.hot_state.apply(USER, HotStateWrite(producer="pipeline", source="user", trace_id="2" * 32, chat_id=USER,
+    await services.hot_state.apply(USER, HotStateWrite(producer="pipeline", source="user", trace_id="2" * 32, chat_id=USER,
                                                  add=(("facts", "my cat is called Miso"),)), now="2026-01-01T00:00:00")
     turns = 80
     for number in range(turns):
         assert await say(services, pipeline, channel, f"msg {number:03d}: {FILLER}", update_id=number + 1) == "replied"
     budget = 2048 - 256
     assert max(request_tokens(services, r) for r in llm.requests) <= budget
-    state = services.hot_state.load(USER)
+    state = await services.hot_state.load(USER)
     links = [i for i in state.artifacts if " history_archive " in i.text]
     assert len(links) == 1, "one rolling history link, not one per archive"
     assert any(i.text == "my cat is called Miso" for i in state.items)
-    archives = services.db.execute("SELECT COUNT(*) FROM artifact_links WHERE kind = 'history_archive'").fetchone()[0]
+    archives = services.db.conn.execute("SELECT COUNT(*) FROM artifact_links WHERE kind = 'history_archive'").fetchone()[0]
     assert 2 <= archives <= turns // 3
     # Follow the chain: every message that left the prompt is in an archive.
     text, ref, seen = "", links[0].text.split(" ", 1)[0], set()
     while ref and ref not in seen:
         seen.add(ref)
-        chunk = services.artifacts.read_text(services.artifacts.resolve(USER, ref))
+        chunk = await services.artifacts.read_text(await services.artifacts.resolve(USER, ref))
         text += chunk
         earlier = re.search(r"Earlier history: (artifact://[0-9a-f]+)", chunk)
         ref = earlier.group(1) if earlier else None
@@ -87,11 +87,11 @@ async def test_long_conversation_archives_in_batches_behind_one_link(make: MakeP
     in_prompt = " ".join(m.content or "" for m in llm.requests[-1].messages)
     assert all(f"msg {n:03d}:" in text or f"msg {n:03d}:" in in_prompt for n in range(turns))
     # Only a bounded part of the conversation stays active.
-    assert services.history.count_active(USER) < 20
+    assert await services.history.count_active(USER) < 20
 
 
 async def test_read_artifact_slices_fit_a_small_window(make: MakePipeline) -> None:
-    services, pipeline, llm, channel = make(llm_context_tokens=3072, llm_max_output_tokens=256)
+    services, pipeline, llm, channel = await make(llm_context_tokens=3072, llm_max_output_tokens=256)
     for number in range(12):  # fill the window with history first
         await say(services, pipeline, channel, f"msg {number:03d}: {FILLER}", update_id=number + 1)
     document = "\n".join(f"Line {n:05d}: the quick brown fox jumps over the lazy dog." for n in range(4000))
@@ -126,7 +126,7 @@ async def test_read_artifact_slices_fit_a_small_window(make: MakePipeline) -> No
 async def test_overflow_retry_carries_at_most_half_the_history(make: MakePipeline) -> None:
     from core.failures.taxonomy import GatewayError, Kind
 
-    services, pipeline, llm, channel = make()  # a wide window: halving it would change nothing
+    services, pipeline, llm, channel = await make()  # a wide window: halving it would change nothing
     for number in range(6):
         await say(services, pipeline, channel, f"note {number}", update_id=number + 1)
     overflow = GatewayError(Kind.llm_context_overflow, "context_length_exceeded")
@@ -141,7 +141,7 @@ async def test_overflow_retry_carries_at_most_half_the_history(make: MakePipelin
 
 
 async def test_a_prompt_that_cannot_fit_is_refused_in_words(make: MakePipeline) -> None:
-    services, pipeline, llm, channel = make(llm_context_tokens=1024, llm_max_output_tokens=16)
+    services, pipeline, llm, channel = await make(llm_context_tokens=1024, llm_max_output_tokens=16)
     outcome = await say(services, pipeline, channel, " ".join(f"word{n}" for n in range(700)), update_id=1)
     assert outcome == "notice" and llm.requests == []
     reply = channel.texts("error")[-1]
@@ -149,10 +149,10 @@ async def test_a_prompt_that_cannot_fit_is_refused_in_words(make: MakePipeline) 
 
 
 async def test_a_missing_artifact_file_is_reported_to_the_model(make: MakePipeline) -> None:
-    services, pipeline, llm, channel = make()
+    services, pipeline, llm, channel = await make()
     await say(services, pipeline, channel, "x " * 3000, update_id=1)  # long: stored as an artifact
     ref = re.search(r"artifact://[0-9a-f]{16}", llm.requests[-1].messages[-1].content).group(0)
-    services.artifacts.path_for(services.artifacts.resolve(USER, ref).sha256).unlink()
+    services.artifacts.path_for((await services.artifacts.resolve(USER, ref)).sha256).unlink()
     llm.enqueue((ToolCall(id="c1", name="read_artifact", arguments={"ref": ref}),), "sorry")
     assert await say(services, pipeline, channel, "read it", update_id=2) == "replied"
     result = json.loads([m for m in llm.requests[-1].messages if m.role == "tool"][-1].content)
@@ -169,13 +169,13 @@ async def test_prompts_from_cached_history_equal_prompts_read_cold(make: MakePip
     document = "\n".join(f"Line {n:05d}: the quick brown fox jumps over the lazy dog." for n in range(2000))
     runs = []
     for name, cache_chats in (("warm", 256), ("cold", 0)):
-        services, pipeline, llm, channel = make(path=tmp_path / name, llm_context_tokens=2048, llm_max_output_tokens=256)
+        services, pipeline, llm, channel = await make(path=tmp_path / name, llm_context_tokens=2048, llm_max_output_tokens=256)
         services.history = History(services.db, cache_chats=cache_chats)
         channel.files["doc1"] = document.encode()
         for number in range(40):
             chat_id = USER if number % 4 else USER + 1
             if number == 25:
-                services.history.start_new(USER)
+                await services.history.start_new(USER)
             if number == 30:
                 with new_turn_span(services.tracer, "turn"):
                     inbound = InboundMessage(

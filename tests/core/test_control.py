@@ -62,7 +62,7 @@ async def wait_until(predicate, timeout_s: float = 5.0) -> None:  # noqa: ANN001
 
 
 async def test_stop_midway_keeps_the_partial_answer_and_accounts_it(make_pipeline: MakePipeline) -> None:
-    services, pipeline, _, channel = make_pipeline()
+    services, pipeline, _, channel = await make_pipeline()
     slow = services.llm = SlowLLM([f"part{n} " for n in range(1000)])
     task = await start_turn(services, pipeline, channel, "a long one please")
     await wait_until(lambda: slow.sent >= 5)
@@ -71,13 +71,13 @@ async def test_stop_midway_keeps_the_partial_answer_and_accounts_it(make_pipelin
     assert slow.cancelled and slow.sent < 1000
     [final] = channel.texts("final")
     assert final.startswith("part0 part1 part2 part3 part4") and final.endswith("\n\n" + STOPPED_MARK)
-    [usage] = services.ledger.db.execute("SELECT estimated, wasted, input_tokens, output_tokens, model FROM usage"
+    [usage] = services.ledger.db.conn.execute("SELECT estimated, wasted, input_tokens, output_tokens, model FROM usage"
                                          ).fetchall()
     assert usage[0] == 1 and usage[1] == 0 and usage[2] > 0 and usage[3] >= 5
     assert usage[4] == services.settings.llm_model
-    history = services.history.recent(CHAT, max_tokens=100_000)
+    history = await services.history.recent(CHAT, max_tokens=100_000)
     assert [(m.role, m.content) for m in history] == [("user", "a long one please"), ("assistant", final)]
-    assert services.dlq.depth() == 0
+    assert await services.dlq.depth() == 0
     # A stop says nothing about the provider: the circuit saw neither a failure nor a success.
     [breaker] = services.breakers.all()
     assert breaker.state == "closed" and breaker.consecutive_failures == 0
@@ -92,20 +92,20 @@ async def test_stop_midway_keeps_the_partial_answer_and_accounts_it(make_pipelin
 
 
 async def test_stop_before_the_first_token_still_accounts_the_prompt(make_pipeline: MakePipeline) -> None:
-    services, pipeline, _, channel = make_pipeline()
+    services, pipeline, _, channel = await make_pipeline()
     slow = services.llm = SlowLLM(["never"], first_s=30)
     task = await start_turn(services, pipeline, channel, "hello")
     await wait_until(lambda: slow.requests)
     services.running.stop(CHAT)
     assert await task == "stopped"
     assert channel.texts("final") == [STOPPED_MARK]
-    [(input_tokens, output_tokens, estimated)] = services.db.execute(
+    [(input_tokens, output_tokens, estimated)] = services.db.conn.execute(
         "SELECT input_tokens, output_tokens, estimated FROM usage").fetchall()
     assert input_tokens > 0 and output_tokens == 0 and estimated == 1
 
 
 async def test_stop_before_the_llm_stage_sends_no_request(make_pipeline: MakePipeline) -> None:
-    services, pipeline, llm, channel = make_pipeline()
+    services, pipeline, llm, channel = await make_pipeline()
 
     async def stop_now(turn) -> None:  # noqa: ANN001 - a stage: /stop arrives while the context is built
         assert services.running.stop(turn.inbound.chat_id)
@@ -114,12 +114,12 @@ async def test_stop_before_the_llm_stage_sends_no_request(make_pipeline: MakePip
     pipeline.stages.insert(names.index("llm"), ("stop_now", stop_now))
     assert await (await start_turn(services, pipeline, channel, "hello")) == "stopped"
     assert llm.requests == [] and channel.texts("final") == [STOPPED_MARK]
-    assert services.db.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 0  # nothing was sent
-    assert [m.content for m in services.history.recent(CHAT, max_tokens=10_000)] == ["hello", STOPPED_MARK]
+    assert services.db.conn.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == 0  # nothing was sent
+    assert [m.content for m in await services.history.recent(CHAT, max_tokens=10_000)] == ["hello", STOPPED_MARK]
 
 
 async def test_a_stopped_probe_frees_the_half_open_circuit(make_pipeline: MakePipeline) -> None:
-    services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=0.05)
+    services, pipeline, llm, channel = await make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=0.05)
     llm.enqueue(GatewayError(Kind.llm_server, "down"))
     assert await (await start_turn(services, pipeline, channel, "one")) == "dlq"  # the circuit opened
     await asyncio.sleep(0.06)
@@ -135,7 +135,7 @@ async def test_a_stopped_probe_frees_the_half_open_circuit(make_pipeline: MakePi
 
 
 async def test_a_turn_that_finishes_is_not_stopped_and_leaves_the_registry(make_pipeline: MakePipeline) -> None:
-    services, pipeline, llm, channel = make_pipeline()
+    services, pipeline, llm, channel = await make_pipeline()
     llm.enqueue("done")
     task = await start_turn(services, pipeline, channel, "hi")
     assert await task == "replied" and channel.texts("final") == ["done"]

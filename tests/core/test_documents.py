@@ -51,7 +51,7 @@ def test_a_pdf_over_the_time_cap_is_refused() -> None:
 async def test_other_chats_go_on_while_a_big_pdf_is_read(make_pipeline: MakePipeline) -> None:
     """The ingest stage reads a PDF in a worker thread: a coroutine that ticks every 5 ms keeps
     ticking. Extraction on the loop would stop it for the whole read (about a second here)."""
-    services, pipeline, llm, channel = make_pipeline(user_daily_token_budget=0)
+    services, pipeline, llm, channel = await make_pipeline(user_daily_token_budget=0)
     data = report_pdf(200)
     channel.files["big"] = data
     gaps: list[float] = []

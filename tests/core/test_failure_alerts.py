@@ -34,13 +34,13 @@ def test_without_a_dlq_entry_the_action_is_the_taxonomys() -> None:
 
 
 async def test_a_console_turns_dlq_alert_says_to_replay_it_from_the_terminal(make_pipeline: MakePipeline) -> None:
-    services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=100)
+    services, pipeline, llm, channel = await make_pipeline(breaker_failure_threshold=100)
     llm.enqueue(GatewayError(Kind.llm_server, "HTTP 500: boom", status_code=500),
                 GatewayError(Kind.llm_server, "HTTP 500: boom", status_code=500))
     with new_turn_span(services.tracer, "turn"):
         inbound = InboundMessage(update_id=1, trace_id=current_trace_id(), chat_id=0, chat_type="console",
                                  user_id=OPERATOR, text="hello", received_at=datetime.now(UTC))
         assert await pipeline.run_turn(inbound, channel) == "dlq"
-    [alert] = [row.text for row in services.outbox.pending_for(OPERATOR)]
+    [alert] = [row.text for row in await services.outbox.pending_for(OPERATOR)]
     assert "python -m bot dlq replay 1 to retry it now" in alert
     assert "/replay" not in alert

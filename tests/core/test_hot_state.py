@@ -27,7 +27,7 @@ from core.context.hot_state import (
 )
 from core.context.tokens import counter_for_model
 from core.contracts import ContractViolation, HotStateWrite
-from core.store import open_database
+from core.store import open_sqlite
 
 COUNTER = counter_for_model("gpt-4o-mini")
 TRACE = "ab" * 16
@@ -43,24 +43,24 @@ def write(*, add: tuple[tuple[str, str], ...] = (), remove: tuple[int, ...] = ()
 
 
 def make_store(root: Path, cap: int) -> tuple[HotStateStore, ArtifactStore]:
-    db = open_database(":memory:")
+    db = open_sqlite(":memory:")
     artifacts = ArtifactStore(db, root / "artifacts", counter=COUNTER)
 
-    def archive(chat_id: int, markdown: str, label: str) -> str:
-        return artifacts.put(content=markdown.encode(), media_type="text/markdown", chat_id=chat_id, user_id=None,
-                             label=label, summary=label, kind="hot_state_archive", trace_id=None, now=NOW).ref
+    async def archive(chat_id: int, markdown: str, label: str) -> str:
+        return (await artifacts.put(content=markdown.encode(), media_type="text/markdown", chat_id=chat_id, user_id=None,
+                             label=label, summary=label, kind="hot_state_archive", trace_id=None, now=NOW)).ref
 
     return HotStateStore(db, counter=COUNTER, max_tokens=cap, archive=archive), artifacts
 
 
-def archived_items(artifacts: ArtifactStore, ref: str | None) -> tuple[dict[int, tuple[str, str, str]], list[str]]:
+async def archived_items(artifacts: ArtifactStore, ref: str | None) -> tuple[dict[int, tuple[str, str, str]], list[str]]:
     """Everything reachable from `ref` through the "Earlier archive" chain."""
     found: dict[int, tuple[str, str, str]] = {}
     objectives: list[str] = []
     seen: set[str] = set()
     while ref and ref not in seen:
         seen.add(ref)
-        text = artifacts.read_text(artifacts.resolve(CHAT, ref))
+        text = await artifacts.read_text(await artifacts.resolve(CHAT, ref))
         ref = None
         for line in text.splitlines():
             if match := _LINE.match(line):
@@ -122,31 +122,34 @@ def test_compact_leaves_fitting_state_alone() -> None:
     assert compact(state, counter=COUNTER, max_tokens=1000) == (state, [])
 
 
-def test_objective_is_truncated_last_and_archived(tmp_path: Path) -> None:
+async def test_objective_is_truncated_last_and_archived(tmp_path: Path) -> None:
     store, artifacts = make_store(tmp_path, 60)
-    saved, notes = store.apply(CHAT, write(objective="reach the goal " * 130, add=(("facts", "f1"),),
+    saved, notes = await store.apply(CHAT, write(objective="reach the goal " * 130, add=(("facts", "f1"),),
                                            source="user"), now=NOW)
     assert not saved.items and saved.objective.endswith("…") and saved.archive_ref
-    assert store.tokens(CHAT) == COUNTER.count(render(saved)) <= 60
-    items, objectives = archived_items(artifacts, saved.archive_ref)
+    assert await store.tokens(CHAT) == COUNTER.count(render(saved)) <= 60
+    items, objectives = await archived_items(artifacts, saved.archive_ref)
     assert items[1] == ("facts", "user", "f1")
     assert objectives == [" ".join(("reach the goal " * 130).split())]
     assert any("archived" in n for n in notes)
 
 
-def test_store_round_trip_format_and_guards(tmp_path: Path) -> None:
+async def test_store_round_trip_format_and_guards(tmp_path: Path) -> None:
     store, _ = make_store(tmp_path, 1000)
-    assert store.load(CHAT) == HotState() and store.tokens(CHAT) == 0
-    saved, notes = store.apply(CHAT, write(add=(("decisions", "use pypdf"),), objective="docs"), now=NOW)
-    assert store.load(CHAT) == saved and store.tokens(CHAT) == COUNTER.count(render(saved))
-    shown = format_for_user(saved, tokens=store.tokens(CHAT), cap=1000)
-    assert f"{store.tokens(CHAT)} / 1000 tokens" in shown and "1. use pypdf (agent)" in shown
+    assert await store.load(CHAT) == HotState() and await store.tokens(CHAT) == 0
+    saved, notes = await store.apply(CHAT, write(add=(("decisions", "use pypdf"),), objective="docs"), now=NOW)
+    assert await store.load(CHAT) == saved and await store.tokens(CHAT) == COUNTER.count(render(saved))
+    shown = format_for_user(saved, tokens=await store.tokens(CHAT), cap=1000)
+    assert f"{await store.tokens(CHAT)} / 1000 tokens" in shown and "1. use pypdf (agent)" in shown
     assert HotStateStore.format_for_user is format_for_user or store.format_for_user(saved, tokens=1, cap=2)
     with pytest.raises(ContractViolation):
-        store.apply(CHAT, write(chat_id=CHAT + 1), now=NOW)
+        await store.apply(CHAT, write(chat_id=CHAT + 1), now=NOW)
+    async def fixed_ref(*_: object) -> str:
+        return "artifact://" + "0" * 16
+
     with pytest.raises(ValueError):
         HotStateStore(store.db, counter=COUNTER, max_tokens=min_hot_state_tokens(counter=COUNTER) - 1,
-                      archive=lambda *_: "artifact://" + "0" * 16)
+                      archive=fixed_ref)
 
 
 TEXTS = st.one_of(st.text(max_size=60), st.text(min_size=300, max_size=700),
@@ -162,12 +165,12 @@ WRITES = st.fixed_dictionaries({
 @pytest.mark.parametrize("cap", [120, 1000])
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(writes=st.lists(WRITES, min_size=1, max_size=8))
-def test_any_writes_stay_within_cap_and_lose_nothing(cap: int, writes: list[dict]) -> None:
+async def test_any_writes_stay_within_cap_and_lose_nothing(cap: int, writes: list[dict]) -> None:
     with tempfile.TemporaryDirectory() as folder:
         store, artifacts = make_store(Path(folder), cap)
         expected: dict[int, tuple[str, str, str]] = {}
         for spec in writes:
-            before = store.load(CHAT)
+            before = await store.load(CHAT)
             unsaved, _ = apply_write(before, write(**spec))
             for number in spec["remove"]:
                 if any(i.n == number for i in before.items):
@@ -175,10 +178,10 @@ def test_any_writes_stay_within_cap_and_lose_nothing(cap: int, writes: list[dict
             for item in unsaved.items:
                 if item.n >= before.next_n:
                     expected[item.n] = (item.section, item.source, item.text)
-            saved, _ = store.apply(CHAT, write(**spec), now=NOW)
-            assert store.tokens(CHAT) == COUNTER.count(render(saved)) <= cap
-            assert store.load(CHAT) == saved
-        archived, _ = archived_items(artifacts, saved.archive_ref)
+            saved, _ = await store.apply(CHAT, write(**spec), now=NOW)
+            assert await store.tokens(CHAT) == COUNTER.count(render(saved)) <= cap
+            assert await store.load(CHAT) == saved
+        archived, _ = await archived_items(artifacts, saved.archive_ref)
         present = {i.n: (i.section, i.source, i.text) for i in saved.items}
         for number, entry in expected.items():
             assert present.get(number) == entry or archived.get(number) == entry, number

@@ -25,7 +25,7 @@ async def turn(services, pipeline, channel, text: str, *, user_id: int = 100, ch
 
 
 async def test_answer_and_history(make_pipeline: MakePipeline) -> None:
-    services, pipeline, llm, channel = make_pipeline()
+    services, pipeline, llm, channel = await make_pipeline()
     llm.enqueue("Hello **there**")
     outcome, _ = await turn(services, pipeline, channel, "hi")
     assert outcome == "replied"
@@ -38,7 +38,7 @@ async def test_answer_and_history(make_pipeline: MakePipeline) -> None:
 
 
 async def test_refused_user_costs_no_llm_call(make_pipeline: MakePipeline) -> None:
-    services, pipeline, llm, channel = make_pipeline()
+    services, pipeline, llm, channel = await make_pipeline()
     outcome, _ = await turn(services, pipeline, channel, "hi", user_id=555, chat_id=555)
     assert outcome == "refused"
     assert llm.requests == []
@@ -48,14 +48,14 @@ async def test_refused_user_costs_no_llm_call(make_pipeline: MakePipeline) -> No
 async def test_malformed_llm_result_goes_to_dlq_with_ref(make_pipeline: MakePipeline) -> None:
     from core.contracts import ContractViolation
 
-    services, pipeline, llm, channel = make_pipeline()
+    services, pipeline, llm, channel = await make_pipeline()
     broken = ContractViolation("llm_response_has_choices", field="choices", producer="llm", detail="none")
     llm.enqueue(broken, broken)  # malformed output is retried once (models are not deterministic)
     outcome, trace_id = await turn(services, pipeline, channel, "hi")
     assert outcome == "dlq"
     error = channel.texts("error")[0]
     assert f"ref: {trace_id[:8]}" in error
-    rows = services.dlq.list("pending")
+    rows = await services.dlq.list("pending")
     assert len(rows) == 1 and rows[0].error_kind == "llm_malformed" and rows[0].inbound.text == "hi"
     llm.enqueue("fine now")
     outcome, _ = await turn(services, pipeline, channel, "next", update_id=2)
@@ -65,13 +65,13 @@ async def test_malformed_llm_result_goes_to_dlq_with_ref(make_pipeline: MakePipe
 async def test_tool_rounds_update_hot_state(make_pipeline: MakePipeline) -> None:
     from core.contracts import ToolCall
 
-    services, pipeline, llm, channel = make_pipeline()
+    services, pipeline, llm, channel = await make_pipeline()
     llm.enqueue((ToolCall(id="c1", name="update_hot_state",
                           arguments={"set_objective": "plan a trip", "add": [{"section": "facts", "text": "likes trains"}]}),),
                 "Noted your objective.")
     outcome, _ = await turn(services, pipeline, channel, "I want to plan a trip; I like trains")
     assert outcome == "replied"
-    state = services.hot_state.load(100)
+    state = await services.hot_state.load(100)
     assert state.objective == "plan a trip"
     assert any(i.text == "likes trains" for i in state.items)
     second = llm.requests[1]
@@ -80,7 +80,7 @@ async def test_tool_rounds_update_hot_state(make_pipeline: MakePipeline) -> None
 
 @pytest.mark.parametrize("budget", [1000])
 async def test_budget_refusal_makes_no_llm_call(make_pipeline: MakePipeline, budget: int) -> None:
-    services, pipeline, llm, channel = make_pipeline(user_daily_token_budget=budget)
+    services, pipeline, llm, channel = await make_pipeline(user_daily_token_budget=budget)
     outcome, _ = await turn(services, pipeline, channel, "hi")
     assert outcome == "notice"
     assert llm.requests == []
@@ -95,7 +95,7 @@ async def test_the_runtime_hooks_are_declared_and_called(make_pipeline: MakePipe
 
     declared = {f.name for f in fields(Services)}
     assert {"on_llm_success", "on_circuit_closed", "on_storage_failure"} <= declared
-    services, pipeline, llm, channel = make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=0.01)
+    services, pipeline, llm, channel = await make_pipeline(breaker_failure_threshold=1, breaker_reset_seconds=0.01)
     calls: list[str] = []
     services.on_llm_success = lambda: calls.append("success")
     services.on_circuit_closed = lambda: calls.append("closed")

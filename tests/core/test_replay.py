@@ -36,16 +36,19 @@ class Rig:
         chat_id = 0 if chat_type == "console" else USER
         inbound = InboundMessage(update_id=self.traces, trace_id=trace_id, chat_id=chat_id, chat_type=chat_type,
                                  user_id=USER, text=text, received_at=self.services.clock.now())
-        return self.services.dlq.add(DlqEntry(trace_id=trace_id, chat_id=chat_id, user_id=USER, inbound=inbound,
+        return self.run(self.services.dlq.add(DlqEntry(trace_id=trace_id, chat_id=chat_id, user_id=USER, inbound=inbound,
                                               error_kind=kind, error_message="boom", replayable=outage),
-                                     attempts=[], now=self.services.clock.iso())
+                                     attempts=[], now=self.services.clock.iso()))
 
     def replay(self, dlq_id: int, origin: str = "telegram"):  # noqa: ANN201
         return self.loop.run_until_complete(replay_entry(self.pipeline, self.services, dlq_id, self.channel,
                                                          origin=origin))  # type: ignore[arg-type]
 
+    def run(self, awaitable):  # noqa: ANN001, ANN201 - the stores are async: run them on this rig's loop
+        return self.loop.run_until_complete(awaitable)
+
     def status(self, dlq_id: int) -> str:
-        row = self.services.dlq.get(dlq_id)
+        row = self.run(self.services.dlq.get(dlq_id))
         assert row is not None
         return row.status
 
@@ -56,7 +59,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", operator_chat_id=900,
                         allowed_user_ids=str(USER), llm_max_retries=0)
     llm = ScriptedLLM()
-    services = build_services(settings, llm=llm, tracing=False)
+    services = loop.run_until_complete(build_services(settings, llm=llm, tracing=False))
     try:
         yield Rig(loop, services, Pipeline(services), llm, RecordingChannel())
     finally:
@@ -87,13 +90,13 @@ def test_a_replay_that_fails_again_stays_pending(rig: Rig) -> None:
 def test_entries_that_cannot_run(rig: Rig) -> None:
     assert rig.replay(999).status is ReplayStatus.not_found
     discarded = rig.entry("never mind")
-    rig.services.dlq.discard(discarded, now=rig.services.clock.iso())
+    rig.run(rig.services.dlq.discard(discarded, now=rig.services.clock.iso()))
     assert rig.replay(discarded).status is ReplayStatus.discarded
     claimed = rig.entry("someone else has it")
-    rig.services.dlq.claim_for_replay(claimed, now=rig.services.clock.iso())
+    rig.run(rig.services.dlq.claim_for_replay(claimed, now=rig.services.clock.iso()))
     assert rig.replay(claimed).status is ReplayStatus.in_progress
     blocked = rig.entry("to a chat that blocked the bot")
-    rig.services.chats.mark_blocked(USER, "blocked", now=rig.services.clock.iso())
+    rig.run(rig.services.chats.mark_blocked(USER, "blocked", now=rig.services.clock.iso()))
     result = rig.replay(blocked)
     assert result.status is ReplayStatus.chat_blocked and rig.status(blocked) == "pending"
     assert rig.llm.requests == [] and rig.channel.events == []
@@ -102,13 +105,13 @@ def test_entries_that_cannot_run(rig: Rig) -> None:
 def test_console_entries_go_back_to_the_console_only(rig: Rig) -> None:
     console = rig.entry("typed in a terminal", chat_type="console")
     telegram = rig.entry("sent on telegram")
-    assert entry_origin(rig.services.dlq.get(console)) == "console"  # type: ignore[arg-type]
+    assert entry_origin(rig.run(rig.services.dlq.get(console))) == "console"  # type: ignore[arg-type]
     refused = rig.replay(console, origin="telegram")
     assert refused.status is ReplayStatus.other_origin and "python -m bot dlq replay" in refused.describe()
     assert rig.replay(telegram, origin="console").status is ReplayStatus.other_origin
     assert rig.llm.requests == [] and rig.status(console) == "pending"
-    assert [r.id for r in replayable_entries(rig.services, limit=10)] == [telegram]
-    assert [r.id for r in replayable_entries(rig.services, limit=10, origin="console")] == [console]
+    assert [r.id for r in rig.run(replayable_entries(rig.services, limit=10))] == [telegram]
+    assert [r.id for r in rig.run(replayable_entries(rig.services, limit=10, origin="console"))] == [console]
     assert rig.replay(console, origin="console").status is ReplayStatus.answered
 
 

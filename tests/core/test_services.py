@@ -24,9 +24,9 @@ def failing_build(error: Exception):  # noqa: ANN201
     (OSError(errno.ENOSPC, "No space left on device"), "(free some disk space)"),
     (OSError(errno.EROFS, "Read-only file system"), "(DATA_DIR must be writable)"),
 ])
-def test_a_storage_failure_at_start_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_a_storage_failure_at_start_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     error: OSError, hint: str) -> None:
     monkeypatch.setattr(services_module, "build_services", failing_build(error))
     with pytest.raises(StorageUnavailable) as caught:
-        open_services(Settings(_env_file=None, data_dir=tmp_path / "data"))
+        await open_services(Settings(_env_file=None, data_dir=tmp_path / "data"))
     assert str(caught.value) == f"cannot use DATA_DIR={tmp_path / 'data'}: {error.strerror} {hint}"

@@ -67,7 +67,7 @@ class ChunkingLLM:
 
 
 async def test_full_joins_are_bounded_by_the_previews_not_the_chunks(make_pipeline: MakePipeline) -> None:
-    services, pipeline, _, _ = make_pipeline()
+    services, pipeline, _, _ = await make_pipeline()
     answer = ("Some **bold** words and plain text. " * 250)[:8000]
     services.llm = ChunkingLLM(answer, size=4)  # 2,000 chunks
     channel = PreviewingChannel(every=100)
@@ -100,7 +100,7 @@ class FailingOnceLLM(ChunkingLLM):
 
 
 async def test_a_retried_attempt_starts_its_draft_over(make_pipeline: MakePipeline) -> None:
-    services, pipeline, _, channel = make_pipeline()
+    services, pipeline, _, channel = await make_pipeline()
     services.llm = FailingOnceLLM("the whole answer", size=5)
     with new_turn_span(services.tracer, "turn"):
         inbound = InboundMessage(update_id=1, trace_id=current_trace_id(), chat_id=100, chat_type="private",

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.contracts import TokenUsage, UsageRecord
-from core.store import open_database
+from core.store import open_sqlite
 from core.usage import (
     DayTotals,
     PeriodTotals,
@@ -149,76 +149,76 @@ def record(when: datetime, *, user_id: int, input_tokens: int, output_tokens: in
 
 
 @pytest.fixture
-def ledger() -> UsageLedger:
-    ledger = UsageLedger(open_database(":memory:"))
-    ledger.record(record(at(2028, 2, 28, 23, 59), user_id=1, input_tokens=100, output_tokens=50, cost=0.001))
-    ledger.record(record(at(2028, 2, 29, 0, 0, 1), user_id=1, input_tokens=200, output_tokens=100, cost=None,
+async def ledger() -> UsageLedger:
+    ledger = UsageLedger(open_sqlite(":memory:"))
+    await ledger.record(record(at(2028, 2, 28, 23, 59), user_id=1, input_tokens=100, output_tokens=50, cost=0.001))
+    await ledger.record(record(at(2028, 2, 29, 0, 0, 1), user_id=1, input_tokens=200, output_tokens=100, cost=None,
                          estimated=True, model="mystery-model"))
-    ledger.record(record(at(2028, 2, 29, 10), user_id=2, input_tokens=10, output_tokens=10, cost=0.5, wasted=True))
-    ledger.record(record(datetime(2028, 3, 1, 1, tzinfo=timezone(timedelta(hours=2))), user_id=1,
+    await ledger.record(record(at(2028, 2, 29, 10), user_id=2, input_tokens=10, output_tokens=10, cost=0.5, wasted=True))
+    await ledger.record(record(datetime(2028, 3, 1, 1, tzinfo=timezone(timedelta(hours=2))), user_id=1,
                          input_tokens=5, output_tokens=5, cost=0.0))  # 23:00 UTC on Feb 29
-    ledger.record(record(at(2028, 3, 1, 0, 30), user_id=1, input_tokens=1000, output_tokens=0, cost=0.002))
+    await ledger.record(record(at(2028, 3, 1, 0, 30), user_id=1, input_tokens=1000, output_tokens=0, cost=0.002))
     return ledger
 
 
-def test_per_user_day_queries(ledger: UsageLedger) -> None:
-    assert ledger.user_day_tokens(1, "2028-02-28") == 150
-    assert ledger.user_day_tokens(1, "2028-02-29") == 310
-    assert ledger.user_day_tokens(3, "2028-02-29") == 0
-    assert ledger.user_day(1, "2028-02-28") == PeriodTotals(100, 50, 150, pytest.approx(0.001), 0, 1, 0)
-    assert ledger.user_day(1, "2028-02-29") == PeriodTotals(205, 105, 310, 0.0, 1, 2, 1)
-    assert ledger.user_day(1, "2028-01-01") == PeriodTotals()
+async def test_per_user_day_queries(ledger: UsageLedger) -> None:
+    assert await ledger.user_day_tokens(1, "2028-02-28") == 150
+    assert await ledger.user_day_tokens(1, "2028-02-29") == 310
+    assert await ledger.user_day_tokens(3, "2028-02-29") == 0
+    assert await ledger.user_day(1, "2028-02-28") == PeriodTotals(100, 50, 150, pytest.approx(0.001), 0, 1, 0)
+    assert await ledger.user_day(1, "2028-02-29") == PeriodTotals(205, 105, 310, 0.0, 1, 2, 1)
+    assert await ledger.user_day(1, "2028-01-01") == PeriodTotals()
 
 
-def test_month_and_day_totals(ledger: UsageLedger) -> None:
-    assert ledger.user_month(1, "2028-02") == PeriodTotals(305, 155, 460, pytest.approx(0.001), 1, 3, 1)
-    assert ledger.user_month(1, "2028-03") == PeriodTotals(1000, 0, 1000, pytest.approx(0.002), 0, 1, 0)
-    assert ledger.month_totals("2028-02") == PeriodTotals(315, 165, 480, pytest.approx(0.501), 1, 4, 1)
-    assert ledger.day_totals("2028-02-29") == PeriodTotals(215, 115, 330, pytest.approx(0.5), 1, 3, 1)
-    assert ledger.month_totals("2027-02") == PeriodTotals()
-    assert ledger.wasted("2028-02") == PeriodTotals(10, 10, 20, 0.5, 0, 1, 0)
-    assert ledger.wasted("2028-03") == PeriodTotals()
-    assert ledger.unknown_models("2028-02") == ["mystery-model"]
+async def test_month_and_day_totals(ledger: UsageLedger) -> None:
+    assert await ledger.user_month(1, "2028-02") == PeriodTotals(305, 155, 460, pytest.approx(0.001), 1, 3, 1)
+    assert await ledger.user_month(1, "2028-03") == PeriodTotals(1000, 0, 1000, pytest.approx(0.002), 0, 1, 0)
+    assert await ledger.month_totals("2028-02") == PeriodTotals(315, 165, 480, pytest.approx(0.501), 1, 4, 1)
+    assert await ledger.day_totals("2028-02-29") == PeriodTotals(215, 115, 330, pytest.approx(0.5), 1, 3, 1)
+    assert await ledger.month_totals("2027-02") == PeriodTotals()
+    assert await ledger.wasted("2028-02") == PeriodTotals(10, 10, 20, 0.5, 0, 1, 0)
+    assert await ledger.wasted("2028-03") == PeriodTotals()
+    assert await ledger.unknown_models("2028-02") == ["mystery-model"]
 
 
-def test_top_users_rank_by_cost(ledger: UsageLedger) -> None:
-    top = ledger.top_users("2028-02")
+async def test_top_users_rank_by_cost(ledger: UsageLedger) -> None:
+    top = await ledger.top_users("2028-02")
     assert [u.user_id for u in top] == [2, 1]
     assert top[1].totals.total_tokens == 460
-    assert len(ledger.top_users("2028-02", n=1)) == 1
+    assert len(await ledger.top_users("2028-02", n=1)) == 1
 
 
-def test_day_series_fill_missing_days_with_zeros(ledger: UsageLedger) -> None:
+async def test_day_series_fill_missing_days_with_zeros(ledger: UsageLedger) -> None:
     days = ["2028-02-27", "2028-02-28", "2028-02-29", "2028-03-01"]
-    mine = ledger.user_days(1, days)
+    mine = await ledger.user_days(1, days)
     assert [d.day for d in mine] == days
     assert [d.totals.total_tokens for d in mine] == [0, 150, 310, 1000]
     assert mine[0] == DayTotals("2028-02-27", PeriodTotals())
-    whole = ledger.daily_spend(days)
+    whole = await ledger.daily_spend(days)
     assert [d.totals.total_tokens for d in whole] == [0, 150, 330, 1000]
     assert [d.totals.cost_usd for d in whole] == pytest.approx([0, 0.001, 0.5, 0.002])
-    assert ledger.daily_spend([]) == [] and ledger.user_days(1, []) == []
+    assert await ledger.daily_spend([]) == [] and await ledger.user_days(1, []) == []
 
 
-def test_every_ledger_query_is_an_index_search(ledger: UsageLedger) -> None:
+async def test_every_ledger_query_is_an_index_search(ledger: UsageLedger) -> None:
     statements: list[str] = []
     ledger.db.conn.set_trace_callback(statements.append)
-    ledger.user_day_tokens(1, "2028-02-29")
-    ledger.month_cost_usd("2028-02")
-    ledger.user_day(1, "2028-02-29")
-    ledger.user_month(1, "2028-02")
-    ledger.month_totals("2028-02")
-    ledger.day_totals("2028-02-29")
-    ledger.wasted("2028-02")
-    ledger.top_users("2028-02")
-    ledger.unknown_models("2028-02")
-    ledger.user_days(1, days_back(at(2028, 3, 1), 30))
-    ledger.daily_spend(days_back(at(2028, 3, 1), 30))
+    await ledger.user_day_tokens(1, "2028-02-29")
+    await ledger.month_cost_usd("2028-02")
+    await ledger.user_day(1, "2028-02-29")
+    await ledger.user_month(1, "2028-02")
+    await ledger.month_totals("2028-02")
+    await ledger.day_totals("2028-02-29")
+    await ledger.wasted("2028-02")
+    await ledger.top_users("2028-02")
+    await ledger.unknown_models("2028-02")
+    await ledger.user_days(1, days_back(at(2028, 3, 1), 30))
+    await ledger.daily_spend(days_back(at(2028, 3, 1), 30))
     ledger.db.conn.set_trace_callback(None)
     selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(selects) == 11
     for sql in selects:
-        plan = [row[3] for row in ledger.db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()]
+        plan = [row[3] for row in ledger.db.conn.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall()]
         table = "usage_totals" if "usage_totals" in sql else "usage"
         steps = [step for step in plan if f" {table} " in f" {step} "]
         # SEARCH = a lookup by index key; a SCAN (even "USING INDEX") would read every row.
@@ -232,21 +232,21 @@ def test_every_ledger_query_is_an_index_search(ledger: UsageLedger) -> None:
     (at(2027, 2, 28, 23, 59, 59, 999000), at(2027, 3, 1)),  # no leap day
     (at(2027, 12, 31, 23, 59, 59, 999000), at(2028, 1, 1)),  # a year end
 ])
-def test_ledger_periods_split_exactly_at_utc_midnight(last_moment: datetime, first_moment: datetime) -> None:
-    ledger = UsageLedger(open_database(":memory:"))
-    ledger.record(record(last_moment, user_id=7, input_tokens=900, output_tokens=100, cost=0.25))
-    ledger.record(record(first_moment, user_id=7, input_tokens=30, output_tokens=20, cost=0.5))
-    assert ledger.user_day_tokens(7, utc_day(last_moment)) == 1000
-    assert ledger.user_day_tokens(7, utc_day(first_moment)) == 50
+async def test_ledger_periods_split_exactly_at_utc_midnight(last_moment: datetime, first_moment: datetime) -> None:
+    ledger = UsageLedger(open_sqlite(":memory:"))
+    await ledger.record(record(last_moment, user_id=7, input_tokens=900, output_tokens=100, cost=0.25))
+    await ledger.record(record(first_moment, user_id=7, input_tokens=30, output_tokens=20, cost=0.5))
+    assert await ledger.user_day_tokens(7, utc_day(last_moment)) == 1000
+    assert await ledger.user_day_tokens(7, utc_day(first_moment)) == 50
     new_month = first_moment.day == 1
-    before, after = ledger.month_totals(utc_month(last_moment)), ledger.month_totals(utc_month(first_moment))
+    before, after = await ledger.month_totals(utc_month(last_moment)), await ledger.month_totals(utc_month(first_moment))
     assert (before.total_tokens, after.total_tokens) == ((1000, 50) if new_month else (1050, 1050))
-    assert ledger.user_month(7, utc_month(first_moment)).cost_usd == pytest.approx(0.5 if new_month else 0.75)
+    assert (await ledger.user_month(7, utc_month(first_moment))).cost_usd == pytest.approx(0.5 if new_month else 0.75)
     # A daily cap used up at the last moment of a day is free again at the first of the next.
     spent = dict(is_operator=False, estimated_tokens=1, estimated_cost_usd=0.0, user_daily_token_cap=1000,
                  month_cost_usd=0.0, monthly_cap_usd=0.0)
-    assert not check_caps(user_tokens_today=ledger.user_day_tokens(7, utc_day(last_moment)), **spent).allowed
-    assert check_caps(user_tokens_today=ledger.user_day_tokens(7, utc_day(first_moment)), **spent).allowed
+    assert not check_caps(user_tokens_today=await ledger.user_day_tokens(7, utc_day(last_moment)), **spent).allowed
+    assert check_caps(user_tokens_today=await ledger.user_day_tokens(7, utc_day(first_moment)), **spent).allowed
 
 
 @pytest.mark.parametrize(("now", "daily", "monthly"), [
@@ -355,13 +355,13 @@ def test_cap_warnings_read_well() -> None:
 
 
 # Warnings -----------------------------------------------------------------------------
-def test_warning_log_says_yes_once_per_key() -> None:
-    log = WarningLog(open_database(":memory:"))
+async def test_warning_log_says_yes_once_per_key() -> None:
+    log = WarningLog(open_sqlite(":memory:"))
     key = daily_warning_key(7, "2028-02-29")
     assert key == "daily:7:2028-02-29" and monthly_warning_key("2028-02") == "monthly:2028-02"
-    assert log.once(key, now="2028-02-29T20:48:00Z")
-    assert not log.once(key, now="2028-02-29T21:00:00Z")
-    assert log.once(daily_warning_key(7, "2028-03-01"), now="2028-03-01T00:00:00Z")
+    assert await log.once(key, now="2028-02-29T20:48:00Z")
+    assert not await log.once(key, now="2028-02-29T21:00:00Z")
+    assert await log.once(daily_warning_key(7, "2028-03-01"), now="2028-03-01T00:00:00Z")
 
 
 # Texts --------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def test_budget_texts() -> None:
     assert "Wasted on failed attempts: 10 tokens, $0.0100 (1 attempt)." in report
 
 
-def test_running_totals_match_the_rows(ledger: UsageLedger) -> None:
+async def test_running_totals_match_the_rows(ledger: UsageLedger) -> None:
     """The per-turn reads (user's day tokens, bot's month cost) equal the sums over the rows."""
     import random
 
@@ -412,11 +412,11 @@ def test_running_totals_match_the_rows(ledger: UsageLedger) -> None:
         moment = at(2028, 2, rng.choice([27, 28, 29]), rng.randrange(24))
         prompt, completion = rng.randrange(500), rng.randrange(100)
         cost = None if index % 17 == 0 else (prompt + completion) / 1e6
-        ledger.record(UsageRecord(at=moment, trace_id=f"{index:032x}", chat_id=user, user_id=user,
+        await ledger.record(UsageRecord(at=moment, trace_id=f"{index:032x}", chat_id=user, user_id=user,
                                   model="gpt-4o-mini", cost_usd=cost, wasted=index % 5 == 0,
                                   usage=TokenUsage(input_tokens=prompt, output_tokens=completion,
                                                    total_tokens=prompt + completion)))
     for user in (1, 2, 3):
         for day in ("2028-02-27", "2028-02-28", "2028-02-29"):
-            assert ledger.user_day_tokens(user, day) == ledger.user_day(user, day).total_tokens
-    assert ledger.month_cost_usd("2028-02") == pytest.approx(ledger.month_totals("2028-02").cost_usd)
+            assert await ledger.user_day_tokens(user, day) == (await ledger.user_day(user, day)).total_tokens
+    assert await ledger.month_cost_usd("2028-02") == pytest.approx((await ledger.month_totals("2028-02")).cost_usd)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import pytest
 
@@ -325,17 +326,21 @@ def test_a_failed_console_turn_belongs_to_the_console(bot, fake_telegram, fake_l
 
 def pending_telegram_entry(bot) -> int:  # noqa: ANN001 - the BotFactory fixture
     """A DLQ entry of a Telegram chat, written the way a failed turn writes it, in the bot's storage."""
-    settings = Settings(_env_file=None, data_dir=bot.data_dir, database_url=bot.database_url)
-    services = build_services(settings, tracing=False)
+    return asyncio.run(_add_pending_telegram_entry(bot.data_dir, bot.database_url))
+
+
+async def _add_pending_telegram_entry(data_dir: Path, database_url: str | None) -> int:
+    settings = Settings(_env_file=None, data_dir=data_dir, database_url=database_url)
+    services = await build_services(settings, tracing=False)
     try:
         trace_id = "ab" * 16
         inbound = InboundMessage(update_id=7, trace_id=trace_id, chat_id=USER, chat_type="private", user_id=USER,
                                  text="answer me later", received_at=services.clock.now())
         entry = DlqEntry(trace_id=trace_id, chat_id=USER, user_id=USER, inbound=inbound, error_kind="llm_server",
                          error_message="HTTP 500", replayable=True)
-        return services.dlq.add(entry, attempts=[], now=services.clock.iso())
+        return await services.dlq.add(entry, attempts=[], now=services.clock.iso())
     finally:
-        asyncio.run(services.close())
+        await services.close()
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], expect: str) -> None:

@@ -89,7 +89,7 @@ async def spoken_turns(fake_telegram: FakeTelegram, fake_llm: FakeLLM,
     settings = Settings(_env_file=None, data_dir=tmp_path / "data", llm_base_url=fake_llm.base_url,
                         llm_api_key=TEST_LLM_KEY, allowed_user_ids=str(CHAT), operator_chat_id=900,
                         retry_wait_scale=0.0)
-    services = build_services(settings, llm=ScriptedLLM())
+    services = await build_services(settings, llm=ScriptedLLM())
     async with Bot(TEST_TOKEN, base_url=f"{fake_telegram.base_url}/bot",
                    base_file_url=f"{fake_telegram.base_url}/file/bot") as ptb:
         yield services, Pipeline(services), TelegramChannel(ptb, tracer=services.tracer)
@@ -107,7 +107,7 @@ async def spoken_turn(services: Services, pipeline: Pipeline, channel: TelegramC
 
 async def test_spoken_message_answered_in_text_then_as_a_voice_note(spoken_turns, fake_telegram, fake_llm) -> None:
     services, pipeline, channel = spoken_turns
-    services.voice_replies.set(CHAT, True, now=services.clock.iso())
+    await services.voice_replies.set(CHAT, True, now=services.clock.iso())
     outcome, trace_id = await spoken_turn(services, pipeline, channel, "what time is it")
     assert outcome == "replied"
     kinds = [m.kind for m in fake_telegram.messages(CHAT)]
@@ -123,21 +123,21 @@ async def test_spoken_message_answered_in_text_then_as_a_voice_note(spoken_turns
     services.telemetry.force_flush()
     spans = {span.name: span for span in find_trace(services.telemetry.db_path, trace_id)}
     assert "speak" in spans and spans["speech tts-1"].status != "ERROR"
-    assert read_counter(services.db, "speech_sent") == 1
-    cost = services.db.execute("SELECT cost_usd FROM usage WHERE model = 'tts-1'").fetchone()[0]
+    assert await read_counter(services.db, "speech_sent") == 1
+    cost = services.db.conn.execute("SELECT cost_usd FROM usage WHERE model = 'tts-1'").fetchone()[0]
     assert cost == pytest.approx(len("echo: what time is it") * 15.0 / 1_000_000)
 
 
 async def test_failing_speech_leaves_the_text_answer_and_no_dlq_entry(spoken_turns, fake_telegram, fake_llm) -> None:
     services, pipeline, channel = spoken_turns
-    services.voice_replies.set(CHAT, True, now=services.clock.iso())
+    await services.voice_replies.set(CHAT, True, now=services.clock.iso())
     fake_llm.fail_speech(Error.server_error("speech is down"))
     outcome, trace_id = await spoken_turn(services, pipeline, channel, "hello")
     assert outcome == "replied"
     assert fake_telegram.sent_texts(CHAT) == ["echo: hello"] and fake_telegram.calls("sendVoice") == []
     assert len(fake_llm.speeches()) == 1  # one attempt: an extra is not retried
-    assert services.dlq.depth() == 0
-    assert "Spoken answers: 0 sent, 1 failed" in status_text(services, chat_id=CHAT, operator=False)
+    assert await services.dlq.depth() == 0
+    assert "Spoken answers: 0 sent, 1 failed" in await status_text(services, chat_id=CHAT, operator=False)
     services.telemetry.force_flush()
     spans = {span.name: span for span in find_trace(services.telemetry.db_path, trace_id)}
     assert spans["speech tts-1"].status == "ERROR" and spans["speak"].attributes["speech.failed"]
@@ -150,8 +150,8 @@ async def test_failing_speech_leaves_the_text_answer_and_no_dlq_entry(spoken_tur
 
 async def test_voice_off_stops_spoken_answers(spoken_turns, fake_telegram, fake_llm) -> None:
     services, pipeline, channel = spoken_turns
-    services.voice_replies.set(CHAT, True, now=services.clock.iso())
-    services.voice_replies.set(CHAT, False, now=services.clock.iso())
+    await services.voice_replies.set(CHAT, True, now=services.clock.iso())
+    await services.voice_replies.set(CHAT, False, now=services.clock.iso())
     outcome, trace_id = await spoken_turn(services, pipeline, channel, "hello")
     assert outcome == "replied"
     assert [m.kind for m in fake_telegram.messages(CHAT)] == ["text"]
