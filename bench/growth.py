@@ -1,6 +1,6 @@
 """Per-turn cost against conversation length and database size, measured in process.
 
-    python -m bench.growth [--quick]
+    python -m bench.growth [--quick] [--database postgres [--pg-admin-url URL]]
 
 For every pair (history messages in the chat, chats in the database) a fresh DATA_DIR is filled
 through core's own repositories (History, Journal, UsageLedger, Chats: the rows a real
@@ -13,6 +13,10 @@ other chat holds `FILLER_MESSAGES`.
 CPU per turn = `time.process_time()` (all threads, so the span exporter's work counts) over
 `ROUNDS` turns in each measured chat, after one warm-up turn per chat; the mean includes
 flushing the turns' spans to telemetry.db. It should stay flat across the table.
+
+With `--database postgres` every pair gets a fresh PostgreSQL database (bench/pg.py) instead of a
+DATA_DIR; the size column is then the database's, and the CPU is still this process's alone (the
+server's work is not in it; `bench.run --database postgres` reports the server's CPU too).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.pg import DATABASES, DEFAULT_PG_ADMIN_URL, database_size_mb, storage_env  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from core.contracts import AgentRequest, InboundMessage, TokenUsage, UsageRecord  # noqa: E402
 from core.pipeline import Pipeline  # noqa: E402
@@ -101,12 +106,18 @@ async def _turn(services: Services, pipeline: Pipeline, channel: RecordingChanne
         raise RuntimeError(f"a growth turn ended {outcome}: {channel.texts()[-1:]}")
 
 
-async def measure(workdir: Path, *, history: int, chats: int) -> GrowthRow:
+async def measure(workdir: Path, *, history: int, chats: int, database: str = "sqlite",
+                  admin_url: str = DEFAULT_PG_ADMIN_URL) -> GrowthRow:
+    with storage_env(database, admin_url) as storage:
+        return await _measure(workdir, history=history, chats=chats, database_url=storage.get("DATABASE_URL"))
+
+
+async def _measure(workdir: Path, *, history: int, chats: int, database_url: str | None) -> GrowthRow:
     data_dir = workdir / f"growth-{history}-{chats}"
     shutil.rmtree(data_dir, ignore_errors=True)
     settings = Settings(_env_file=None, data_dir=data_dir, operator_chat_id=900, allowed_user_ids="*",
                         retry_wait_scale=0.0, user_daily_token_budget=0, user_messages_per_minute=0,
-                        log_level="WARNING")
+                        log_level="WARNING", database_url=database_url)
     llm = ScriptedLLM()
     services = await build_services(settings, llm=llm)
     try:
@@ -130,7 +141,8 @@ async def measure(workdir: Path, *, history: int, chats: int) -> GrowthRow:
                 per_turn.append(time.process_time() - before)
         services.telemetry.force_flush()
         mean_s = (time.process_time() - cpu0) / len(per_turn)
-        db_mb = sum(p.stat().st_size for p in data_dir.glob("gateway.db*")) / 2**20
+        db_mb = (database_size_mb(database_url) if database_url
+                 else sum(p.stat().st_size for p in data_dir.glob("gateway.db*")) / 2**20)
         prompt = len(llm.requests[-1].messages)
         sdk_ms = await sdk_request_cost_ms(llm.requests[-1])
         return GrowthRow(history, chats, db_mb, prompt, 1000 * statistics.median(per_turn), 1000 * mean_s, prefill_s,
@@ -157,18 +169,20 @@ async def sdk_request_cost_ms(request: AgentRequest, repeat: int = 5) -> float:
     return 1000 * (time.process_time() - started) / repeat
 
 
-def run_growth(*, quick: bool, workdir: Path) -> list[GrowthRow]:
+def run_growth(*, quick: bool, workdir: Path, database: str = "sqlite",
+               admin_url: str = DEFAULT_PG_ADMIN_URL) -> list[GrowthRow]:
     rows = []
     for chats in (QUICK_CHATS if quick else CHATS):
         for history in HISTORIES:
-            print(f"  growth: {history} history messages, {chats} chats ...", flush=True)
-            rows.append(asyncio.run(measure(workdir, history=history, chats=chats)))
+            print(f"  growth: {history} history messages, {chats} chats ({database}) ...", flush=True)
+            rows.append(asyncio.run(measure(workdir, history=history, chats=chats, database=database,
+                                            admin_url=admin_url)))
     return rows
 
 
 def print_growth(rows: list[GrowthRow]) -> None:
     print("\nPhase 3, per-turn cost growth (in process: real pipeline, storage and tracing; scripted LLM)")
-    print(f"  {'history':>8}{'chats':>8}{'gateway.db MB':>15}{'prompt msgs':>13}{'CPU ms/turn p50':>17}"
+    print(f"  {'history':>8}{'chats':>8}{'database MB':>15}{'prompt msgs':>13}{'CPU ms/turn p50':>17}"
           f"{'mean incl. spans':>18}{'+ openai SDK ms':>17}")
     for row in rows:
         print(f"  {row.history:>8}{row.chats:>8}{row.db_mb:>15.1f}{row.prompt_messages:>13}{row.median_ms:>17.2f}"
@@ -188,10 +202,13 @@ def print_growth(rows: list[GrowthRow]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"chats {QUICK_CHATS} instead of {CHATS}")
+    parser.add_argument("--database", choices=DATABASES, default="sqlite", help="SQLite (default) or PostgreSQL")
+    parser.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL, help="where to create the databases")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-growth-"))
     try:
-        print_growth(run_growth(quick=args.quick, workdir=workdir))
+        print_growth(run_growth(quick=args.quick, workdir=workdir, database=args.database,
+                                admin_url=args.pg_admin_url))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -2,6 +2,7 @@
 
     python -m bench.run            # full: 50 users x 20 messages, then 30 msg/s for 20 s, then growth
     python -m bench.run --quick    # a smaller version of the same, about a minute
+    python -m bench.run --database postgres   # ours on PostgreSQL (DATABASE_URL) instead of SQLite
 
 Phase 1 (saturation): every user keeps exactly one message in flight and sends the next one the
 moment the previous answer is delivered (a closed loop: `--users` messages are always waiting,
@@ -20,6 +21,9 @@ Phase 3 (per-turn cost growth): `bench/growth.py`, in process.
 Each bot runs as its own process against a fresh Bot API stand-in (in this process) and the
 shared LLM stand-in (its own process); ours with a fresh DATA_DIR, LOG_LEVEL=WARNING, no token
 budget, no per-user throttle, ALLOWED_USER_IDS=*. A few warm-up turns run before measuring.
+With `--database postgres` ours keeps its state in a fresh PostgreSQL database per phase,
+created and dropped by the bench on the server of `--pg-admin-url` (bench/pg.py); the default
+is SQLite under DATA_DIR. The baseline keeps no state either way.
 
 Options for finding out why: `--profile` records a py-spy profile of each bot per phase (needs
 `pip install py-spy`; read it with `python -m bench.profile_summary FILE`); `--probe memory` and
@@ -66,6 +70,14 @@ from bench.common import (  # noqa: E402
     quiet_stand_ins,
     self_cpu_seconds,
 )
+from bench.pg import (  # noqa: E402
+    DATABASES,
+    DEFAULT_PG_ADMIN_URL,
+    server_cpu,
+    server_cpu_between,
+    shown,
+    storage_env,
+)
 
 WARMUP_USERS = (90_001, 90_002, 90_003)
 WARMUP_MESSAGES = 2
@@ -89,6 +101,7 @@ class PhaseResult:
     harness_cpu_s: float = 0.0
     llm_cpu_s: float = 0.0
     max_slip_ms: float = 0.0
+    db_cpu_s: float = float("nan")  # PostgreSQL's backends serving the bot (NaN on SQLite: in the bot's own CPU)
 
     @property
     def throughput(self) -> float:
@@ -97,6 +110,10 @@ class PhaseResult:
     @property
     def cpu_ms_per_msg(self) -> float:
         return 1000 * self.cpu_s / self.delivered if self.delivered else float("nan")
+
+    @property
+    def db_cpu_ms_per_msg(self) -> float:
+        return 1000 * self.db_cpu_s / self.delivered if self.delivered else float("nan")
 
     def p(self, pct: float) -> float:
         return percentile(self.latencies_ms, pct)
@@ -173,11 +190,11 @@ def wait_for_replies(fake: BenchTelegram, tag: str, total: int, timeout_s: float
 
 # One bot, one phase ---------------------------------------------------------------------------
 def start_bot(kind: str, fake: BenchTelegram, llm: LLMServer, workdir: Path, phase: str,
-              probes: list[str], paced: bool) -> BotUnderTest:
+              probes: list[str], paced: bool, storage: dict[str, str]) -> BotUnderTest:
     if kind == "ours":
         data_dir = workdir / f"data-{phase}"
         shutil.rmtree(data_dir, ignore_errors=True)
-        env = gateway_env(fake, llm, data_dir, USER_DAILY_TOKEN_BUDGET="0", USER_MESSAGES_PER_MINUTE="0")
+        env = gateway_env(fake, llm, data_dir, USER_DAILY_TOKEN_BUDGET="0", USER_MESSAGES_PER_MINUTE="0", **storage)
         if not paced:
             env["TELEGRAM_SENDS_PER_SECOND"] = "0"
         argv = [sys.executable, "-m", "bot", "run"]
@@ -222,13 +239,21 @@ def stop_profiler(profiler: subprocess.Popen | None) -> None:
 
 
 def run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, workdir: Path) -> PhaseResult:
+    """One bot through one phase; ours on a storage of its own (a fresh database on PostgreSQL)."""
+    database = args.database if kind == "ours" else "sqlite"
+    with storage_env(database, args.pg_admin_url) as storage:
+        return _run_phase(kind, phase, args, llm, workdir, storage)
+
+
+def _run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, workdir: Path,
+               storage: dict[str, str]) -> PhaseResult:
     users = list(range(1001, 1001 + args.users))
     fake = BenchTelegram().start()
     bot: BotUnderTest | None = None
     profiler = None
     try:
         paced = args.paced if phase == "saturation" else kind == "ours" or args.paced
-        bot = start_bot(kind, fake, llm, workdir, phase, args.probe, paced)
+        bot = start_bot(kind, fake, llm, workdir, phase, args.probe, paced, storage)
         closed_loop(fake, list(WARMUP_USERS), WARMUP_MESSAGES, answer_chars=args.answer_chars, tag="warm",
                     timeout_s=30)
         warm = fake.delivered_count("warm")
@@ -238,6 +263,7 @@ def run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, w
             profiler = start_profiler(bot.pid, workdir / f"profile-{kind}-{phase}.txt")
             time.sleep(0.5)
         cpu0, harness0, llm0 = cpu_seconds(bot.pid), self_cpu_seconds(), cpu_seconds(llm.pid)
+        db0 = server_cpu(storage.get("DATABASE_URL"))
         calls0 = fake.api_calls(*TELEGRAM_SEND_METHODS)
         if phase == "saturation":
             offered = args.users * args.messages
@@ -250,6 +276,8 @@ def run_phase(kind: str, phase: str, args: argparse.Namespace, llm: LLMServer, w
                                    answer_chars=args.answer_chars, tag=phase, drain_s=args.timeout)
         result = PhaseResult(kind, phase, offered, max_slip_ms=1000 * slip)
         result.cpu_s = cpu_seconds(bot.pid) - cpu0
+        if "DATABASE_URL" in storage:
+            result.db_cpu_s = server_cpu_between(db0, server_cpu(storage["DATABASE_URL"]))
         result.harness_cpu_s = self_cpu_seconds() - harness0
         result.llm_cpu_s = cpu_seconds(llm.pid) - llm0
         result.peak_rss_mb = memory_kb(bot.pid, "VmHWM") / 1024
@@ -293,6 +321,8 @@ def print_phase(title: str, ours: PhaseResult, base: PhaseResult) -> None:
         ("replies delivered", ours.delivered, base.delivered, 0),
         ("messages/s (until last reply)", ours.throughput, base.throughput, 1),
         ("CPU ms per message (bot)", ours.cpu_ms_per_msg, base.cpu_ms_per_msg, 2),
+        *([("  + PostgreSQL server CPU ms", ours.db_cpu_ms_per_msg, float("nan"), 2)]
+          if not math.isnan(ours.db_cpu_s) else []),
         ("p50 added latency ms", ours.p(50), base.p(50), 1),
         ("p95 added latency ms", ours.p(95), base.p(95), 1),
         ("p99 added latency ms", ours.p(99), base.p(99), 1),
@@ -351,6 +381,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="phase 1 with both bots paced at Telegram's 30 calls/s (default: neither)")
     parser.add_argument("--profile", action="store_true", help="record a py-spy profile of each bot in each phase")
     parser.add_argument("--workdir", type=Path, help="keep logs, data and profiles here (default: a temp dir)")
+    parser.add_argument("--database", choices=DATABASES, default="sqlite",
+                        help="where ours keeps its state: SQLite under DATA_DIR (default) or a fresh PostgreSQL "
+                             "database per run, created and dropped by the bench")
+    parser.add_argument("--pg-admin-url", default=DEFAULT_PG_ADMIN_URL,
+                        help=f"the PostgreSQL server to create those databases on (default {DEFAULT_PG_ADMIN_URL})")
     args = parser.parse_args(argv)
     args.users = args.users or (20 if args.quick else 50)
     args.messages = args.messages or (5 if args.quick else 20)
@@ -369,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench: {args.users} users x {args.messages} messages; ceiling {args.rate:g} msg/s for "
           f"{args.duration:g} s; answers of {args.answer_chars} chars; work dir {workdir}")
     print(f"  {describe_setup()}")
+    print("  ours on " + ("SQLite (a fresh DATA_DIR per phase)" if args.database == "sqlite" else
+                          f"PostgreSQL (a fresh database per phase on {shown(args.pg_admin_url)})"))
     if args.paced:
         print("  paced: both bots at Telegram's 30 calls/s in every phase (the baseline with PTB's AIORateLimiter)")
     else:

@@ -1,8 +1,8 @@
 """The same stores on both engines: SQLite (in memory) and PostgreSQL (a throwaway database).
 
 One PostgreSQL database `gw_t_<pid>_<hex>` is created for the session, migrated by
-`migrate_postgres`, emptied before each test and dropped at the end; without a reachable server
-the PostgreSQL cases are skipped (PG_ADMIN_URL points elsewhere than 127.0.0.1:5432).
+`migrate_postgres`, emptied before each test and dropped at the end. Without a reachable server
+(127.0.0.1:5432, or PG_ADMIN_URL) the suite fails: the PostgreSQL path is not optional.
 """
 
 from __future__ import annotations
@@ -50,13 +50,12 @@ TABLES = [statement.split()[2] for _, statements in MIGRATIONS for statement in 
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str | None]:
-    """A fresh, migrated PostgreSQL database for this session (None: no server here)."""
+def pg_url() -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for this session (the suite needs the server: README)."""
     try:
         url = pgdb.create_database("gw_t")
-    except psycopg.OperationalError:
-        yield None
-        return
+    except psycopg.OperationalError as error:
+        pytest.fail(f"PostgreSQL is not reachable at {pgdb.ADMIN_URL}: {error}", pytrace=False)
 
     async def migrate() -> None:
         db = await PostgresDatabase.connect(url)
@@ -73,18 +72,28 @@ def pg_url() -> Iterator[str | None]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def db(request: pytest.FixtureRequest, pg_url: str | None) -> AsyncIterator[Database]:
-    if request.param == "sqlite":
-        engine: Database = open_sqlite(":memory:")
-    else:
-        if pg_url is None:
-            pytest.skip("no PostgreSQL server reachable")
-        engine = await PostgresDatabase.connect(pg_url, max_size=2)
-        await engine.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+async def db(request: pytest.FixtureRequest, pg_url: str) -> AsyncIterator[Database]:
+    engine = open_sqlite(":memory:") if request.param == "sqlite" else await _emptied(pg_url)
     try:
         yield engine
     finally:
         await engine.close()
+
+
+@pytest.fixture
+async def pg_db(pg_url: str) -> AsyncIterator[Database]:
+    """For what only PostgreSQL has (several instances on one database)."""
+    engine = await _emptied(pg_url)
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+async def _emptied(url: str) -> Database:
+    engine = await PostgresDatabase.connect(url, max_size=2)
+    await engine.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    return engine
 
 
 def inbound(n: int, text: str = "hello") -> InboundMessage:
@@ -136,9 +145,9 @@ async def test_history(db: Database) -> None:
     assert await history.start_new(1) == 6 and await history.recent(1, max_tokens=1000) == []
 
 
-async def test_history_on_postgres_reads_another_instance_s_writes_at_once(db: Database) -> None:
-    if db.dialect == "sqlite":
-        pytest.skip("SQLite: one History per connection; another connection's commits: tests/core/test_store.py")
+async def test_history_on_postgres_reads_another_instance_s_writes_at_once(pg_db: Database) -> None:
+    """(SQLite: another connection's commits are tests/core/test_store.py's.)"""
+    db = pg_db
     ours, theirs = History(db), History(db)  # two instances of the bot on one database
     await ours.append(chat_id=2, role="user", content="a", tokens=1, trace_id=None, update_id=None, now=NOW)
     assert len(await ours.recent(2, max_tokens=100)) == 1
@@ -282,9 +291,7 @@ async def test_hot_state_and_artifacts(db: Database, tmp_path: Path) -> None:
             await artifacts.read_bytes(doc)
 
 
-async def test_a_broken_connection_is_a_storage_failure(pg_url: str | None) -> None:
-    if pg_url is None:
-        pytest.skip("no PostgreSQL server reachable")
+async def test_a_broken_connection_is_a_storage_failure(pg_url: str) -> None:
     with pytest.raises(psycopg.Error) as raised:
         await PostgresDatabase.connect("postgresql://postgres@127.0.0.1:1/none", timeout_s=0.5)
     assert is_storage_failure(raised.value)
@@ -298,9 +305,7 @@ async def test_a_broken_connection_is_a_storage_failure(pg_url: str | None) -> N
 
 
 async def test_open_services_on_postgres_migrates_and_names_an_unusable_url_without_its_password(
-        pg_url: str | None, tmp_path: Path) -> None:
-    if pg_url is None:
-        pytest.skip("no PostgreSQL server reachable")
+        pg_url: str, tmp_path: Path) -> None:
     services = await open_services(Settings(_env_file=None, data_dir=tmp_path / "data", database_url=pg_url),
                                    tracing=False)
     try:

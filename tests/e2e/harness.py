@@ -25,7 +25,11 @@ import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Self
+from urllib.parse import urlsplit
 
+import pytest
+
+from tests.e2e.backend import Backend
 from tests.fakes.llm_api import FakeLLM
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -37,6 +41,8 @@ __all__ = [
     "BotFactory",
     "BotProcess",
     "BotStartError",
+    "POSTGRES_ONLY",
+    "SQLITE_ONLY",
     "base_env",
     "bot_env",
     "find_secret_lines",
@@ -55,6 +61,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 #: listed on its own because a log that masks or URL-encodes the id still leaks it.
 SECRETS: tuple[str, ...] = (TEST_TOKEN, TEST_TOKEN.split(":", 1)[1], TEST_LLM_KEY)
 
+#: A test that is about one backend only runs on that one (the `backend` fixture is overridden);
+#: say why in the test's docstring.
+SQLITE_ONLY = pytest.mark.parametrize("backend", ["sqlite"])
+POSTGRES_ONLY = pytest.mark.parametrize("backend", ["postgres"])
+
 # Variables removed from the inherited environment: the brief's prefixes plus every
 # other setting in DESIGN.md, so only what a test passes reaches the bot.
 _SCRUB_PREFIXES = (
@@ -66,6 +77,8 @@ _SCRUB_PREFIXES = (
     "WEBHOOK_",
     "BREAKER_",
     "ESCALATION_",
+    "DATABASE_",
+    "LEASE_",
     "USER_DAILY_",
     "USER_MESSAGES_",
     "MONTHLY_BUDGET",
@@ -92,16 +105,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def redact(text: str) -> str:
-    """Replace the test secrets so they can be printed safely."""
+def redact(text: str, extra: Sequence[str] = ()) -> str:
+    """Replace the test secrets (and ``extra`` ones, e.g. the database password) so they can be
+    printed safely."""
     for secret, label in zip(SECRETS, ("<TOKEN>", "<TOKEN-SECRET>", "<LLM-KEY>"), strict=True):
         text = text.replace(secret, label)
+    for secret in extra:
+        text = text.replace(secret, "<SECRET>")
     return text
 
 
-def find_secret_lines(text: str) -> list[str]:
-    """Lines of ``text`` that contain a test secret (returned redacted)."""
-    return [redact(line) for line in text.splitlines() if any(s in line for s in SECRETS)]
+def find_secret_lines(text: str, extra: Sequence[str] = ()) -> list[str]:
+    """Lines of ``text`` that contain a test secret or one of ``extra`` (returned redacted)."""
+    everything = (*SECRETS, *extra)
+    return [redact(line, extra) for line in text.splitlines() if any(s in line for s in everything)]
+
+
+def database_password(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The password in ``env``'s DATABASE_URL, if any (a secret like the token)."""
+    url = env.get("DATABASE_URL")
+    password = urlsplit(url).password if url else None
+    return (password,) if password else ()
 
 
 def base_env(fake_telegram: FakeTelegram, fake_llm: FakeLLM, data_dir: Path) -> dict[str, str]:
@@ -137,8 +161,10 @@ def bot_env(env: Mapping[str, str]) -> dict[str, str]:
 def run_cli(
     env: Mapping[str, str], *args: str, timeout: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    """Run a one-shot ``python -m bot ARGS`` (doctor, trace, dlq ...) and capture output."""
-    return subprocess.run(
+    """Run a one-shot ``python -m bot ARGS`` (doctor, trace, dlq ...) and capture output.
+
+    Its output must not hold DATABASE_URL's password (checked here, as the fixture checks a bot's)."""
+    result = subprocess.run(
         [sys.executable, "-m", "bot", *args],
         cwd=REPO_ROOT,
         env=bot_env(env),
@@ -148,6 +174,10 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+    password = database_password(env)
+    leaked = [line for line in find_secret_lines(result.stdout + result.stderr, password) if "<SECRET>" in line]
+    assert not leaked, f"python -m bot {' '.join(args)} printed the database password:\n" + "\n".join(leaked)
+    return result
 
 
 class BotProcess:
@@ -281,7 +311,7 @@ class BotProcess:
 
     def tail(self, lines: int = 50) -> str:
         """The last ``lines`` lines of output, redacted, for error messages."""
-        text = redact(self.output())
+        text = redact(self.output(), database_password(self.env))
         last = text.splitlines()[-lines:]
         return f"--- last {len(last)} lines of {self.log_path} ---\n" + "\n".join(last)
 
@@ -324,7 +354,8 @@ class BotFactory:
     Overrides are stringified; an override of ``None`` removes that variable from
     the base environment (e.g. ``bot(LLM_API_KEY=None, OPENAI_API_KEY=key)``).
     Every process started is remembered so the fixture can stop it and check its
-    output for leaked secrets.
+    output for leaked secrets. ``backend`` says where the bot keeps its state (SQLite
+    under DATA_DIR, or PostgreSQL as DATABASE_URL); read that state with :meth:`query`.
     """
 
     def __init__(
@@ -333,16 +364,34 @@ class BotFactory:
         fake_llm: FakeLLM,
         data_dir: Path,
         log_dir: Path,
+        backend: Backend | None = None,
     ) -> None:
         self.fake_telegram = fake_telegram
         self.fake_llm = fake_llm
         self.data_dir = data_dir
         self.log_dir = log_dir
+        self.backend = backend or Backend.sqlite(data_dir)
         self.processes: list[BotProcess] = []
+        # The backend's readers, for tests: bot.query("SELECT ... WHERE x = ?", [x]) and friends.
+        self.query = self.backend.query
+        self.records = self.backend.records
+        self.spans = self.backend.spans
+        self.artifacts = self.backend.artifacts
+        self.artifact = self.backend.artifact
+
+    @property
+    def database_url(self) -> str | None:
+        """DATABASE_URL of the bots started here (None on SQLite)."""
+        return self.backend.database_url
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every string that must never appear in a bot's output."""
+        return (*SECRETS, *self.backend.secrets)
 
     def env(self, **overrides: object) -> dict[str, str]:
         """The base environment with ``overrides`` applied (for :func:`run_cli` too)."""
-        env = base_env(self.fake_telegram, self.fake_llm, self.data_dir)
+        env = {**base_env(self.fake_telegram, self.fake_llm, self.data_dir), **self.backend.env()}
         for key, value in overrides.items():
             if value is None:
                 env.pop(key, None)
@@ -374,7 +423,7 @@ class BotFactory:
             if proc.alive():
                 proc.stop(timeout=25)
         for proc in self.processes:
-            leaked = find_secret_lines(proc.output())
+            leaked = find_secret_lines(proc.output(), self.backend.secrets)
             if leaked:
                 shown = "\n".join(f"    {line}" for line in leaked[:20])
                 problems.append(
@@ -385,4 +434,4 @@ class BotFactory:
     def describe(self, lines: int = 30) -> Iterable[str]:
         """Redacted log tails of all processes, for post-mortem output."""
         for proc in self.processes:
-            yield f"{proc!r}\n{proc.tail(lines)}"
+            yield f"{proc!r} [{self.backend.name}]\n{proc.tail(lines)}"

@@ -3,31 +3,21 @@ ignored, throttled…) before asserting that it caused nothing, instead of sleep
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
-from pathlib import Path
+from typing import Any
 
 
-def journal_states(data_dir: Path, update_ids: Iterable[int] | None = None) -> dict[int, str]:
+def journal_states(bot: Any, update_ids: Iterable[int] | None = None) -> dict[int, str]:
     """The journal's state per update id (all rows, or those of ``update_ids``), read from the
-    bot's gateway.db: a test waits for an update to be settled (replied, ignored, throttled…)
-    before asserting that it caused nothing, instead of sleeping and hoping."""
-    path = Path(data_dir) / "gateway.db"
-    if not path.exists():
-        return {}
-    db = sqlite3.connect(path, timeout=5)
-    try:
-        rows = db.execute("SELECT update_id, state FROM journal").fetchall()
-    except sqlite3.OperationalError:  # not migrated yet
-        return {}
-    finally:
-        db.close()
+    bot's database through the ``bot`` fixture (a BotFactory) on either backend; nothing before
+    the bot has created and migrated it."""
+    rows = bot.query("SELECT update_id, state FROM journal", missing_ok=True)
     wanted = None if update_ids is None else set(update_ids)
     return {uid: state for uid, state in rows if wanted is None or uid in wanted}
 
 
-def settled(data_dir: Path, update_ids: Iterable[int]) -> bool:
+def settled(bot: Any, update_ids: Iterable[int]) -> bool:
     """Every one of ``update_ids`` is journaled and finished (neither received nor processing)."""
     ids = list(update_ids)
-    states = journal_states(data_dir, ids)
+    states = journal_states(bot, ids)
     return len(states) == len(ids) and all(s not in ("received", "processing") for s in states.values())

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from core.usage import days_back
-from tests.e2e.harness import OPERATOR_ID, REPO_ROOT
+from tests.e2e.harness import OPERATOR_ID, REPO_ROOT, BotFactory
 from tests.e2e.journal import settled
 from tests.fakes.llm_api import Error, Reply, ToolCalls
 from tests.fakes.telegram_api import BotMessage, FakeTelegram
@@ -95,14 +94,14 @@ def new_message(fake: FakeTelegram, chat: int, since: set[int], marker: str, tim
 
 
 @pytest.fixture
-def say(fake_telegram: FakeTelegram, data_dir: Path) -> Callable[[int, str, str], str]:
+def say(fake_telegram: FakeTelegram, bot: BotFactory) -> Callable[[int, str, str], str]:
     """say(chat, text, marker): send `text` as the chat's own user, wait for the new reply that
     contains `marker` and for the turn to finish; returns the reply as the user sees it."""
     def send(chat: int, text: str, marker: str) -> str:
         since = {m.message_id for m in fake_telegram.messages(chat)}
         update_id = fake_telegram.push_update(fake_telegram.text_update(chat, chat, text))
         message = new_message(fake_telegram, chat, since, marker)
-        fake_telegram.wait_for(lambda: settled(data_dir, [update_id]), message=f"update {update_id} not finished")
+        fake_telegram.wait_for(lambda: settled(bot, [update_id]), message=f"update {update_id} not finished")
         final = next(m for m in fake_telegram.messages(chat) if m.message_id == message.message_id)
         return final.plain_text or final.text or ""
 
@@ -113,10 +112,8 @@ def texts_with(fake: FakeTelegram, chat: int, marker: str) -> list[str]:
     return [t for t in fake.sent_texts(chat) if marker in t]
 
 
-def usage_rows(data_dir: Path, where: str = "1") -> list[dict]:
-    with sqlite3.connect(data_dir / "gateway.db") as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(f"SELECT * FROM usage WHERE {where} ORDER BY id")]
+def usage_rows(bot: BotFactory) -> list[dict]:
+    return bot.records("SELECT * FROM usage ORDER BY id")
 
 
 # Daily budget ---------------------------------------------------------------------------
@@ -213,7 +210,7 @@ def test_status_budget_and_usage_show_what_the_usage_records_imply(bot, fake_tel
     ref = failure.rsplit("ref: ", 1)[1].strip()[:8]
     assert fake_llm.count() == 5
 
-    rows = usage_rows(data_dir)
+    rows = usage_rows(bot)
     assert len(rows) == 5 and sum(r["wasted"] for r in rows) == 3
     tokens, cost = 3 * TURN_TOKENS, 3 * turn_cost_usd()
     assert sum(r["total_tokens"] for r in rows) == tokens
@@ -261,7 +258,7 @@ def test_usage_the_provider_omits_is_estimated_marked_and_counted(bot, fake_tele
     bot(GATEWAY_CLOCK_OFFSET_FILE=clock.path)
     fake_llm.enqueue(Reply("an answer without usage", usage="omit"))
     say(USER, "count me", "an answer without usage")
-    [row] = usage_rows(data_dir)
+    [row] = usage_rows(bot)
     assert row["estimated"] == 1 and row["wasted"] == 0
     assert row["input_tokens"] > 100 and 0 < row["output_tokens"] < 20  # the prompt and a short answer
     assert row["cost_usd"] == pytest.approx(turn_cost_usd(row["input_tokens"], row["output_tokens"]))

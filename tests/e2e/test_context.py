@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -79,25 +77,12 @@ def tool_messages(request: RecordedRequest) -> list[dict]:
     return [m for m in request.messages if m.get("role") == "tool"]
 
 
-def gateway_db(data_dir: Path) -> sqlite3.Connection:
-    return sqlite3.connect(data_dir / "gateway.db")
-
-
-def artifact_files(data_dir: Path) -> list[Path]:
-    root = data_dir / "artifacts"
-    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")) if root.exists() else []
-
-
-def artifact_text(data_dir: Path, ref: str) -> str:
-    prefix = ref.removeprefix("artifact://")
-    found = list((data_dir / "artifacts" / prefix[:2]).glob(prefix + "*"))
-    assert len(found) == 1, f"{ref}: {found}"
-    return found[0].read_text(encoding="utf-8")
+def artifact_text(bot, ref: str) -> str:  # noqa: ANN001 - the BotFactory fixture
+    return bot.artifact(ref).decode("utf-8")
 
 
 # Documents become artifacts ---------------------------------------------------------------------
-def test_document_is_stored_once_referenced_and_read_in_bounded_slices(bot, fake_telegram, fake_llm,
-                                                                       data_dir) -> None:
+def test_document_is_stored_once_referenced_and_read_in_bounded_slices(bot, fake_telegram, fake_llm) -> None:
     bot()
     text = document_text()
     data = text.encode()
@@ -143,10 +128,9 @@ def test_document_is_stored_once_referenced_and_read_in_bounded_slices(bot, fake
     fake_telegram.wait_for(lambda: fake_llm.count() == count + 1, timeout=20)
     assert ref in fake_llm.last_request().messages[-1]["content"]
     fake_telegram.wait_for(lambda: len([t for t in fake_telegram.sent_texts(USER) if "stored as" in t]) == 2)
-    assert len(artifact_files(data_dir)) == 1
-    with gateway_db(data_dir) as db:
-        assert db.execute("SELECT COUNT(*) FROM artifacts").fetchone()[0] == 1
-        assert db.execute("SELECT COUNT(*) FROM artifact_links").fetchone()[0] == 1
+    assert list(bot.artifacts().values()) == [data]
+    assert bot.query("SELECT COUNT(*) FROM artifacts") == [(1,)]
+    assert bot.query("SELECT COUNT(*) FROM artifact_links") == [(1,)]
 
     listing = command(fake_telegram, USER, "/artifacts")
     assert ref in listing and "notes.txt" in listing
@@ -171,7 +155,7 @@ def test_document_is_stored_once_referenced_and_read_in_bounded_slices(bot, fake
     assert MIDDLE_MARKER not in fake_llm.last_request().raw.decode()
 
 
-def test_oversized_and_unreadable_documents_are_refused_clearly(bot, fake_telegram, fake_llm, data_dir) -> None:
+def test_oversized_and_unreadable_documents_are_refused_clearly(bot, fake_telegram, fake_llm) -> None:
     bot()
     huge = fake_telegram.document_update(USER, USER, b"tiny stand-in", "dump.txt", "text/plain",
                                          file_size=21 * 1024 * 1024)
@@ -186,7 +170,7 @@ def test_oversized_and_unreadable_documents_are_refused_clearly(bot, fake_telegr
     refusal = fake_telegram.wait_for_text(USER, "can't read blob.bin", timeout=15)
     assert "does not look like text" in refusal.plain_text
     assert fake_llm.count() == 0
-    assert artifact_files(data_dir) == []
+    assert bot.artifacts() == {}
 
 
 # The hot state ------------------------------------------------------------------------------------
@@ -225,7 +209,7 @@ def test_remember_state_forget_and_the_agent_tool(bot, fake_telegram, fake_llm) 
 
 
 # A long conversation stays within the budget ---------------------------------------------------------
-def test_several_hundred_turns_stay_within_the_budget(bot, fake_telegram, fake_llm, data_dir) -> None:
+def test_several_hundred_turns_stay_within_the_budget(bot, fake_telegram, fake_llm) -> None:
     context_tokens, output_tokens, turns = 4096, 256, 300
     bot(LLM_CONTEXT_TOKENS=context_tokens, LLM_MAX_OUTPUT_TOKENS=output_tokens, USER_DAILY_TOKEN_BUDGET=0,
         USER_MESSAGES_PER_MINUTE=0, LOG_LEVEL="INFO")
@@ -260,7 +244,7 @@ def test_several_hundred_turns_stay_within_the_budget(bot, fake_telegram, fake_l
     ref = next(r for r in links if "history" in hot_state_block(last).split(r, 1)[1].split("\n", 1)[0])
     while ref and ref not in seen:
         seen.add(ref)
-        chunk = artifact_text(data_dir, ref)
+        chunk = artifact_text(bot, ref)
         archived += chunk
         earlier = re.search(r"Earlier history: (artifact://[0-9a-f]+)", chunk)
         ref = earlier.group(1) if earlier else None

@@ -8,9 +8,7 @@ not handle are ignored on purpose (no reply, no crash) and the journal says so.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,10 +22,9 @@ USER = 100
 REF = "ref: "
 
 
-def journal(data_dir: Path) -> dict[int, tuple[str, str | None]]:
-    """update_id -> (state, error), read from the bot's own database (WAL: readable while it runs)."""
-    with sqlite3.connect(f"file:{data_dir / 'gateway.db'}?mode=ro", uri=True, timeout=5) as db:
-        return {row[0]: (row[1], row[2]) for row in db.execute("SELECT update_id, state, error FROM journal")}
+def journal(bot) -> dict[int, tuple[str, str | None]]:  # noqa: ANN001 - the BotFactory fixture
+    """update_id -> (state, error), read from the bot's own database while it runs."""
+    return {row[0]: (row[1], row[2]) for row in bot.query("SELECT update_id, state, error FROM journal")}
 
 
 def dlq_entries(bot) -> list[dict[str, Any]]:  # noqa: ANN001 - the BotFactory fixture
@@ -37,7 +34,7 @@ def dlq_entries(bot) -> list[dict[str, Any]]:  # noqa: ANN001 - the BotFactory f
 
 
 def test_malformed_llm_answers_end_in_an_error_reply_a_dlq_entry_and_the_bot_goes_on(
-        bot, fake_telegram, fake_llm, data_dir) -> None:
+        bot, fake_telegram, fake_llm) -> None:
     bot(RETRY_WAIT_SCALE="0")
     kinds = ["no_choices", "not_json"]  # tool arguments that are not JSON are answered: tests/e2e/test_tools.py
     for number, kind in enumerate(kinds):
@@ -60,7 +57,7 @@ def test_malformed_llm_answers_end_in_an_error_reply_a_dlq_entry_and_the_bot_goe
     assert {e["error_kind"] for e in entries} == {"llm_malformed"}
     refs = [m.text.split(REF, 1)[1].strip()[:8] for m in fake_telegram.messages(USER) if REF in m.text]
     assert sorted(refs) == sorted(e["ref"] for e in entries)  # the ref the user saw finds the entry
-    states = [state for state, _ in journal(data_dir).values()]
+    states = [state for state, _ in journal(bot).values()]
     assert states.count("failed") == len(kinds) and states.count("replied") == len(kinds)
 
 
@@ -76,8 +73,7 @@ def _message(fake_telegram, chat_id: int, user_id: int, text: str, **kwargs: Any
     return fake_telegram.text_update(chat_id, user_id, text, **kwargs)["message"]
 
 
-def test_updates_the_gateway_does_not_handle_are_ignored_on_purpose(bot, fake_telegram, fake_llm,
-                                                                    data_dir) -> None:
+def test_updates_the_gateway_does_not_handle_are_ignored_on_purpose(bot, fake_telegram, fake_llm) -> None:
     proc = bot()
     channel = -1001234
     edited = {**_message(fake_telegram, USER, USER, "first version"), "text": "edited version",
@@ -97,7 +93,7 @@ def test_updates_the_gateway_does_not_handle_are_ignored_on_purpose(bot, fake_te
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "still there?"))
     fake_telegram.wait_for_text(USER, "echo: still there?", timeout=20)
     rows = fake_telegram.wait_for(lambda: (lambda j: j if all(j.get(u, ("",))[0] == "ignored" for u in ignored)
-                                           else None)(journal(data_dir)), timeout=10,
+                                           else None)(journal(bot)), timeout=10,
                                   message="every unhandled update journaled as ignored")
     for update_id, reason in ignored.items():
         assert reason in (rows[update_id][1] or ""), (update_id, rows[update_id])
@@ -107,7 +103,7 @@ def test_updates_the_gateway_does_not_handle_are_ignored_on_purpose(bot, fake_te
     assert "Traceback" not in proc.output()
 
 
-def test_webhook_keeps_a_malformed_update_and_answers_the_next(bot, fake_telegram, fake_llm, data_dir) -> None:
+def test_webhook_keeps_a_malformed_update_and_answers_the_next(bot, fake_telegram, fake_llm) -> None:
     port = free_port()
     bot(WEBHOOK_URL="https://bot.example.com/telegram", PORT=str(port))
     url, secret = f"http://127.0.0.1:{port}/telegram", fake_telegram.webhook["secret_token"]
@@ -118,7 +114,7 @@ def test_webhook_keeps_a_malformed_update_and_answers_the_next(bot, fake_telegra
     assert status == 400 and "not a Telegram update" in body
     status, body = post_json(url, b"[" * 100_000 + b"]" * 100_000, headers)  # deeper than any parser likes
     assert status == 400
-    state, error = journal(data_dir)[9001]
+    state, error = journal(bot)[9001]
     assert state == "failed" and "malformed" in (error or "")
     status, _ = fake_telegram.deliver_webhook(fake_telegram.text_update(USER, USER, "hello", update_id=9002), port)
     assert status == 200
@@ -126,7 +122,7 @@ def test_webhook_keeps_a_malformed_update_and_answers_the_next(bot, fake_telegra
     assert fake_llm.count() == 1
 
 
-def test_an_update_that_cannot_be_parsed_does_not_stall_polling(bot, fake_telegram, fake_llm, data_dir) -> None:
+def test_an_update_that_cannot_be_parsed_does_not_stall_polling(bot, fake_telegram, fake_llm) -> None:
     """PTB parses a getUpdates batch as a whole: one update it cannot read (here a poll from an older
     Bot API, without the option ids PTB now requires) would make it fetch the same batch forever."""
     proc = bot()
@@ -135,7 +131,7 @@ def test_an_update_that_cannot_be_parsed_does_not_stall_polling(bot, fake_telegr
     unreadable = fake_telegram.push_update({"message": poll})
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "after the bad one"))
     fake_telegram.wait_for_text(USER, "echo: after the bad one", timeout=20)
-    state, error = journal(data_dir)[unreadable]
+    state, error = journal(bot)[unreadable]
     assert state == "failed" and "malformed update" in (error or "")
     fake_telegram.wait_for(lambda: fake_telegram.pending_updates() == [], timeout=10)  # confirmed, not refetched
     assert len([uid for uid in fake_telegram.delivered_update_ids() if uid == unreadable]) == 1

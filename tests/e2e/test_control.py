@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import run_cli
+from tests.e2e.harness import BotFactory, run_cli
 from tests.fakes.llm_api import Reply
 from tests.fakes.telegram_api import FakeTelegram
 
@@ -18,14 +16,12 @@ USER = 100
 STORY = " ".join(f"word{n:04d}" for n in range(400))  # 3,600 characters: 360 chunks, 36 s at this pace
 
 
-def rows(data_dir: Path, sql: str, *params: object) -> list[dict]:
-    with sqlite3.connect(data_dir / "gateway.db", timeout=5) as db:
-        db.row_factory = sqlite3.Row
-        return [dict(r) for r in db.execute(sql, params)]
+def rows(bot: BotFactory, sql: str, *params: object) -> list[dict]:
+    return bot.records(sql, params)
 
 
-def history(data_dir: Path) -> list[tuple[str, str]]:
-    return [(r["role"], r["content"]) for r in rows(data_dir, "SELECT role, content FROM messages WHERE chat_id = ?"
+def history(bot: BotFactory) -> list[tuple[str, str]]:
+    return [(r["role"], r["content"]) for r in rows(bot, "SELECT role, content FROM messages WHERE chat_id = ?"
                                                      " AND archived = 0 ORDER BY id", USER)]
 
 
@@ -39,7 +35,7 @@ def send(fake_telegram: FakeTelegram, text: str) -> None:
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, text))
 
 
-def test_stop_cuts_a_long_streamed_answer_keeps_it_and_accounts_it(bot, fake_telegram, fake_llm, data_dir) -> None:
+def test_stop_cuts_a_long_streamed_answer_keeps_it_and_accounts_it(bot, fake_telegram, fake_llm) -> None:
     bot(LLM_TIMEOUT_SECONDS="60")
     send(fake_telegram, "/stop")  # nothing running yet
     fake_telegram.wait_for_text(USER, "Nothing to stop", timeout=20)
@@ -58,13 +54,13 @@ def test_stop_cuts_a_long_streamed_answer_keeps_it_and_accounts_it(bot, fake_tel
     assert fake_llm.count() == 1
 
     # The tokens are accounted (estimated: the provider sends usage only at a stream's end), not as waste.
-    [usage] = fake_telegram.wait_for(lambda: rows(data_dir, "SELECT * FROM usage WHERE chat_id = ?", USER),
+    [usage] = fake_telegram.wait_for(lambda: rows(bot, "SELECT * FROM usage WHERE chat_id = ?", USER),
                                      timeout=10)
     assert usage["estimated"] == 1 and usage["wasted"] == 0 and usage["model"] == "gpt-4o-mini"
     assert usage["input_tokens"] > 0 and 0 < usage["output_tokens"] < len(STORY) // 4
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
     # The history keeps the partial answer, marked; nothing is a dead letter; the journal says replied.
-    user_turn, answer = history(data_dir)
+    user_turn, answer = history(bot)
     assert user_turn == ("user", "tell me a long story")
     assert answer[0] == "assistant" and answer[1].startswith(partial[:200]) and answer[1].endswith("(stopped)")
     assert dlq_depth(bot) == 0
@@ -77,8 +73,7 @@ def test_stop_cuts_a_long_streamed_answer_keeps_it_and_accounts_it(bot, fake_tel
     assert roles[-3:] == [("user", "tell me a long story"), ("assistant", STORY[:20]), ("user", "thanks")]
 
 
-def test_retry_answers_the_last_message_again_in_place_of_the_last_answer(bot, fake_telegram, fake_llm,
-                                                                           data_dir) -> None:
+def test_retry_answers_the_last_message_again_in_place_of_the_last_answer(bot, fake_telegram, fake_llm) -> None:
     bot()
     send(fake_telegram, "/retry")
     fake_telegram.wait_for_text(USER, "Nothing to retry", timeout=20)
@@ -98,11 +93,11 @@ def test_retry_answers_the_last_message_again_in_place_of_the_last_answer(bot, f
     expected = [("user", "what is two plus two?"), ("assistant", "Two plus two is four.")]
     deadline = time.monotonic() + 20
     def settled() -> bool:
-        return (history(data_dir) == expected
-                and len(rows(data_dir, "SELECT id FROM messages WHERE chat_id = ?", USER)) == 2)
+        return (history(bot) == expected
+                and len(rows(bot, "SELECT id FROM messages WHERE chat_id = ?", USER)) == 2)
 
     while not settled() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert history(data_dir) == expected
-    assert len(rows(data_dir, "SELECT id FROM messages WHERE chat_id = ?", USER)) == 2  # the old pair is gone
+    assert history(bot) == expected
+    assert len(rows(bot, "SELECT id FROM messages WHERE chat_id = ?", USER)) == 2  # the old pair is gone
     assert dlq_depth(bot) == 0

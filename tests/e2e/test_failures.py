@@ -324,13 +324,14 @@ def test_a_failed_console_turn_belongs_to_the_console(bot, fake_telegram, fake_l
     assert telegram_calls_to(fake_telegram, 0) == [] and dlq_entries(second) == []
 
 
-def pending_telegram_entry(data_dir: Path) -> int:
-    """A DLQ entry of a Telegram chat, written the way a failed turn writes it."""
-    return asyncio.run(_add_pending_telegram_entry(data_dir))
+def pending_telegram_entry(bot) -> int:  # noqa: ANN001 - the BotFactory fixture
+    """A DLQ entry of a Telegram chat, written the way a failed turn writes it, in the bot's storage."""
+    return asyncio.run(_add_pending_telegram_entry(bot.data_dir, bot.database_url))
 
 
-async def _add_pending_telegram_entry(data_dir: Path) -> int:
-    services = await build_services(Settings(_env_file=None, data_dir=data_dir), tracing=False)
+async def _add_pending_telegram_entry(data_dir: Path, database_url: str | None) -> int:
+    settings = Settings(_env_file=None, data_dir=data_dir, database_url=database_url)
+    services = await build_services(settings, tracing=False)
     try:
         trace_id = "ab" * 16
         inbound = InboundMessage(update_id=7, trace_id=trace_id, chat_id=USER, chat_type="private", user_id=USER,
@@ -350,8 +351,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], expect: str)
     assert find_secret_lines(result.stdout + result.stderr) == []
 
 
-def test_dlq_replay_with_the_bot_api_unreachable_is_one_line(bot, data_dir) -> None:
-    entry_id = pending_telegram_entry(data_dir)
+def test_dlq_replay_with_the_bot_api_unreachable_is_one_line(bot) -> None:
+    entry_id = pending_telegram_entry(bot)
     env = bot.env(TELEGRAM_API_BASE_URL=f"http://127.0.0.1:{free_port()}", **FAST)
     result = run_cli(env, "dlq", "replay", str(entry_id))
     assert_one_line_error(result, "is not reachable")
@@ -360,8 +361,8 @@ def test_dlq_replay_with_the_bot_api_unreachable_is_one_line(bot, data_dir) -> N
     assert [json.loads(line)["status"] for line in listing.stdout.splitlines()] == ["pending"]
 
 
-def test_dlq_replay_with_a_rejected_token_is_one_line_without_the_token(bot, data_dir) -> None:
-    entry_id = pending_telegram_entry(data_dir)
+def test_dlq_replay_with_a_rejected_token_is_one_line_without_the_token(bot) -> None:
+    entry_id = pending_telegram_entry(bot)
     other = FakeTelegram("987654321:another-bots-token").start()  # answers 401 to TEST_TOKEN
     try:
         result = run_cli(bot.env(TELEGRAM_API_BASE_URL=other.base_url, **FAST), "dlq", "replay", str(entry_id))

@@ -74,7 +74,7 @@ def test_group_answers_only_mentions_and_replies(bot, fake_telegram, fake_llm, d
     fake_telegram.push_update(fake_telegram.text_update(group, USER, "@gateway_test_bot what is 2+2?",
                                                         chat_type="group"))
     fake_telegram.wait_for_text(group, "echo: what is 2+2?")
-    fake_telegram.wait_for(lambda: settled(data_dir, [chatting]), message="the unaddressed message settled")
+    fake_telegram.wait_for(lambda: settled(bot, [chatting]), message="the unaddressed message settled")
     assert fake_llm.count() == 1
     bot_message = fake_telegram.messages(group)[-1]
     fake_telegram.push_update(fake_telegram.text_update(group, USER, "and 3+3?", chat_type="group",

@@ -8,7 +8,6 @@ key plays a second provider, described in a models file (config/models.toml's fo
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,8 +103,7 @@ def test_an_unknown_model_is_refused_by_name_and_one_model_has_no_menu_entry(bot
     assert "model" not in menu(fake_telegram, started)
 
 
-def test_a_primary_answering_500_is_covered_by_the_fallback_with_a_notice(bot, fake_telegram, fake_llm,
-                                                                           data_dir: Path) -> None:
+def test_a_primary_answering_500_is_covered_by_the_fallback_with_a_notice(bot, fake_telegram, fake_llm) -> None:
     proc = bot(LLM_FALLBACK_MODELS="gpt-4o", **FAST)
     fake_llm.fail_model("gpt-4o-mini", Error.server_error())
     say(fake_telegram, "are you there")
@@ -125,17 +123,14 @@ def test_a_primary_answering_500_is_covered_by_the_fallback_with_a_notice(bot, f
     assert "gpt-4o (fallback): circuit closed; 1 calls, p50 " in status
     assert proc.stop() == 0
 
-    with sqlite3.connect(data_dir / "gateway.db") as db:
-        rows = db.execute("SELECT model, wasted FROM usage ORDER BY id").fetchall()
+    rows = bot.query("SELECT model, wasted FROM usage ORDER BY id")
     assert rows == [("gpt-4o-mini", 1), ("gpt-4o-mini", 1), ("gpt-4o", 0)]
-    with sqlite3.connect(data_dir / "telemetry.db") as db:
-        spans = db.execute("SELECT name, status FROM spans WHERE name LIKE 'chat %' ORDER BY start_ns").fetchall()
-    assert [name for name, _ in spans] == ["chat gpt-4o-mini", "chat gpt-4o-mini", "chat gpt-4o"]
-    assert spans[-1][1] != "ERROR"
+    spans = sorted((s for s in bot.spans() if s["name"].startswith("chat ")), key=lambda s: s["start_ns"])
+    assert [s["name"] for s in spans] == ["chat gpt-4o-mini", "chat gpt-4o-mini", "chat gpt-4o"]
+    assert spans[-1]["status"] != "ERROR"
 
     # History keeps the answer without the notice: the next prompt does not teach the model to sign.
-    with sqlite3.connect(data_dir / "gateway.db") as db:
-        [stored] = db.execute("SELECT content FROM messages WHERE role = 'assistant'").fetchall()
+    [stored] = bot.query("SELECT content FROM messages WHERE role = 'assistant'")
     assert stored == ("echo: are you there",)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import OPERATOR_ID, run_cli
+from tests.e2e.harness import OPERATOR_ID, SQLITE_ONLY, run_cli
 from tests.fakes.llm_api import Error, Reply, _content_text
 
 pytestmark = pytest.mark.e2e
@@ -254,7 +254,9 @@ def _turn_ok(fake_telegram, text: str, *, timeout: float = 10.0) -> float:  # no
     return time.monotonic() - started
 
 
+@SQLITE_ONLY
 def test_a_locked_telemetry_db_does_not_fail_the_turn(bot, fake_telegram, fake_llm, data_dir: Path) -> None:
+    """SQLite only: about telemetry.db's file lock held by another process."""
     proc = bot()
     env = bot.env()
     _turn_ok(fake_telegram, "before the lock")
@@ -286,7 +288,9 @@ def test_a_locked_telemetry_db_does_not_fail_the_turn(bot, fake_telegram, fake_l
     wait_for_trace(env, traceparent_of(fake_llm.last_request())[0])
 
 
+@SQLITE_ONLY
 def test_an_unusable_telemetry_path_does_not_fail_the_turn(bot, fake_telegram, fake_llm, data_dir: Path) -> None:
+    """SQLite only: about the telemetry.db file under DATA_DIR being unusable."""
     (data_dir / "telemetry.db").mkdir()  # SQLite cannot open a directory: every export fails
     proc = bot()
     for text in ("first", "second"):

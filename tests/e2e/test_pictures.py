@@ -12,7 +12,6 @@ import io
 import json
 import random
 import re
-import sqlite3
 
 import pytest
 from PIL import Image
@@ -50,15 +49,14 @@ def send_photo(fake_telegram: FakeTelegram, caption: str | None, seed: int = 1) 
         USER, USER, [(photo(90, 45, seed), 90, 45), (big, 2600, 1300)], caption=caption))
 
 
-def prompt_totals(data_dir) -> list[int]:  # noqa: ANN001 - a Path
-    with sqlite3.connect(data_dir / "gateway.db") as db:
-        return [row[0] for row in db.execute("SELECT total_tokens FROM prompt_metrics ORDER BY rowid")]
+def prompt_totals(bot) -> list[int]:  # noqa: ANN001 - the BotFactory fixture
+    return [row[0] for row in bot.query("SELECT total_tokens FROM prompt_metrics ORDER BY at")]
 
 
-def test_a_photo_reaches_the_model_as_a_data_url_with_its_caption(bot, fake_telegram, fake_llm, data_dir) -> None:
+def test_a_photo_reaches_the_model_as_a_data_url_with_its_caption(bot, fake_telegram, fake_llm) -> None:
     bot()
     ask(fake_telegram, "hello", "echo: hello")
-    text_total = prompt_totals(data_dir)[-1]
+    text_total = prompt_totals(bot)[-1]
     fake_llm.enqueue(Reply("A grey square of noise."))
     send_photo(fake_telegram, "What is in this picture?")
     fake_telegram.wait_for_text(USER, "A grey square of noise.", timeout=20)
@@ -76,7 +74,7 @@ def test_a_photo_reaches_the_model_as_a_data_url_with_its_caption(bot, fake_tele
     # The largest size was downloaded, once; the small one was not.
     assert len(fake_telegram.calls("getFile")) == 1
     # The prompt's budget counts the picture by the tile rule (2048x1024 -> 1536x768: 6 tiles).
-    first_total = prompt_totals(data_dir)[-1]
+    first_total = prompt_totals(bot)[-1]
     assert first_total - text_total >= 1105
 
     # An image sent as a document is a picture too (a small PNG keeps its format).
@@ -92,7 +90,7 @@ def test_a_photo_reaches_the_model_as_a_data_url_with_its_caption(bot, fake_tele
         assert image.size == (300, 200)
     # Two pictures ride in this prompt: the earlier photo (1105 tokens, again) and the PNG (255).
     assert sum(map(bool, request.image_urls)) == 2
-    assert prompt_totals(data_dir)[-1] - first_total >= 255
+    assert prompt_totals(bot)[-1] - first_total >= 255
 
 
 def test_a_picture_leaves_the_prompt_after_image_history_turns_and_view_image_brings_it_back(

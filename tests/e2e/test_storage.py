@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import OPERATOR_ID, REPO_ROOT, BotProcess, bot_env, free_port, run_cli
+from tests.e2e.harness import OPERATOR_ID, REPO_ROOT, SQLITE_ONLY, BotProcess, bot_env, free_port, run_cli
 from tests.fakes.llm_api import Hang, Reply
 
 pytestmark = pytest.mark.e2e
@@ -143,7 +143,9 @@ def integrity(path: Path) -> str:
         check.close()
 
 
+@SQLITE_ONLY
 def test_read_only_data_dir_is_a_clear_error_at_start(disk: Disk, bot) -> None:
+    """SQLite only: about SQLite files on a disk that is full or read-only (PostgreSQL keeps nothing there)."""
     if isinstance(disk, LimitedDisk) and os.geteuid() == 0:
         pytest.skip("root ignores file modes: as root this test runs on a read-only tmpfs")
     disk.mount(size_kb=8192)
@@ -158,7 +160,9 @@ def test_read_only_data_dir_is_a_clear_error_at_start(disk: Disk, bot) -> None:
     assert integrity(disk.path / "gateway.db") == "ok"
 
 
+@SQLITE_ONLY
 def test_full_disk_is_a_clear_error_at_start(disk: Disk, bot) -> None:
+    """SQLite only: about SQLite files on a disk that is full or read-only (PostgreSQL keeps nothing there)."""
     disk.mount(size_kb=1024)
     result = disk.run_full(bot.env(), "run")
     assert result.returncode == 1, result.stderr
@@ -169,7 +173,9 @@ def test_full_disk_is_a_clear_error_at_start(disk: Disk, bot) -> None:
         assert "full" in result.stderr and "free some disk space" in result.stderr
 
 
+@SQLITE_ONLY
 def test_disk_filling_up_while_running_loses_nothing(disk: Disk, bot, fake_telegram, fake_llm) -> None:
+    """SQLite only: about SQLite files on a disk that is full or read-only (PostgreSQL keeps nothing there)."""
     disk.mount(size_kb=16384)
     proc = bot(RETRY_WAIT_SCALE="0")
     fake_telegram.push_update(fake_telegram.text_update(USER, USER, "before the disk fills"))
@@ -196,8 +202,10 @@ def test_disk_filling_up_while_running_loses_nothing(disk: Disk, bot, fake_teleg
     assert proc.stop() == 0
 
 
+@SQLITE_ONLY
 def test_disk_filling_up_mid_turn_fails_with_a_ref_and_loses_nothing(disk: Disk, bot, fake_telegram,
                                                                      fake_llm) -> None:
+    """SQLite only: about SQLite files on a disk that is full or read-only (PostgreSQL keeps nothing there)."""
     disk.mount(size_kb=16384)
     proc = bot(RETRY_WAIT_SCALE="0")
     fake_llm.enqueue(Hang(2.0, then=Reply("an answer the disk cannot keep")))
@@ -224,7 +232,9 @@ def test_disk_filling_up_mid_turn_fails_with_a_ref_and_loses_nothing(disk: Disk,
     assert proc.stop() == 0
 
 
+@SQLITE_ONLY
 def test_webhook_on_a_full_disk_answers_503_so_telegram_retries(disk: Disk, bot, fake_telegram) -> None:
+    """SQLite only: about SQLite files on a disk that is full or read-only (PostgreSQL keeps nothing there)."""
     disk.mount(size_kb=16384)
     port = free_port()
     proc = bot(WEBHOOK_URL="https://bot.example.com/hook", PORT=str(port))

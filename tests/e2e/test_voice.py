@@ -10,10 +10,7 @@ the stored sound. Stickers, video notes and locations are answered; a video gets
 from __future__ import annotations
 
 import re
-import sqlite3
 import time
-from contextlib import closing
-from pathlib import Path
 
 import pytest
 
@@ -31,12 +28,11 @@ def get_files(fake_telegram: FakeTelegram) -> int:
     return len(fake_telegram.calls("getFile"))
 
 
-def usage_rows(data_dir: Path, model: str) -> list[tuple]:
-    with closing(sqlite3.connect(data_dir / "gateway.db")) as db:
-        return db.execute("SELECT user_id, output_tokens, cost_usd FROM usage WHERE model = ?", [model]).fetchall()
+def usage_rows(bot, model: str) -> list[tuple]:  # noqa: ANN001 - the BotFactory fixture
+    return bot.query("SELECT user_id, output_tokens, cost_usd FROM usage WHERE model = ?", [model])
 
 
-def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm, data_dir) -> None:
+def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm) -> None:
     proc = bot(**FAST)
     fake_llm.transcript = "What is the weather like on Mars?"
     fake_telegram.push_update(fake_telegram.voice_update(USER, USER, AUDIO, duration=4))
@@ -46,12 +42,11 @@ def test_voice_note_is_answered_from_its_transcript(bot, fake_telegram, fake_llm
     assert b'name="model"\r\n\r\nwhisper-1' in request.raw and AUDIO in request.raw
     assert fake_llm.last_request().messages[-1]["content"] == "What is the weather like on Mars?"
     assert get_files(fake_telegram) == 1
-    [(user, tokens, cost)] = usage_rows(data_dir, "whisper-1")  # priced per minute, tokens on the user
+    [(user, tokens, cost)] = usage_rows(bot, "whisper-1")  # priced per minute, tokens on the user
     assert user == USER and tokens > 0 and cost == pytest.approx(4 / 60 * 0.006)
     assert proc.stop() == 0  # spans are flushed
-    with closing(sqlite3.connect(data_dir / "telemetry.db")) as db:
-        spans = db.execute("SELECT s.name, p.name FROM spans s JOIN spans p ON p.span_id = s.parent_span_id"
-                           " WHERE s.name LIKE 'transcribe %'").fetchall()
+    names = {span["span_id"]: span["name"] for span in bot.spans()}
+    spans = [(s["name"], names.get(s["parent_span_id"])) for s in bot.spans() if s["name"].startswith("transcribe ")]
     assert spans == [("transcribe whisper-1", "ingest")]
 
 
