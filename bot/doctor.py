@@ -5,12 +5,11 @@ what to fix. Exit status 0 when everything needed to run is fine, 1 otherwise.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import httpx
 
-from bot.doctor_database import database_findings
+from bot.doctor_database import Check, database_findings
 from bot.doctor_voice import check_transcription
 from bot.startup import check_get_me
 from config.settings import Settings
@@ -21,15 +20,6 @@ from core.openai_client import openai_client
 from core.store import GATEWAY_DB, open_database
 
 TIMEOUT_S = 10.0
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
-    warning: bool = False
 
 
 def check_storage(settings: Settings) -> Check:
@@ -174,7 +164,7 @@ async def run_doctor(settings: Settings) -> int:
                     f"operator {settings.operator_chat_id or 'not set'}")]
     checks.extend(check_access(settings))
     checks.append(check_storage(settings))
-    checks.extend(Check(*finding) for finding in await database_findings(settings))
+    checks.extend(await database_findings(settings))
     counter = counter_for_model(settings.llm_model)
     checks.append(Check("tokens", True, f"encoding {counter.describe()}"))
     checks.append(await check_llm(settings))

@@ -1,8 +1,8 @@
 """doctor's database checks: with DATABASE_URL, is it reachable, current and writable; without it,
 is DATA_DIR somewhere a platform wipes.
 
-Findings are plain tuples in doctor's Check field order (name, ok, detail, fix, warning), so this
-module needs nothing from bot/doctor.py (which imports it). The URL is never shown whole: only
+`Check` (one line of doctor's report) lives here, below bot/doctor.py, which imports it with the
+checks. The URL is never shown whole: only
 host, port, database and user (its password is not in any line here, and doctor redacts anyway).
 """
 
@@ -21,7 +21,7 @@ from core.store.pg_schema import pending_migrations
 CONNECT_TIMEOUT_S = 5
 
 
-class Finding(NamedTuple):
+class Check(NamedTuple):
     name: str
     ok: bool
     detail: str
@@ -70,7 +70,7 @@ class _OneConnection:
         return await (await self.conn.execute(to_pyformat(sql), params)).fetchall()
 
 
-async def check_database(url: str) -> list[Finding]:
+async def check_database(url: str) -> list[Check]:
     """Reachable, migrations current, the role may create tables."""
     import psycopg
 
@@ -80,17 +80,17 @@ async def check_database(url: str) -> list[Finding]:
                                                      autocommit=True, application_name="gateway-doctor")
     except Exception as error:  # noqa: BLE001 - any failure is the finding
         detail, fix = connect_problem(error)
-        return [Finding("database", False, f"{where}: {detail}", fix)]
+        return [Check("database", False, f"{where}: {detail}", fix)]
     try:
         version = (await (await conn.execute("SHOW server_version")).fetchone())[0]
-        findings = [Finding("database", True, f"{where} reachable (PostgreSQL {version})")]
+        findings = [Check("database", True, f"{where} reachable (PostgreSQL {version})")]
         pending = await pending_migrations(_OneConnection(conn))
         may_create = await _may_create(conn)
         findings.append(_migrations_finding(pending, may_create))
         findings.append(_privilege_finding(may_create, pending))
         return findings
     except Exception as error:  # noqa: BLE001
-        return [Finding("database", False, f"{where}: {type(error).__name__}: {error}",
+        return [Check("database", False, f"{where}: {type(error).__name__}: {error}",
                         "check that DATABASE_URL names a PostgreSQL database this role may read")]
     finally:
         await conn.close()
@@ -105,29 +105,29 @@ async def _may_create(conn: Any) -> tuple[str, str | None, bool, bool]:
     return row[0], row[1], bool(row[2]), bool(row[3])
 
 
-def _migrations_finding(pending: list[str], may_create: tuple[str, str | None, bool, bool]) -> Finding:
+def _migrations_finding(pending: list[str], may_create: tuple[str, str | None, bool, bool]) -> Check:
     if not pending:
-        return Finding("migrations", True, "PostgreSQL schema current")
+        return Check("migrations", True, "PostgreSQL schema current")
     detail = f"{len(pending)} pending ({', '.join(pending)}): they run at the next start"
     if not may_create[2]:
-        return Finding("migrations", False, detail + ", but this role may not create tables",
+        return Check("migrations", False, detail + ", but this role may not create tables",
                        "see the privileges line below")
-    return Finding("migrations", True, detail, warning=True)
+    return Check("migrations", True, detail, warning=True)
 
 
-def _privilege_finding(may_create: tuple[str, str | None, bool, bool], pending: list[str]) -> Finding:
+def _privilege_finding(may_create: tuple[str, str | None, bool, bool], pending: list[str]) -> Check:
     role, schema, on_schema, on_database = may_create
     if schema is None:
-        return Finding("privileges", False, f"role {role} has no schema on its search_path",
+        return Check("privileges", False, f"role {role} has no schema on its search_path",
                        "create one (CREATE SCHEMA) or set search_path to a schema the role owns")
     if on_schema:
-        return Finding("privileges", True, f"role {role} may create tables in schema {schema}"
+        return Check("privileges", True, f"role {role} may create tables in schema {schema}"
                        + ("" if on_database else " (not schemas in the database: not needed)"))
     grant = f"as the database owner: GRANT CREATE ON SCHEMA {schema} TO {role}; or use the owner's URL"
     if pending:
-        return Finding("privileges", False, f"role {role} may not create tables in schema {schema}: "
+        return Check("privileges", False, f"role {role} may not create tables in schema {schema}: "
                        "the bot cannot apply its migrations", grant)
-    return Finding("privileges", True, f"role {role} may not create tables in schema {schema}: fine today, "
+    return Check("privileges", True, f"role {role} may not create tables in schema {schema}: fine today, "
                    "a later version's migrations will need it", grant, warning=True)
 
 
@@ -152,18 +152,18 @@ def on_mount(path: Path, is_mount: Callable[[str], bool] = os.path.ismount) -> b
 
 
 def check_data_dir(settings: Settings, environ: Mapping[str, str] = os.environ,
-                   is_mount: Callable[[str], bool] = os.path.ismount) -> Finding | None:
+                   is_mount: Callable[[str], bool] = os.path.ismount) -> Check | None:
     """A warning when state would live on a disk the platform wipes (only without DATABASE_URL)."""
     if settings.database_url is not None:
         return None
     data_dir = settings.data_dir
     if environ.get("DYNO"):
-        return Finding("platform", False, "Heroku detected (DYNO is set): the dyno's disk is ephemeral, wiped at every "
+        return Check("platform", False, "Heroku detected (DYNO is set): the dyno's disk is ephemeral, wiped at every "
                        "restart and at least daily, so history, artifacts, the DLQ and usage in DATA_DIR are lost",
                        "add Heroku Postgres (heroku addons:create heroku-postgresql:essential-0): it sets "
                        "DATABASE_URL", warning=True)
     if environ.get("RENDER") and not on_mount(data_dir, is_mount):
-        return Finding("platform", False, f"Render detected (RENDER is set) and DATA_DIR {data_dir} is not on a "
+        return Check("platform", False, f"Render detected (RENDER is set) and DATA_DIR {data_dir} is not on a "
                        "persistent disk: it is wiped at every deploy and restart",
                        f"attach a disk and set DATA_DIR to its mount path, {_USE_POSTGRES}", warning=True)
     if any(environ.get(name) for name in _RAILWAY):
@@ -171,17 +171,17 @@ def check_data_dir(settings: Settings, environ: Mapping[str, str] = os.environ,
         if not volume or not Path(os.path.abspath(data_dir)).is_relative_to(os.path.abspath(volume)):
             where = (f"DATA_DIR {data_dir} is not under the service's volume ({volume})" if volume
                      else "the service has no volume (RAILWAY_VOLUME_MOUNT_PATH is not set)")
-            return Finding("platform", False, f"Railway detected and {where}: DATA_DIR is wiped at every deploy",
+            return Check("platform", False, f"Railway detected and {where}: DATA_DIR is wiped at every deploy",
                            f"attach a volume and set DATA_DIR to its mount path, {_USE_POSTGRES}", warning=True)
     if any(environ.get(name) for name in _FLY) and not on_mount(data_dir, is_mount):
-        return Finding("platform", False, f"Fly detected (FLY_APP_NAME is set) and DATA_DIR {data_dir} is not on a "
+        return Check("platform", False, f"Fly detected (FLY_APP_NAME is set) and DATA_DIR {data_dir} is not on a "
                        "mounted volume: a Machine's root filesystem is ephemeral (reset from the image)",
                        f"create a volume, mount it ([mounts] in fly.toml) and set DATA_DIR there, {_USE_POSTGRES}",
                        warning=True)
     return None
 
 
-async def database_findings(settings: Settings, environ: Mapping[str, str] = os.environ) -> list[Finding]:
+async def database_findings(settings: Settings, environ: Mapping[str, str] = os.environ) -> list[Check]:
     """What doctor prints about storage beyond gateway.db: the database, or DATA_DIR's platform."""
     if settings.database_url is not None:
         return await check_database(settings.database_url.get_secret_value())

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from bot.doctor_database import (
-    Finding,
+    Check,
     check_data_dir,
     check_database,
     connect_problem,
@@ -28,11 +28,11 @@ def with_password(url: str) -> str:
     return url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@", 1)
 
 
-def by_name(findings: list[Finding]) -> dict[str, Finding]:
+def by_name(findings: list[Check]) -> dict[str, Check]:
     return {finding.name: finding for finding in findings}
 
 
-def no_password(findings: list[Finding]) -> None:
+def no_password(findings: list[Check]) -> None:
     assert all(PASSWORD not in " ".join(map(str, finding)) for finding in findings)
 
 
@@ -65,7 +65,7 @@ async def test_a_migrated_database_is_current() -> None:
         finally:
             await db.close()
         found = by_name(await check_database(url))
-        assert found["migrations"] == Finding("migrations", True, "PostgreSQL schema current")
+        assert found["migrations"] == Check("migrations", True, "PostgreSQL schema current")
 
 
 async def test_a_role_without_create_cannot_migrate() -> None:

@@ -23,7 +23,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import StatusCode
 
 from config.settings import Settings
 from core.logs import redactor
@@ -35,12 +35,11 @@ from core.store.engine import PostgresDatabase
 from core.store.pg_schema import migrate_postgres
 from core.telemetry import AmbiguousRef, find_trace, format_tree, recent_turns, scoreboard
 from core.tracing import current_trace_id, new_turn_span, setup_tracing
+from tests.core.test_tracing import DAY_NS, NOW_NS, make_span, traffic
 from tests.pgdb import fresh_database
 
 PASSWORD = "pw-Sp4ns-n0t-sh0wn"
 DEAD_URL = f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/nothing_here"  # nothing listens on port 1
-DAY_NS = 86_400 * 1_000_000_000
-NOW_NS = time.time_ns()
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -104,16 +103,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return Backend("postgres", PostgresSpans(url), url=url)
 
 
-def make_span(trace_id: int, span_id: int, name: str, start_ns: int, duration_ms: float = 1.0, *,
-              parent: int | None = None, status: StatusCode = StatusCode.UNSET,
-              attributes: dict | None = None) -> ReadableSpan:
-    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(1))
-    return ReadableSpan(name=name, context=context,
-                        parent=SpanContext(trace_id, parent, is_remote=False) if parent else None,
-                        attributes=attributes or {}, start_time=start_ns, end_time=start_ns + int(duration_ms * 1e6),
-                        status=Status(status))
-
-
 def recorded_turn(secret: str = "") -> tuple[str, list[ReadableSpan]]:
     """A real SDK turn (root, llm, model call; with an event and an error status): its spans."""
     memory = InMemorySpanExporter()
@@ -129,22 +118,6 @@ def recorded_turn(secret: str = "") -> tuple[str, list[ReadableSpan]]:
         root.set_status(StatusCode.ERROR, f"failed with {secret}")
     provider.shutdown()
     return trace_id, list(memory.get_finished_spans())
-
-
-def traffic() -> list[ReadableSpan]:
-    spans = []
-    for i in range(1, 101):  # 100 turns of i*10 ms, each with one call of i ms to model-a
-        failed = i % 10 == 0
-        spans.append(make_span(i, 1, "turn", NOW_NS - DAY_NS + i, i * 10, attributes={"chat.id": 1000 + i},
-                               status=StatusCode.ERROR if failed else StatusCode.OK))
-        spans.append(make_span(i, 2, "chat model-a", NOW_NS - DAY_NS + i, i, parent=1,
-                               attributes={"gen_ai.request.model": "model-a"},
-                               status=StatusCode.ERROR if failed else StatusCode.OK))
-    spans.append(make_span(500, 1, "turn", NOW_NS - DAY_NS, 5))  # rejected before any LLM call
-    spans.append(make_span(501, 2, "chat model-b", NOW_NS - DAY_NS, 7, parent=9,
-                           attributes={"gen_ai.request.model": "model-b"}))
-    spans.append(make_span(600, 1, "turn", NOW_NS - 3 * DAY_NS, 1))  # outside the window
-    return spans
 
 
 # The same behaviour on both backends ---------------------------------------------------------------

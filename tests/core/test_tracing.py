@@ -436,7 +436,8 @@ def test_size_cap_deletes_the_oldest_spans(tmp_path: Path) -> None:
 
 
 # Turns and scoreboard ----------------------------------------------------------------------------
-def _write_traffic(db_path: Path) -> None:
+def traffic() -> list[ReadableSpan]:
+    """A day of turns and model calls (shared with tests/core/test_spans_postgres.py)."""
     spans = []
     for i in range(1, 101):  # 100 turns of i*10 ms, each with one call of i ms to model-a
         failed = i % 10 == 0
@@ -449,6 +450,11 @@ def _write_traffic(db_path: Path) -> None:
     spans.append(make_span(501, 2, "chat model-b", NOW_NS - DAY_NS, 7, parent=9,
                            attributes={"gen_ai.request.model": "model-b"}))
     spans.append(make_span(600, 1, "turn", NOW_NS - 3 * DAY_NS, 1))  # outside the window
+    return spans
+
+
+def _write_traffic(db_path: Path) -> None:
+    spans = traffic()
     exporter = SQLiteSpanExporter(db_path)
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     exporter.shutdown()
