@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 from telegram import BotCommand, BotCommandScopeChat, BotCommandScopeDefault, Update
 from telegram.error import TelegramError
@@ -22,6 +23,7 @@ from telegram.ext import AIORateLimiter, Application, TypeHandler
 
 from bot.commands import COMMANDS, in_menu
 from bot.handlers import on_error, on_update
+from bot.instances import PollerRefused, claim_poller
 from bot.polling import CheckedUpdatesRequest
 from bot.runtime import JournalingQueue, Runtime
 from bot.startup import StartupFailed, wait_for_bot_api
@@ -29,12 +31,16 @@ from bot.webhook import WebhookServer
 from config.settings import Settings, require_token
 from core.logs import configure_logging
 from core.services import Services, StorageUnavailable, open_services
+from core.store.interfaces import JournalEntry
 
 log = logging.getLogger(__name__)
 DRAIN_S = 20.0
 ALLOWED_UPDATES = ["message", "edited_message", "channel_post", "edited_channel_post", "my_chat_member",
                    "callback_query"]
 CONCURRENT_UPDATES = 64
+# With instances sharing a database, a DLQ replay still `replaying` this long after it was claimed
+# is one a crash interrupted (another instance's live replay is younger); alone, every one at start.
+STALE_REPLAY_S = 900.0
 
 
 def build_application(settings: Settings, token: str, *, webhook: bool,
@@ -141,9 +147,24 @@ async def _connect(gateway: _Gateway, token: str, stop: asyncio.Event) -> bool:
 
 async def _resume_unfinished(gateway: _Gateway) -> None:
     """Journal rows a crash or a storage failure left unfinished go round again, now and each
-    time the storage alarm clears."""
+    time the storage alarm clears. With instances sharing a database, the sweeper does it instead
+    (bot/instances.py): the unfinished rows may be other live instances' turns."""
     runtime, queue, services = gateway.runtime, gateway.queue, gateway.services
-    await services.dlq.release_stale_replays(before=services.clock.iso())  # replays a crash interrupted
+    instances = runtime.instances
+    stale = services.clock.now() - timedelta(seconds=STALE_REPLAY_S if instances.shared else 0)
+    await services.dlq.release_stale_replays(before=stale.isoformat(timespec="milliseconds"))  # a crash's replays
+
+    async def resume_taken(entries: list[JournalEntry]) -> None:
+        for update in await runtime.intake.resume(entries):
+            queue.put_recovered(update)
+
+    async def nothing() -> int:  # deferred updates' claims run out: the sweeper resumes them
+        return 0
+
+    if instances.shared:
+        instances.resume = resume_taken
+        runtime.storage_alarm.resume = nothing
+        return
 
     async def resume() -> int:
         updates = await runtime.recover()
@@ -155,7 +176,7 @@ async def _resume_unfinished(gateway: _Gateway) -> None:
     runtime.storage_alarm.resume = resume
 
 
-async def _drain(gateway: _Gateway, outbox: asyncio.Task[None]) -> None:
+async def _drain(gateway: _Gateway, outbox: asyncio.Task[None], beats: asyncio.Task[None]) -> None:
     """Stop intake, give the turns in flight up to DRAIN_S, then stop the outbox and PTB."""
     runtime, application = gateway.runtime, gateway.application
     log.info("stopping: no new updates; waiting up to %.0f s for %d turn(s) in flight", DRAIN_S,
@@ -168,6 +189,9 @@ async def _drain(gateway: _Gateway, outbox: asyncio.Task[None]) -> None:
     if not await runtime.pipeline.wait_idle(DRAIN_S):
         log.warning("%d turn(s) still running after %.0f s; they resume at the next start",
                     runtime.pipeline.inflight, DRAIN_S)
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(beats, 5)
+    await runtime.instances.close(keep=set(runtime.router.in_flight))  # the rest goes to the others now
     outbox.cancel()
     with contextlib.suppress(BaseException):
         await asyncio.wait_for(application.stop(), 5)
@@ -191,6 +215,13 @@ async def serve(settings: Settings) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     services.mode = settings.mode
+    try:  # Telegram allows one long poller per bot: on a shared database, the first instance only
+        poller = await claim_poller(settings.database_url.get_secret_value()
+                                    if settings.database_url is not None and settings.mode != "webhook" else None)
+    except PollerRefused as refused:
+        print(f"error: {refused}", file=sys.stderr)
+        await services.close()
+        return 1
     gateway = _wire(settings, services, token)
     stop = _stop_on_signals()
     if gateway.server is not None:
@@ -211,11 +242,13 @@ async def serve(settings: Settings) -> int:
     # (bench/probe.py --gc-freeze: about half the full-collection time of a benchmark run).
     gc.freeze()
     outbox = asyncio.create_task(gateway.runtime.outbox_loop(stop))
+    beats = asyncio.create_task(gateway.runtime.instances.run(stop))  # heartbeat and sweeper
     await register_commands(gateway.application, settings)
     log.info("gateway running (%s mode) as @%s with model %s", settings.mode, gateway.application.bot.username,
              settings.llm_model)
     await stop.wait()
-    await _drain(gateway, outbox)
+    await _drain(gateway, outbox, beats)
     await _close(gateway)
+    await poller.release()
     log.info("stopped")
     return 0

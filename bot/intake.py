@@ -26,6 +26,7 @@ from bot.routing import Router
 from bot.storage_alarm import StorageAlarm
 from core import failpoints
 from core.services import Services
+from core.store.interfaces import JournalEntry
 
 log = logging.getLogger(__name__)
 RECOVER_LIMIT = 1000
@@ -41,9 +42,9 @@ class Intake:
         """Journal an update before anything else; False for a duplicate (already journaled)."""
         chat_id, user_id = update_ids(update)
         failpoints.hit("journal.before")
-        accepted = await self.services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
-                                                kind="update", raw=journal_raw(update), trace_id=None,
-                                                now=self.services.clock.iso())
+        accepted = await self.router.instances.journaled(update.update_id, lambda: self.services.journal.accept(
+            update_id=update.update_id, chat_id=chat_id, user_id=user_id, kind="update", raw=journal_raw(update),
+            trace_id=None, now=self.services.clock.iso()))  # with its claim, when instances share the database
         if accepted:
             self.router.pre_accepted.add(update.update_id)
             failpoints.hit("journal.after")
@@ -91,11 +92,20 @@ class Intake:
 
     async def recover(self) -> list[Update]:
         """Updates a crash (or a storage failure) left in received/processing, except those queued
-        or running now: processed again (documented at-least-once)."""
+        or running now: processed again (documented at-least-once). One process only: with
+        instances sharing a database the sweeper resumes (bot/instances.py)."""
+        updates = await self.resume(await self.services.journal.unfinished(limit=RECOVER_LIMIT))
+        if updates:
+            log.info("resuming %d update(s) left unfinished by the previous run", len(updates))
+        return updates
+
+    async def resume(self, entries: list[JournalEntry]) -> list[Update]:
+        """Journal rows to run again (left unfinished, or taken over from a dead instance), except
+        those queued or running here now; marked pre-accepted for the router."""
         updates = []
         router = self.router
         busy = router.pre_accepted | router.in_flight
-        for entry in await self.services.journal.unfinished(limit=RECOVER_LIMIT):
+        for entry in entries:
             if entry.update_id in busy:
                 continue
             try:
@@ -103,11 +113,10 @@ class Intake:
             except Exception as error:  # noqa: BLE001 - a row we cannot parse is marked, not retried forever
                 await self.services.journal.mark(entry.update_id, "failed", now=self.services.clock.iso(),
                                            error=f"unparsable on recovery: {type(error).__name__}")
+                await router.instances.finished(entry.update_id)
                 continue
             router.pre_accepted.add(entry.update_id)
             updates.append(update)
-        if updates:
-            log.info("resuming %d update(s) left unfinished by the previous run", len(updates))
         return updates
 
 

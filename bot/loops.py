@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
 
+from bot.instances import Instances
 from bot.storage_alarm import StorageAlarm
 from core.failures.escalation import drain_outbox
 from core.failures.undelivered import record_blocked
@@ -25,6 +26,9 @@ KEEP_FINISHED_DAYS = 7
 AUTO_REPLAY_ROUNDS = 5
 OUTBOX_BASE_WAIT_S = 2.0  # first retry of a refused delivery; doubles per attempt ...
 OUTBOX_MAX_WAIT_S = 60.0  # ... up to this (both scaled by RETRY_WAIT_SCALE in tests)
+# With instances sharing a database the leader's own circuit may never have opened while another
+# instance's outage filled the DLQ: the leader looks for replayable outage entries this often.
+SHARED_REPLAY_CHECK_S = 60.0
 
 
 class BackgroundTasks:
@@ -45,12 +49,16 @@ class BackgroundTasks:
 
 
 class Loops:
-    """The outbox loop and what it drives once a second: maintenance and the automatic replay."""
+    """The outbox loop and what it drives once a second: maintenance and the automatic replay.
+    With instances sharing a database, only the leader runs them (bot/instances.py)."""
 
     def __init__(self, services: Services, pipeline: Pipeline, channel: Channel, *, alarm: StorageAlarm,
-                 tasks: BackgroundTasks) -> None:
+                 tasks: BackgroundTasks, instances: Instances | None = None) -> None:
         self.services, self.pipeline, self.channel = services, pipeline, channel
         self.alarm, self.tasks = alarm, tasks
+        self.instances = instances or Instances.local()
+        self._leading = False
+        self._replay_checked_at = float("-inf")
         self._maintained_at = float("-inf")
         self._replaying = False
         self._replay_wanted = False
@@ -60,21 +68,35 @@ class Loops:
         second, see whether the dead-letter queue is due a replay (see `replay_if_due`)."""
         services = self.services
         scale = max(services.settings.retry_wait_scale, 0.05)
-        first = True
         while not stop.is_set():
             try:
-                if await self.alarm.probe():  # while storage refuses writes, nothing below can work
+                if await self.alarm.probe() and await self._lead():  # storage works, and this instance leads
                     await drain_outbox(services.outbox, self.channel, now=services.clock.now,
                                        base_wait_s=OUTBOX_BASE_WAIT_S * scale, max_wait_s=OUTBOX_MAX_WAIT_S * scale,
                                        chat_gone=services.chats.is_blocked,
                                        on_chat_gone=lambda chat_id, reason: record_blocked(services, chat_id, reason))
-                    await self.replay_if_due(at_start=first)
+                    await self.replay_if_due(at_start=self._took_over())
                     await self.maintain()
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 log.exception("outbox round failed")
-            first = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), OUTBOX_POLL_S)
+
+    async def _lead(self) -> bool:
+        leading = await self.instances.leads()
+        if not leading:
+            self._leading = False
+        return leading
+
+    def _took_over(self) -> bool:
+        """True in the first round this instance leads (at start on one process: entries a restart
+        left behind), and, with instances sharing the database, every SHARED_REPLAY_CHECK_S."""
+        now = self.services.clock.monotonic()
+        first, self._leading = not self._leading, True
+        if first or (self.instances.shared and now - self._replay_checked_at >= SHARED_REPLAY_CHECK_S):
+            self._replay_checked_at = now
+            return True
+        return False
 
     async def maintain(self) -> None:
         """Hourly: drop finished journal and outbox rows older than KEEP_FINISHED_DAYS. Telegram
@@ -88,6 +110,7 @@ class Loops:
         journal = await self.services.journal.prune(before=before)
         outbox = await self.services.outbox.prune(before=before)
         await self.services.access.records.prune(before=before)  # finished or expired pairing codes
+        await self.instances.coordination.prune()  # claims a failed release left behind
         if journal or outbox:
             log.info("pruned %d journal and %d outbox rows older than %d days", journal, outbox, KEEP_FINISHED_DAYS)
 
@@ -122,8 +145,9 @@ class Loops:
     def schedule_auto_replay(self) -> None:
         """Replay outage entries in the background, one run at a time (DLQ_AUTO_REPLAY). A
         circuit that closes during a run is remembered and gets a run of its own after it.
-        Only Telegram's entries: a console turn is never answered in a Telegram chat."""
-        if not self.services.settings.dlq_auto_replay:
+        Only Telegram's entries: a console turn is never answered in a Telegram chat. With
+        instances sharing a database only the leader replays (it looks every SHARED_REPLAY_CHECK_S)."""
+        if not self.services.settings.dlq_auto_replay or (self.instances.shared and not self._leading):
             return
         if self._replaying:
             self._replay_wanted = True

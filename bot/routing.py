@@ -22,6 +22,7 @@ from bot.channel import TelegramChannel
 from bot.command_context import CommandContext, Reply
 from bot.commands import BY_NAME, may_use
 from bot.handlers import BotIdentity, Routed, is_telegram_id, journal_raw, route, to_inbound, update_ids
+from bot.instances import Instances
 from bot.media import UNREADABLE, UNREADABLE_REPLY
 from bot.storage_alarm import StorageAlarm
 from core import failpoints
@@ -44,9 +45,10 @@ class Router:
     """Routes and runs journaled updates; owns the sets that say which updates are queued or running."""
 
     def __init__(self, services: Services, pipeline: Pipeline, bot: Bot, channel: TelegramChannel, *,
-                 alarm: StorageAlarm, identity: BotIdentity) -> None:
+                 alarm: StorageAlarm, identity: BotIdentity, instances: Instances | None = None) -> None:
         self.services, self.pipeline, self.bot, self.channel = services, pipeline, bot, channel
         self.alarm, self.identity = alarm, identity
+        self.instances = instances or Instances.local()  # update claims when instances share a database
         self.pre_accepted: set[int] = set()  # journaled before reaching the handler (or recovered)
         self.in_flight: set[int] = set()
         self.buttons = ButtonPresses(services, bot, send_reply=self.send_reply, replay=self.replay,
@@ -55,13 +57,17 @@ class Router:
     async def process_update(self, update: Update) -> str:
         """Journal (unless already), trace, route and run one update; returns its outcome."""
         self.in_flight.add(update.update_id)
+        outcome = "cancelled"
         try:
-            return await self._traced(update)
+            outcome = await self._traced(update)
+            return outcome
         except Exception as failure:  # noqa: BLE001 - the last line of defence for one update
             if is_storage_failure(failure):  # the row stays unfinished: it runs again once storage works
                 log.error("update %s deferred: storage refused a write (%s)", update.update_id, failure)
                 await self.alarm.failed(update, failure)
-                return "deferred"
+                outcome = "deferred"
+                return outcome
+            outcome = "error"
             log.exception("update %s failed before or after its turn", getattr(update, "update_id", "?"))
             chat_id, _ = update_ids(update)
             with contextlib.suppress(Exception):
@@ -73,6 +79,8 @@ class Router:
             return "error"
         finally:
             self.in_flight.discard(update.update_id)
+            # Unfinished on purpose (deferred, or cut short by a stop): the claim is left to run out.
+            await self.instances.finished(update.update_id, deferred=outcome in ("deferred", "cancelled"))
 
     async def _traced(self, update: Update) -> str:
         services = self.services
@@ -85,9 +93,9 @@ class Router:
             with services.tracer.start_as_current_span("receive") as span:
                 if update.update_id in self.pre_accepted:
                     self.pre_accepted.discard(update.update_id)
-                elif not await services.journal.accept(update_id=update.update_id, chat_id=chat_id, user_id=user_id,
-                                                  kind="update", raw=journal_raw(update), trace_id=trace_id,
-                                                  now=services.clock.iso()):
+                elif not await self.instances.journaled(update.update_id, lambda: services.journal.accept(
+                        update_id=update.update_id, chat_id=chat_id, user_id=user_id, kind="update",
+                        raw=journal_raw(update), trace_id=trace_id, now=services.clock.iso())):
                     span.set_attribute("update.duplicate", True)
                     root.set_attribute("turn.outcome", "duplicate")
                     return "duplicate"

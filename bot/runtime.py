@@ -15,10 +15,12 @@ from telegram import Bot, Update
 
 from bot.channel import TelegramChannel
 from bot.handlers import BotIdentity, Parsed
+from bot.instances import Instances
 from bot.intake import Intake, JournalingQueue
 from bot.loops import BackgroundTasks, Loops
 from bot.routing import Router
 from bot.storage_alarm import StorageAlarm
+from core.chat_turns import ChatTurns
 from core.pipeline import Pipeline
 from core.replay import ReplayResult
 from core.services import Services
@@ -32,16 +34,23 @@ class Runtime:
 
     def __init__(self, services: Services, bot: Bot) -> None:
         self.services = services
-        self.pipeline = Pipeline(services)
+        settings = services.settings
+        url = settings.database_url.get_secret_value() if settings.database_url is not None else None
+        self.instances = Instances.build(services.db, lease_s=settings.lease_seconds, database_url=url)
+        # How long a turn waits for an earlier turn of its chat on another instance before it runs
+        # anyway: two leases (its owner died and was taken over) and a slow turn.
+        order_wait_s = 2 * settings.lease_seconds + 3 * settings.llm_timeout_seconds
+        self.pipeline = Pipeline(services, turns=ChatTurns(self.instances.coordination, order_wait_s=order_wait_s))
         self.bot = bot
         self.channel = TelegramChannel(bot, tracer=services.tracer)
         self.identity = BotIdentity()
         self.tasks = BackgroundTasks()
         self.storage_alarm = StorageAlarm(services, send=self._send_plain, identity=self.identity)
         self.router = Router(services, self.pipeline, bot, self.channel, alarm=self.storage_alarm,
-                             identity=self.identity)
+                             identity=self.identity, instances=self.instances)
         self.intake = Intake(services, bot, self.router)
-        self.loops = Loops(services, self.pipeline, self.channel, alarm=self.storage_alarm, tasks=self.tasks)
+        self.loops = Loops(services, self.pipeline, self.channel, alarm=self.storage_alarm, tasks=self.tasks,
+                           instances=self.instances)
         services.on_storage_failure = self.storage_alarm.note
         services.on_circuit_closed = self.loops.schedule_auto_replay
         services.on_llm_success = self.loops.provider_answered

@@ -233,9 +233,17 @@ class Escalator:
                 return False
             suppressed = int(state[1]) if state else 0
             text = self._render(alert, now=now, last_sent=last_sent, suppressed=suppressed)
-            await self.db.execute(
+            # The read above only words the alert: this upsert decides. Instances sharing a database
+            # may both have read "cooled down"; the row lock makes the second one see the first's
+            # time and change nothing, so one alert goes out per key per cooldown.
+            claimed = await self.db.execute(
                 "INSERT INTO alert_state(key, last_sent_at, suppressed) VALUES (?, ?, 0) ON CONFLICT(key)"
-                " DO UPDATE SET last_sent_at = excluded.last_sent_at, suppressed = 0", [alert.key, iso(now)])
+                " DO UPDATE SET last_sent_at = excluded.last_sent_at, suppressed = 0"
+                " WHERE alert_state.last_sent_at <= ?",
+                [alert.key, iso(now), iso(now - timedelta(seconds=self.cooldown_s))])
+            if claimed != 1:
+                await self.db.execute("UPDATE alert_state SET suppressed = suppressed + 1 WHERE key = ?", [alert.key])
+                return False
             if self.operator_chat_id is None:
                 self.logger.error("%s", text, extra={"trace_id": alert.trace_id, "alert_key": alert.key})
                 return True

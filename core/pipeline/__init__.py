@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 from opentelemetry import trace
 
+from core.chat_turns import ChatTurns
 from core.contracts import InboundMessage, TurnGuard
 from core.pipeline import (
     authorize,
@@ -65,11 +66,12 @@ STAGES: list[tuple[str, Stage]] = [
 
 
 class Pipeline:
-    """Runs turns; one at a time per chat (history order), many chats concurrently."""
+    """Runs turns; one at a time per chat (history order), many chats concurrently. `turns` holds a
+    chat for a turn: in this process, and across instances on a shared database (core/chat_turns.py)."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, *, turns: ChatTurns | None = None) -> None:
         self.services = services
-        self._chat_locks: dict[int, asyncio.Lock] = {}
+        self.turns = turns or ChatTurns()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -80,15 +82,14 @@ class Pipeline:
         """Run one turn inside the current span (the caller opened the turn's root span)."""
         turn = Turn(inbound=inbound, channel=channel, services=self.services, guard=TurnGuard(inbound),
                     late_of=late_of, replay_dlq_id=replay_dlq_id)
-        lock = self._chat_locks.setdefault(inbound.chat_id, asyncio.Lock())
+        # A replay answers an old message late, on purpose: it waits for the chat, not for the order.
+        ordered_by = None if replay_dlq_id is not None else inbound.update_id
         self._enter()
         try:
-            async with lock:
+            async with self.turns.hold(inbound.chat_id, update_id=ordered_by):
                 with self.services.running.running(inbound.chat_id, turn.stop):  # /stop finds it here
                     return await self._run_stages(turn)
         finally:
-            if not lock.locked() and len(self._chat_locks) > 10_000:
-                self._chat_locks.pop(inbound.chat_id, None)
             self._leave()
 
     async def _run_stages(self, turn: Turn) -> Outcome:

@@ -101,6 +101,19 @@ MIGRATIONS: list[tuple[str, Sequence[str]]] = [
         "CREATE INDEX span_batches_start ON span_batches(start_ns)",
         "CREATE INDEX span_batches_roots ON span_batches(root_start_ns) WHERE root_name IS NOT NULL",
     ]),
+    ("p003_leases", [
+        # Several instances on one database (core/store/leases.py): who holds an update, a chat.
+        # lease_until is the database's clock (clock_timestamp()), never an instance's.
+        """CREATE TABLE update_claims (
+            update_id BIGINT PRIMARY KEY REFERENCES journal(update_id) ON DELETE CASCADE,
+            owner TEXT NOT NULL, lease_until TIMESTAMPTZ NOT NULL)""",
+        "CREATE INDEX update_claims_owner ON update_claims(owner)",
+        """CREATE TABLE chat_leases (
+            chat_id BIGINT PRIMARY KEY, owner TEXT NOT NULL, lease_until TIMESTAMPTZ NOT NULL)""",
+        "CREATE INDEX chat_leases_owner ON chat_leases(owner)",
+        # A turn's order check: the chat's unfinished updates before it.
+        "CREATE INDEX journal_unfinished_chat ON journal(chat_id, update_id) WHERE state IN ('received','processing')",
+    ]),
 ]
 
 _LEDGER = """CREATE TABLE IF NOT EXISTS schema_migrations (
