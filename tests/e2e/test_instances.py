@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import POSTGRES_ONLY, free_port
+from tests.e2e.journal import journal_states, settled
 from tests.fakes.llm_api import Hang, Reply
 
 pytestmark = pytest.mark.e2e
@@ -81,6 +82,7 @@ def test_two_webhook_instances_answer_every_message_once_and_in_order(bot, fake_
         prompts = by_chat[str(user)]
         assert [p[-1] for p in prompts] == sent[user]
         assert prompts == [sent[user][:i + 1] for i in range(len(sent[user]))]
+    fake_telegram.wait_for(lambda: settled(bot, range(5001, update_id + 1)), timeout=10, message="all settled")
     rows = bot.query("SELECT state, COUNT(*) FROM journal GROUP BY state")
     assert dict(rows) == {"replied": 18}
     assert "taking over" not in a.process.output() + b.process.output()  # nobody died: nothing was taken over
@@ -103,7 +105,9 @@ def test_an_instance_killed_mid_turn_is_resumed_by_the_other(bot, fake_telegram,
     assert took_s < LEASE_SECONDS + 10, took_s  # the lease, the sweeper's second, one turn (slack for CI)
     assert fake_telegram.sent_texts(100) == ["echo: are you there", "echo: and then"]  # once each, in order
     assert "taking over 1 unfinished update(s)" in b.process.output()
-    assert dict(bot.query("SELECT update_id, state FROM journal")) == {7001: "replied", 7002: "replied"}
+    # The journal row is marked after sendMessage returns: wait for it rather than racing it.
+    fake_telegram.wait_for(lambda: settled(bot, [7001, 7002]), timeout=10, message="both updates settled")
+    assert journal_states(bot) == {7001: "replied", 7002: "replied"}
 
 
 @POSTGRES_ONLY
