@@ -14,6 +14,7 @@ to be registered in the project's pytest configuration).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -230,7 +231,7 @@ class BotProcess:
 
         Ready means: a ``setMyCommands`` call reached the fake after this start, and
         then either a ``getUpdates`` call (polling) or, with ``WEBHOOK_URL`` set,
-        ``GET http://127.0.0.1:$PORT/healthz`` answering 200.
+        ``GET http://127.0.0.1:$PORT/healthz`` answering 200 with ``"ready": true``.
         """
         started = self._require_started()
         webhook = bool(self.env.get("WEBHOOK_URL"))
@@ -343,7 +344,9 @@ class BotProcess:
     def _healthz_ok(port: int) -> bool:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
-                return bool(response.status == 200)
+                # /healthz answers 200 while the webhook still refuses updates (503 until the webhook is
+                # set): ready is its "ready" flag, or two bots starting at once race each other.
+                return bool(response.status == 200 and json.loads(response.read()).get("ready") is True)
         except (urllib.error.URLError, OSError, ValueError):
             return False
 
